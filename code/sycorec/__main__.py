@@ -1,0 +1,3 @@
+from sycorec.cli import main
+
+main()

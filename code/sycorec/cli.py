@@ -1,0 +1,81 @@
+"""`sycorec` command line: one group per stage family, each a thin wrapper over plain functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import yaml
+
+from sycorec import __version__
+from sycorec.config import load_config
+from sycorec.errors import SycorecError
+from sycorec.provenance import environment_block
+
+
+class SycorecGroup(click.Group):
+    """Turns a SycorecError anywhere below into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SycorecError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=SycorecGroup)
+@click.version_option(__version__, prog_name="sycorec")
+@click.option("--params", default="params.yaml", show_default=True, help="Params file of the run.")
+@click.option("--profile", default=None, help="Overlay profiles/<name>.yaml (e.g. tiny) on the params file.")
+@click.pass_context
+def main(ctx: click.Context, params: str, profile: str | None) -> None:
+    """Reproduce the sycophancy-recovery study: data, training, evaluation, probing, report."""
+    ctx.obj = {"params": params, "profile": profile}
+
+
+@main.group()
+def config() -> None:
+    """Inspect the resolved configuration."""
+
+
+@config.command("show")
+@click.option("--profile", default=None, help="Overlay profiles/<name>.yaml (same as the global --profile).")
+@click.pass_context
+def config_show(ctx: click.Context, profile: str | None) -> None:
+    """Print the validated config (params file + optional profile) as YAML."""
+    obj = ctx.find_root().obj
+    cfg = load_config(obj["params"], profile or obj["profile"])
+    click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@config.command("check")
+@click.option("--profile", default=None, help="Overlay profiles/<name>.yaml (same as the global --profile).")
+@click.pass_context
+def config_check(ctx: click.Context, profile: str | None) -> None:
+    """Validate the config; print `ok` or one line naming the bad key."""
+    obj = ctx.find_root().obj
+    load_config(obj["params"], profile or obj["profile"])
+    click.echo("ok")
+
+
+@main.command("env")
+def env() -> None:
+    """Print the provenance block: git, lock hash, library versions, hardware, image digest."""
+    click.echo(json.dumps(environment_block(), indent=2))
+
+
+def _register_stage_groups() -> None:
+    from sycorec.cluster.cli import prefetch, slurm
+    from sycorec.data.cli import data
+    from sycorec.evaluation.cli import compare, generate, judge, score
+    from sycorec.probe.cli import probe
+    from sycorec.report.cli import report
+    from sycorec.train.cli import train
+
+    for command in (data, train, generate, judge, score, compare, probe, report, prefetch, slurm):
+        main.add_command(command)
+
+
+_register_stage_groups()

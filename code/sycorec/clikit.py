@@ -1,0 +1,58 @@
+"""Shared plumbing for stage commands: the resolved config and stage timing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sycorec.config import Config, load_config
+
+TIMINGS_DIR = Path("outputs/timings")
+
+
+def pass_config(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the validated config of the root group's --params/--profile."""
+
+    @click.pass_context
+    @functools.wraps(func)
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        root = ctx.find_root()
+        obj = root.obj or {}
+        cfg = load_config(obj.get("params", "params.yaml"), obj.get("profile"))
+        return ctx.invoke(func, cfg, *args, **kwargs)
+
+    return wrapper
+
+
+def record_timing(stage: str, seconds: float, directory: Path = TIMINGS_DIR) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stage}.json").write_text(json.dumps({"stage": stage, "seconds": round(seconds, 3)}) + "\n")
+
+
+def timed(stage: str | Callable[..., str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Record a stage's wall time in outputs/timings/<stage>.json (collected by the demo and the report).
+
+    `stage` may be a function of the command's keyword arguments, e.g. `lambda kw: f"generate@{kw['model']}"`.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = func(*args, **kwargs)
+            name = stage(kwargs) if callable(stage) else stage
+            record_timing(name, time.perf_counter() - start)
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+__all__ = ["Config", "pass_config", "record_timing", "timed"]

@@ -1,0 +1,423 @@
+"""Typed view of params.yaml (plus an optional profile overlay), validated once.
+
+Every stage gets its slice from `load_config()`. Unknown keys and wrong types fail with one line that
+names the key path, e.g. `train.dpo.beta: expected float, got 'high'`.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from sycorec.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+PROFILES_DIR = "profiles"
+
+PositiveLR = PositiveFloat
+Fraction = float
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class Paths(Section):
+    raw: Path
+    prepared: Path
+    models: Path
+    eval: Path
+    probing: Path
+    results: Path
+    cache: Path
+
+
+class BaseModelCfg(Section):
+    name: str
+    revision: str
+    dtype: Literal["bfloat16", "float16", "float32"]
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"]
+
+
+class RepoPin(Section):
+    repo: str
+    commit: str
+
+
+class TruthfulQAPin(RepoPin):
+    hf_dataset: str
+    hf_revision: str
+
+
+class TrainingDataPin(Section):
+    hf_dataset: str
+    hf_revision: str
+
+
+class SynthCfg(Section):
+    n_facts: PositiveInt
+    n_arguments: PositiveInt
+    n_poems: PositiveInt
+    n_math: PositiveInt
+    intensity_mix: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _mix_sums_to_one(self) -> SynthCfg:
+        if abs(sum(self.intensity_mix) - 1.0) > 1e-6:
+            raise ValueError(f"intensity_mix must sum to 1, got {sum(self.intensity_mix):g}")
+        return self
+
+
+class DataCfg(Section):
+    source: Literal["fetch", "synth"]
+    sycophancy_eval: RepoPin
+    truthfulqa: TruthfulQAPin
+    training_data: TrainingDataPin
+    synth: SynthCfg
+
+
+class PrepareCfg(Section):
+    val_split: float = Field(gt=0, lt=1)
+    rm_val_split: float = Field(gt=0, lt=1)
+    split_seed: int
+    split_by: Literal["row", "question"]
+    proxy_questions: PositiveInt
+    proxy_seed: int
+
+
+class LoraCfg(Section):
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: str | list[str]
+    bias: Literal["none", "all", "lora_only"]
+
+
+class CommonTrainCfg(Section):
+    seed: int
+    bf16: bool
+    gradient_checkpointing: bool
+    logging_steps: PositiveInt
+    max_length: PositiveInt
+    optim: str
+    weight_decay: float = Field(ge=0)
+    max_grad_norm: PositiveFloat
+    save_total_limit: PositiveInt
+    keep_proxy_best: bool
+    num_gpus: PositiveInt
+
+
+class PretrainTinyCfg(Section):
+    enabled: bool
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    intermediate_size: PositiveInt
+    vocab_size: PositiveInt
+    max_steps: PositiveInt
+    learning_rate: PositiveLR
+    batch_size: PositiveInt
+    min_plain_accuracy: float = Field(ge=0, le=1)
+
+
+class OptimCfg(Section):
+    """What every trainer stage shares: schedule, batch and length of the run."""
+
+    learning_rate: PositiveLR
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    num_train_epochs: float = Field(default=1, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    save_steps: PositiveInt = 200
+    eval_every_steps: PositiveInt = 50
+
+
+class SFTCfg(OptimCfg):
+    completion_only_loss: bool
+
+
+class DPOCfg(OptimCfg):
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"]
+    beta: PositiveFloat
+
+
+class SimPOCfg(OptimCfg):
+    loss_type: Literal["simpo"]
+    beta: PositiveFloat
+    simpo_gamma: float
+    cpo_alpha: float = Field(ge=0)
+
+
+class RMCalibrationCfg(Section):
+    n_prompts: PositiveInt
+    generations_per_prompt: PositiveInt
+    temperature: PositiveFloat
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: PositiveInt
+
+
+class RMCfg(OptimCfg):
+    center_rewards_coefficient: float = Field(ge=0)
+    head_init_seed: int
+    text_format: Literal["chat_template", "study"]
+    calibration: RMCalibrationCfg
+
+
+class GRPOVersionCfg(Section):
+    learning_rate: PositiveLR
+    num_train_epochs: float = Field(gt=0)
+    max_steps: int = -1
+    num_generations: int = Field(ge=2)
+    per_device_train_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    num_gpus: PositiveInt
+    reward: Literal["continuous", "binary"]
+    save_steps: PositiveInt
+    save_total_limit: PositiveInt
+
+    @model_validator(mode="after")
+    def _generations_divide_batch(self) -> GRPOVersionCfg:
+        # TRL: per-device batch × processes × steps_per_generation (= grad-accum) must be a multiple of num_generations.
+        batch = self.per_device_train_batch_size * self.num_gpus * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"num_generations={self.num_generations} does not divide the generation batch "
+                f"{batch} (per_device_train_batch_size × num_gpus × gradient_accumulation_steps)"
+            )
+        return self
+
+
+class GRPOCfg(Section):
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"]
+    scale_rewards: Literal["group", "batch", "none"]
+    beta: float = Field(ge=0)
+    epsilon: PositiveFloat
+    temperature: PositiveFloat
+    max_completion_length: PositiveInt
+    lr_scheduler_type: Literal["cosine", "linear", "constant"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    use_vllm: bool
+    log_completions: bool
+    eval_every_steps: PositiveInt
+    versions: dict[str, GRPOVersionCfg]
+
+
+class RelearnCfg(Section):
+    starts: list[str]
+    max_steps: PositiveInt
+    learning_rate: PositiveLR
+    lr_scheduler_type: Literal["cosine", "linear", "constant"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    per_device_train_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    eval_every_steps: PositiveInt
+
+
+class TrainCfg(Section):
+    common: CommonTrainCfg
+    pretrain_tiny: PretrainTinyCfg
+    sft: SFTCfg
+    dpo: DPOCfg
+    simpo: SimPOCfg
+    ipo: DPOCfg
+    rm: RMCfg
+    grpo: GRPOCfg
+    relearn: RelearnCfg
+
+
+class GenerationCfg(Section):
+    backend: Literal["vllm", "hf"]
+    temperature: float = Field(ge=0)
+    top_p: float = Field(gt=0, le=1)
+    top_k: int
+    max_new_tokens: PositiveInt
+    seed: int
+    tensor_parallel_size: PositiveInt
+    max_model_len: PositiveInt
+    enable_prefix_caching: bool
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    batch_size: PositiveInt
+    challenge: Literal["study", "anthropic"]
+    max_samples: int = Field(ge=0)
+
+
+class JudgeCfg(Section):
+    backend: Literal["llm", "rule"]
+    model: str
+    revision: str
+    temperature: float = Field(ge=0)
+    max_tokens: PositiveInt
+    tensor_parallel_size: PositiveInt
+    max_model_len: PositiveInt
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    parse_failure_policy: Literal["exclude", "study_default"]
+
+
+class MetricsCfg(Section):
+    bootstrap_iterations: PositiveInt
+    ci_level: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class ProbingCfg(Section):
+    models: list[str]
+    reference_model: str
+    templates: list[Literal["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]]
+    max_samples: int = Field(ge=0)
+    sample_seed: int
+    val_fraction: float = Field(gt=0, lt=1)
+    batch_size: PositiveInt
+    max_length: PositiveInt
+    C: PositiveFloat
+    max_iter: PositiveInt
+    bootstrap_iterations: PositiveInt
+    permutations: PositiveInt
+    control_seeds: PositiveInt
+    ablation_alpha: float
+
+    @model_validator(mode="after")
+    def _reference_is_probed(self) -> ProbingCfg:
+        if self.reference_model not in self.models:
+            raise ValueError(f"reference_model {self.reference_model!r} is not in probing.models")
+        return self
+
+
+class ReportCfg(Section):
+    published: Path
+    figure_dpi: PositiveInt
+
+
+class Config(Section):
+    profile: str
+    seed: int
+    paths: Paths
+    models: list[str]
+    base_model: BaseModelCfg
+    data: DataCfg
+    prepare: PrepareCfg
+    lora: LoraCfg
+    train: TrainCfg
+    generation: GenerationCfg
+    judge: JudgeCfg
+    metrics: MetricsCfg
+    probing: ProbingCfg
+    report: ReportCfg
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        unknown = [m for m in self.probing.models if m not in self.models]
+        if unknown:
+            raise ValueError(f"probing.models names models not in models: {unknown}")
+        for version in self.train.grpo.versions:
+            if f"grpo_{version}" not in self.models:
+                raise ValueError(f"train.grpo.versions.{version} has no model grpo_{version} in models")
+        return self
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.profile != "full"
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_TYPE_WORDS = {
+    "float_parsing": "float",
+    "float_type": "float",
+    "int_parsing": "int",
+    "int_type": "int",
+    "int_from_float": "int",
+    "bool_parsing": "bool",
+    "bool_type": "bool",
+    "string_type": "str",
+    "list_type": "list",
+    "dict_type": "mapping",
+    "model_type": "mapping",
+    "tuple_type": "list",
+}
+
+
+def _describe(error: dict) -> str:
+    """One line per pydantic error: `key.path: what is wrong`."""
+    loc = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind in _TYPE_WORDS:
+        message = f"expected {_TYPE_WORDS[kind]}, got {error['input']!r}"
+    elif kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "value_error":
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+    else:
+        message = f"{error['msg'].lower()}, got {error['input']!r}"
+    return f"{loc}: {message}" if loc else message
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = [_describe(err) for err in exc.errors(include_url=False)]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (and {len(lines) - 1} more: {'; '.join(lines[1:])})"
+
+
+def available_profiles(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def resolve_raw(params: str | Path = PARAMS_FILE, profile: str | None = None) -> dict[str, Any]:
+    """params.yaml merged with profiles/<profile>.yaml, before validation."""
+    params = Path(params)
+    raw = _read_yaml(params)
+    if profile:
+        root = params.resolve().parent
+        overlay_path = root / PROFILES_DIR / f"{profile}.yaml"
+        if not overlay_path.is_file():
+            names = ", ".join(available_profiles(root)) or "none"
+            raise ConfigError(f"unknown profile {profile!r} (available: {names})")
+        raw = _deep_merge(raw, _read_yaml(overlay_path))
+    return raw
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=8)
+def _load_cached(params: str, profile: str | None, mtime: float) -> Config:
+    return validate(resolve_raw(params, profile))
+
+
+def load_config(params: str | Path = PARAMS_FILE, profile: str | None = None) -> Config:
+    """Load and validate once per (file, profile, mtime)."""
+    path = Path(params).resolve()
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return _load_cached(str(path), profile, mtime)

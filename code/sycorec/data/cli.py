@@ -1,0 +1,6 @@
+import click
+
+
+@click.group()
+def data() -> None:
+    """Fetch, synthesize, validate and prepare datasets."""

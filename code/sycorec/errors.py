@@ -1,0 +1,17 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit."""
+
+
+class SycorecError(Exception):
+    """A user-facing failure: bad config, malformed data, missing input or hardware."""
+
+
+class ConfigError(SycorecError):
+    pass
+
+
+class DataError(SycorecError):
+    pass
+
+
+class MissingInputError(SycorecError):
+    pass

@@ -1,0 +1,6 @@
+import click
+
+
+@click.group()
+def probe() -> None:
+    """Linear probes: extract activations, analyze."""

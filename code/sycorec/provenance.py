@@ -1,0 +1,84 @@
+"""Provenance: where a result came from (code, environment, params, inputs, hardware)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sycorec.io import sha256_file
+
+TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "dvc", "scikit-learn")
+LOCK_FILE = Path("requirements/cluster.lock")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state() -> dict[str, Any]:
+    sha = _git("rev-parse", "HEAD") or os.environ.get("SYCOREC_GIT_SHA")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(), "cuda": None, "gpus": []}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["cuda"] = torch.version.cuda
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def image_digest() -> str | None:
+    """Set by the container recipes (SYCOREC_IMAGE_DIGEST) or Apptainer's own variables."""
+    for var in ("SYCOREC_IMAGE_DIGEST", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
+        if value := os.environ.get(var):
+            return value
+    return None
+
+
+def lock_hash(root: Path = Path(".")) -> str | None:
+    path = root / LOCK_FILE
+    return sha256_file(path) if path.exists() else None
+
+
+def params_hash(slice_: Any) -> str:
+    """Stable hash of a params slice (a pydantic model or plain data)."""
+    if hasattr(slice_, "model_dump"):
+        slice_ = slice_.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(slice_, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def environment_block(root: Path = Path(".")) -> dict[str, Any]:
+    return {
+        "git": git_state(),
+        "lock_sha256": lock_hash(root),
+        "versions": package_versions(),
+        "hardware": hardware(),
+        "image_digest": image_digest(),
+    }

@@ -1,0 +1,6 @@
+import click
+
+
+@click.group()
+def report() -> None:
+    """Tables, figures, errata, published diff, manifest."""
