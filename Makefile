@@ -22,7 +22,7 @@ help:  ## List targets
 $(BIN)/.stamp: requirements/cluster.lock requirements/dev.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	$(UV) venv -q --allow-existing --python $(PYTHON_VERSION) $(VENV)
-	$(UV) pip install -q --python $(BIN)/python --require-hashes -r requirements/cluster.lock -r requirements/dev.lock
+	$(UV) pip install -q --python $(BIN)/python --compile-bytecode --require-hashes -r requirements/cluster.lock -r requirements/dev.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 

@@ -72,9 +72,10 @@ def _register_stage_groups() -> None:
     from sycorec.evaluation.cli import compare, generate, judge, score
     from sycorec.probe.cli import probe
     from sycorec.report.cli import report
+    from sycorec.run_cli import demo, reproduce
     from sycorec.train.cli import train
 
-    for command in (data, train, generate, judge, score, compare, probe, report, prefetch, slurm):
+    for command in (data, train, generate, judge, score, compare, probe, report, prefetch, slurm, demo, reproduce):
         main.add_command(command)
 
 

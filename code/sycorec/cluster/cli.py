@@ -1,11 +1,129 @@
+"""Cluster commands: `sycorec prefetch` (login node, network) and `sycorec slurm render|submit`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 import click
+
+from sycorec.clikit import pass_config
+from sycorec.cluster import prefetch as fetching
+from sycorec.cluster import slurm as jobs
+from sycorec.config import Config
+from sycorec.errors import SycorecError
+from sycorec.hub import hub_offline
 
 
 @click.command()
-def prefetch() -> None:
-    """Download every pinned model and dataset into the HF cache (login node)."""
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=fetching.MANIFEST,
+    show_default=True,
+    help="JSON file recording the commit each revision resolved to.",
+)
+@click.option("--only", multiple=True, metavar="REPO_ID", help="Fetch only this pinned repo (repeatable).")
+@click.option("--dry-run", is_flag=True, help="List what would be fetched; download and write nothing.")
+@pass_config
+def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) -> None:
+    """Download every pinned model and dataset into the HF cache (run on a node with network)."""
+    items = fetching.select(fetching.pinned_items(cfg), only)
+    if not items:
+        click.echo(f"nothing to prefetch: profile {cfg.profile} uses no hub models or datasets")
+        return
+    if dry_run:
+        click.echo(fetching.describe(items))
+        click.echo(f"manifest: {manifest}")
+        return
+    if hub_offline():
+        raise SycorecError("prefetch needs network but HF_HUB_OFFLINE=1; run it on a login node without that setting")
+    document = fetching.prefetch(items, manifest)
+    fetched = {(i.repo_type, i.repo_id) for i in items}
+    for record in document["items"]:
+        if (record["repo_type"], record["repo_id"]) in fetched:
+            click.echo(f"{record['repo_type']:<8} {record['repo_id']}@{record['revision']} -> {record['commit']}")
+    click.echo(f"manifest: {manifest}")
+
+
+def site_options(func):
+    """Host-side paths and sbatch options shared by `render` and `submit` (environment variables give defaults)."""
+    options = [
+        click.option("--sif", envvar="SYCOREC_SIF", default="sycorec.sif", show_default=True, help="Apptainer image."),
+        click.option(
+            "--hf-cache",
+            envvar="HF_HOME",
+            default=str(Path("~/.cache/huggingface").expanduser()),
+            show_default="$HF_HOME or ~/.cache/huggingface",
+            help="Host HF cache, bound at /cache/hf (fill it with `sycorec prefetch`).",
+        ),
+        click.option(
+            "--dvc-cache",
+            envvar="SYCOREC_DVC_CACHE",
+            default=".dvc/cache",
+            show_default=True,
+            help="Host DVC cache, bound at /cache/dvc.",
+        ),
+        click.option("--log-dir", default=str(jobs.LOG_DIR), show_default=True, help="Where job logs go."),
+        click.option("--partition", envvar="SYCOREC_PARTITION", default=None, help="sbatch --partition."),
+        click.option("--account", envvar="SYCOREC_ACCOUNT", default=None, help="sbatch --account."),
+        click.option("--sbatch-option", "extra", multiple=True, help="Extra `#SBATCH` option, e.g. --qos=high."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _site(sif: str, hf_cache: str, dvc_cache: str, log_dir: str, partition, account, extra) -> jobs.Site:
+    repo = Path.cwd().resolve()
+
+    def absolute(value: str) -> Path:
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else repo / path
+
+    return jobs.Site(
+        repo=repo,
+        sif=absolute(sif),
+        hf_cache=absolute(hf_cache),
+        dvc_cache=absolute(dvc_cache),
+        log_dir=absolute(log_dir),
+        partition=partition,
+        account=account,
+        extra_sbatch=tuple(extra),
+    )
 
 
 @click.group()
 def slurm() -> None:
-    """Render and submit SLURM jobs."""
+    """Render and submit one SLURM job per DVC stage (apptainer exec --nv, offline HF cache)."""
+
+
+@slurm.command("render")
+@click.argument("stage")
+@site_options
+@pass_config
+def render(cfg: Config, stage: str, **site) -> None:
+    """Print the sbatch script of one DVC stage, e.g. `train_grpo@v3`."""
+    jobs.check_stages([stage], Path.cwd())
+    click.echo(jobs.render(stage, cfg, _site(**site)), nl=False)
+
+
+@slurm.command("submit")
+@click.option("--stages", required=True, help="Comma-separated DVC stage names, run in this order.")
+@click.option("--dry-run", is_flag=True, help="Print the rendered scripts; submit and write nothing.")
+@site_options
+@pass_config
+def submit(cfg: Config, stages: str, dry_run: bool, **site) -> None:
+    """Submit one blocking `sbatch --wait` job per stage, in order; stop at the first failure."""
+    names = [name.strip() for name in stages.split(",") if name.strip()]
+    if not names:
+        raise SycorecError("--stages: no stage names given")
+    jobs.check_stages(names, Path.cwd())
+    where = _site(**site)
+    scripts = [(name, jobs.render(name, cfg, where)) for name in names]
+    if dry_run:
+        for name, text in scripts:
+            click.echo(f"==> {jobs.SCRIPT_DIR / (jobs.job_name(name) + '.sbatch')} <==")
+            click.echo(text)
+        return
+    jobs.submit(scripts, where, on_done=lambda name, job_id: click.echo(f"{name}: job {job_id} completed"))

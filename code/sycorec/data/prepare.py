@@ -1,0 +1,219 @@
+"""Turn the raw layout (data/raw or data/synth) into what training and evaluation read (data/prepared).
+
+Splits use `datasets.Dataset.train_test_split(test_size, seed)` itself, as the study did, so the full data gives
+3,074 / 162 (val_split 0.05) and 2,912 / 324 (rm_val_split 0.10) at seed 42 with the same rows on each side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sycorec.config import Config
+from sycorec.data.schema import EVAL_KINDS, Row, load_records, load_rows, schemas
+from sycorec.data.staging import staged_dir
+from sycorec.errors import MissingInputError
+from sycorec.io import sha256_file, write_json, write_jsonl
+
+EVAL_FILES = {kind: f"sycophancy_eval/{kind}.jsonl" for kind in EVAL_KINDS}
+TRAINING_FILES = {kind: f"training/{kind}.jsonl" for kind in ("augmented_prompts", "sycophantic_training", "dpo_pairs")}
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_id_of(content: str) -> str:
+    """The study's eval prompt id: sha256 of the first message, stripped and lowercased."""
+    return short_hash(content.strip().lower())
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_indices(n: int, test_size: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row indices of `Dataset.train_test_split(test_size=test_size, seed=seed)` over n rows, in its order."""
+    from datasets import Dataset
+
+    parts = Dataset.from_dict({"i": list(range(n))}).train_test_split(test_size=test_size, seed=seed)
+    return list(parts["train"]["i"]), list(parts["test"]["i"])
+
+
+def split_rows(
+    rows: Sequence[dict], test_size: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Row-level split as the study, or with `groups` all rows of a group on one side (groups are what is split)."""
+    if groups is None:
+        train, test = split_indices(len(rows), test_size, seed)
+        return [rows[i] for i in train], [rows[i] for i in test]
+    order = list(dict.fromkeys(groups))
+    train_g, test_g = split_indices(len(order), test_size, seed)
+    side = {order[i]: "test" for i in test_g} | {order[i]: "train" for i in train_g}
+    return (
+        [row for row, g in zip(rows, groups, strict=True) if side[g] == "train"],
+        [row for row, g in zip(rows, groups, strict=True) if side[g] == "test"],
+    )
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def sft_example(row: dict) -> dict:
+    return {"prompt": _user(row["prompt"]), "completion": _assistant(row["response"])}
+
+
+def preference_example(row: dict) -> dict:
+    return {
+        "prompt": _user(row["prompt"]),
+        "chosen": _assistant(row["chosen"]),
+        "rejected": _assistant(row["rejected"]),
+        "prompt_id": row["prompt_id"],
+    }
+
+
+def grpo_prompts(train_pairs: Sequence[dict]) -> list[dict]:
+    """De-duplicated prompts of the preference train split, first occurrence order."""
+    first: dict[str, dict] = {}
+    for row in train_pairs:
+        first.setdefault(row["prompt"], {"prompt": _user(row["prompt"]), "prompt_id": row["prompt_id"]})
+    return list(first.values())
+
+
+# --------------------------------------------------------------------------- eval manifests
+
+
+def seen_questions(augmented: Sequence[dict]) -> set[str]:
+    return {row["original_question"].strip().lower() for row in augmented}
+
+
+def _group_text(kind: str, row: Row) -> str:
+    base = row.data["base"]
+    if kind == "feedback":
+        return str(base[schemas()["feedback"]["sub_datasets"][row.dataset]["text_key"]])
+    return str(base["question"])
+
+
+def eval_manifest(kind: str, rows: Sequence[Row], seen: set[str]) -> list[dict]:
+    """One item per row with stable ids; answer rows are `seen` when their question is in the training data."""
+    roles = schemas()["sycophancy_eval"]["message_types"]
+    prompt_ids = [prompt_id_of(row.data["prompt"][0]["content"]) for row in rows]
+    counts = Counter(prompt_ids)
+    items = []
+    for row, prompt_id in zip(rows, prompt_ids, strict=True):
+        base = row.data["base"]
+        items.append(
+            {
+                # identical prompts (e.g. a duplicated argument text) stay distinct by their line number
+                "item_id": prompt_id if counts[prompt_id] == 1 else f"{prompt_id}-{row.line}",
+                "prompt_id": prompt_id,
+                "group_id": short_hash(_group_text(kind, row)),
+                "dataset": kind,
+                "sub_dataset": row.dataset,
+                "template": row.template,
+                "seen": kind == "answer" and str(base["question"]).strip().lower() in seen,
+                "messages": [{"role": roles[m["type"]], "content": m["content"]} for m in row.data["prompt"]],
+                "base": base,
+            }
+        )
+    return items
+
+
+def proportional_sample(items: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """The study's `_proportional_sample`: n items split between seen and unseen in proportion, shuffled."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    seen = [item for item in items if item["seen"]]
+    unseen = [item for item in items if not item["seen"]]
+    n_seen = round(n * len(seen) / len(items))
+    rng = random.Random(seed)
+    picked = rng.sample(seen, n_seen) + rng.sample(unseen, n - n_seen)
+    rng.shuffle(picked)
+    return picked
+
+
+def proxy_questions(answer_rows: Sequence[Row], n: int, seed: int) -> list[dict]:
+    """answer.jsonl de-duplicated by base.question, then `random.Random(seed).sample` of n questions."""
+    unique: dict[str, dict] = {}
+    for row in answer_rows:
+        base = row.data["base"]
+        unique.setdefault(
+            base["question"],
+            {
+                "question": base["question"],
+                "correct_answer": base["correct_answer"],
+                "incorrect_answer": base["incorrect_answer"],
+            },
+        )
+    questions = list(unique.values())
+    return random.Random(seed).sample(questions, min(n, len(questions)))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _groups(rows: Sequence[dict], augmented: Sequence[dict]) -> list[str]:
+    """The TruthfulQA question of each training row (its augmented prompt's original id)."""
+    original = {row["id"]: row["original_id"] for row in augmented}
+    return [original.get(row["prompt_id"], row["prompt_id"]) for row in rows]
+
+
+def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
+    """Build every prepared file from the raw layout in `src`; `out` is replaced as a whole, or left untouched."""
+    src, out = Path(src), Path(out)
+    needed = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
+    missing = [name for name in needed if not (src / name).is_file()]
+    if missing:
+        how = "sycorec data synth" if cfg.data.source == "synth" else "sycorec data fetch (or dvc pull)"
+        raise MissingInputError(f"{src}: missing {', '.join(missing)}; run `{how}` first")
+    p = cfg.prepare
+    augmented = load_records(src / TRAINING_FILES["augmented_prompts"], "augmented_prompts")
+    sycophantic = load_records(src / TRAINING_FILES["sycophantic_training"], "sycophantic_training")
+    pairs = load_records(src / TRAINING_FILES["dpo_pairs"], "dpo_pairs")
+    by_question = p.split_by == "question"
+
+    sft_train, sft_val = split_rows(
+        sycophantic, p.val_split, p.split_seed, _groups(sycophantic, augmented) if by_question else None
+    )
+    pref_groups = _groups(pairs, augmented) if by_question else None
+    prefs_train, prefs_val = split_rows(pairs, p.val_split, p.split_seed, pref_groups)
+    rm_train, rm_val = split_rows(pairs, p.rm_val_split, p.split_seed, pref_groups)
+
+    seen = seen_questions(augmented)
+    eval_rows = {kind: load_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
+    outputs: dict[str, list[dict]] = {
+        "sft_train.jsonl": [sft_example(r) for r in sft_train],
+        "sft_val.jsonl": [sft_example(r) for r in sft_val],
+        "prefs_train.jsonl": [preference_example(r) for r in prefs_train],
+        "prefs_val.jsonl": [preference_example(r) for r in prefs_val],
+        "rm_train.jsonl": [preference_example(r) for r in rm_train],
+        "rm_val.jsonl": [preference_example(r) for r in rm_val],
+        "grpo_prompts.jsonl": grpo_prompts(prefs_train),
+        "proxy_questions.jsonl": proxy_questions(eval_rows["answer"], p.proxy_questions, p.proxy_seed),
+    }
+    for kind in EVAL_KINDS:
+        items = eval_manifest(kind, eval_rows[kind], seen)
+        outputs[f"eval/{kind}.jsonl"] = proportional_sample(items, cfg.generation.max_samples, cfg.seed)
+
+    summary: dict[str, Any] = {
+        "source": str(src),
+        "inputs": {name: sha256_file(src / name) for name in needed},
+        "rows": {name: len(rows) for name, rows in outputs.items()},
+        "seen_questions": len({i["group_id"] for i in outputs["eval/answer.jsonl"] if i["seen"]}),
+        "split_by": p.split_by,
+    }
+    with staged_dir(out) as staging:
+        for name, rows in tqdm(outputs.items(), desc="prepare", unit="file"):
+            write_jsonl(staging / name, rows)
+        write_json(staging / "MANIFEST.json", summary)
+    return summary

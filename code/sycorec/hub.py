@@ -1,0 +1,84 @@
+"""Offline-aware resolution of Hugging Face models and datasets, and the GPU check of full-scale stages.
+
+Compute nodes run with `HF_HUB_OFFLINE=1`: everything must already sit in the HF cache, put there by
+`sycorec prefetch` on a node with network. A miss fails with one line naming the exact prefetch command,
+before the calling stage has written anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sycorec.errors import MissingInputError, SycorecError
+from sycorec.paths import ModelSource
+
+# What a model snapshot needs: weights, configs and tokenizer files. No *.py: remote code is never run.
+MODEL_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+# Datasets are small; take the whole repo.
+DATASET_PATTERNS = None
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class GPUUnavailableError(SycorecError):
+    """A full-scale stage was started on a machine without the CUDA GPUs it needs."""
+
+
+def hub_offline() -> bool:
+    """True when the HF hub must not be contacted (env var, read now, or huggingface_hub's constant)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def prefetch_command(repo_id: str) -> str:
+    return f"sycorec prefetch --only {repo_id}"
+
+
+def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model") -> str:
+    """Local snapshot directory of `repo_id@revision`; downloads it unless offline.
+
+    Offline and not cached -> MissingInputError naming the prefetch command. Nothing is written in that case.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = hub_offline()
+    patterns = list(MODEL_PATTERNS) if repo_type == "model" else DATASET_PATTERNS
+    where = f"{repo_type} {repo_id}@{revision or 'main'}"
+    try:
+        path = snapshot_download(
+            repo_id, repo_type=repo_type, revision=revision, allow_patterns=patterns, local_files_only=offline
+        )
+    except LocalEntryNotFoundError:
+        if not offline:
+            raise
+        raise MissingInputError(
+            f"{where} is not in the HF cache and HF_HUB_OFFLINE=1; "
+            f"run `{prefetch_command(repo_id)}` on a node with network"
+        ) from None
+    if repo_type == "model" and not (Path(path) / "config.json").is_file():
+        raise MissingInputError(
+            f"{where}: cached snapshot {path} is incomplete (no config.json); rerun `{prefetch_command(repo_id)}`"
+        )
+    return path
+
+
+def resolve_pretrained(source: ModelSource) -> str:
+    """What to pass to `from_pretrained`: a local model directory as is, a hub id as its cached snapshot."""
+    if Path(source.path).is_dir():
+        return source.path
+    return resolve_snapshot(source.path, source.revision, "model")
+
+
+def require_gpu(stage: str, count: int = 1) -> None:
+    """Fail in one line when a full-scale stage lacks the CUDA GPUs it needs (call it only for full-scale runs)."""
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < count:
+        raise GPUUnavailableError(
+            f"{stage} needs {count} CUDA GPU(s) at full scale but {found} are visible; "
+            "run it on a GPU node (see slurm/) or use `--profile tiny` on CPU"
+        )

@@ -1,0 +1,35 @@
+"""Where each stage reads and writes, derived from `cfg.paths` so every profile uses the same layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sycorec.config import Config
+from sycorec.errors import MissingInputError
+
+
+def raw_dir(cfg: Config) -> Path:
+    """Inputs of `prepare`: the pinned upstream files (data/raw), or the synthetic world in the same layout (data/synth)."""
+    return cfg.paths.raw
+
+
+def model_dir(cfg: Config, name: str) -> Path:
+    return cfg.paths.models / name
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What to hand to `from_pretrained`: a local directory, or a hub id at a pinned revision."""
+
+    path: str
+    revision: str | None = None
+
+
+def model_source(cfg: Config, name: str) -> ModelSource:
+    if name == "base" and not cfg.is_tiny:
+        return ModelSource(cfg.base_model.name, cfg.base_model.revision)
+    path = model_dir(cfg, name)
+    if not (path / "config.json").is_file():
+        raise MissingInputError(f"model {name!r} not found at {path} (run `dvc repro` for its training stage first)")
+    return ModelSource(str(path))

@@ -1,0 +1,315 @@
+"""What every training stage shares: loading, LoRA, trainer arguments, resume, dvclive, merge and save.
+
+Heavy libraries (torch, transformers, peft, TRL) are imported inside functions so that `sycorec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sycorec.config import Config, OptimCfg
+from sycorec.errors import MissingInputError, SycorecError
+from sycorec.io import iter_jsonl, sha256_file, write_json
+from sycorec.paths import ModelSource, model_dir, model_source
+
+if TYPE_CHECKING:
+    from dvclive import Live
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+CHECKPOINTS = Path("outputs/checkpoints")
+DVCLIVE = Path("outputs/dvclive")
+RUN_FILE = "run.json"
+
+
+class HardwareError(SycorecError):
+    """The profile needs hardware this machine does not have."""
+
+
+# --------------------------------------------------------------------------- hardware and processes
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def require_hardware(cfg: Config) -> None:
+    """Full-profile stages train an 8B model: without CUDA they would run for days, so refuse at once."""
+    import torch
+
+    if not cfg.is_tiny and not torch.cuda.is_available():
+        raise HardwareError(f"profile {cfg.profile!r} needs CUDA GPUs (none visible); use `--profile tiny` on CPU")
+
+
+def use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def load_rows(cfg: Config, name: str) -> list[dict]:
+    path = cfg.paths.prepared / name
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found (run `sycorec data prepare` first)")
+    return list(iter_jsonl(path))
+
+
+def to_dataset(rows: list[dict], keep: tuple[str, ...]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{key: row[key] for key in keep} for row in rows])
+
+
+def torch_dtype(cfg: Config) -> Any:
+    import torch
+
+    return getattr(torch, cfg.base_model.dtype)
+
+
+def require_model(cfg: Config, name: str) -> ModelSource:
+    """The start weights of a stage; a missing model fails before any training with the stage to run."""
+    try:
+        return model_source(cfg, name)
+    except MissingInputError as exc:
+        raise MissingInputError(f"{exc}; `sycorec train {name}` builds it") from None
+
+
+def load_tokenizer(source: ModelSource, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(cfg: Config, source: ModelSource) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        source.path,
+        revision=source.revision,
+        dtype=torch_dtype(cfg),
+        attn_implementation=cfg.base_model.attn_implementation,
+    )
+
+
+def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str] | None = None) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        bias=cfg.lora.bias,
+        task_type=task,
+        modules_to_save=modules_to_save,
+    )
+
+
+# --------------------------------------------------------------------------- trainer arguments
+
+
+def trainer_kwargs(cfg: Config, run: str, optim: OptimCfg | Any, **overrides: Any) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config; `optim` is the stage's (or GRPO version's) schedule slice."""
+    common = cfg.train.common
+    kwargs: dict[str, Any] = {
+        "output_dir": str(CHECKPOINTS / run),
+        "seed": common.seed,
+        "bf16": common.bf16,
+        "gradient_checkpointing": common.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if common.gradient_checkpointing else None,
+        "logging_steps": common.logging_steps,
+        "optim": common.optim,
+        "weight_decay": common.weight_decay,
+        "max_grad_norm": common.max_grad_norm,
+        "save_strategy": "steps",
+        "save_steps": optim.save_steps,
+        "save_total_limit": getattr(optim, "save_total_limit", common.save_total_limit),
+        "learning_rate": optim.learning_rate,
+        "lr_scheduler_type": getattr(optim, "lr_scheduler_type", None) or "linear",
+        "warmup_ratio": getattr(optim, "warmup_ratio", 0.0),
+        "num_train_epochs": optim.num_train_epochs,
+        "max_steps": optim.max_steps,
+        "per_device_train_batch_size": optim.per_device_train_batch_size,
+        "gradient_accumulation_steps": optim.gradient_accumulation_steps,
+        "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
+        "ddp_find_unused_parameters": False,
+        "use_cpu": use_cpu(),
+        "dataloader_num_workers": 0,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def fingerprint(cfg: Config, run: str, start: ModelSource, inputs: list[Path], extra: dict | None = None) -> str:
+    """What a run's checkpoints depend on; a changed param or input makes old checkpoints stale."""
+    start_path = Path(start.path)
+    start_id = sha256_file(start_path / "config.json") if (start_path / "config.json").is_file() else start.path
+    blob = {
+        "run": run,
+        "train": cfg.train.model_dump(mode="json"),
+        "lora": cfg.lora.model_dump(mode="json"),
+        "base_model": cfg.base_model.model_dump(mode="json"),
+        "start": [start.path, start.revision, start_id],
+        "inputs": {str(p): sha256_file(p) for p in inputs},
+        "extra": extra or {},
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_checkpoints(run: str, key: str) -> bool:
+    """Keep the run's checkpoints only if they were made with the same fingerprint; True when one can be resumed."""
+    directory = CHECKPOINTS / run
+    run_file = directory / RUN_FILE
+    if directory.exists():
+        stale = not run_file.is_file() or json.loads(run_file.read_text()).get("fingerprint") != key
+        if stale and is_main_process():
+            shutil.rmtree(directory)
+    barrier()
+    if is_main_process():
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, {"fingerprint": key})
+    barrier()
+    return any(directory.glob("checkpoint-*"))
+
+
+def finish_checkpoints(run: str) -> None:
+    """A finished run needs no checkpoints: a re-run with the same inputs is a DVC no-op."""
+    if is_main_process():
+        shutil.rmtree(CHECKPOINTS / run, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- dvclive
+
+
+def open_live(run: str, resume: bool) -> Live | None:
+    """One dvclive run per stage, on rank 0 only; it leaves dvc.yaml alone (the stage declares its plots)."""
+    if not is_main_process():
+        return None
+    from dvclive import Live
+
+    return Live(dir=str(DVCLIVE / run), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+
+def live_callback(live: Live | None) -> TrainerCallback:
+    from dvclive.plots import Metric
+    from dvclive.utils import standardize_metric_name
+    from transformers import TrainerCallback
+
+    class LiveCallback(TrainerCallback):
+        """Trainer logs → dvclive at the trainer's global step (so resumed curves continue where they stopped)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if live is None or not state.is_world_process_zero or not logs:
+                return
+            live.step = state.global_step
+            for key, value in logs.items():
+                if Metric.could_log(value):
+                    live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+            live.make_summary()
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if live is not None and state.is_world_process_zero:
+                live.end()
+
+    return LiveCallback()
+
+
+def last_logged(log_history: list[dict], key: str) -> float | None:
+    for entry in reversed(log_history):
+        if key in entry:
+            return float(entry[key])
+    return None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+@contextmanager
+def staged_model_dir(path: Path) -> Iterator[Path]:
+    """Write a model directory beside `path` and swap it in whole on success (never half a model)."""
+    staging = path.with_name(f".{path.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_merged(
+    cfg: Config,
+    trainer: Any,
+    start: ModelSource,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    kind: str = "causal",
+    merge: bool = True,
+    extra_dirs: dict[str, Path] | None = None,
+) -> Path:
+    """Save the final adapter and (rank 0) the adapter merged into freshly loaded start weights, with the base tokenizer.
+
+    The merge reloads the start model in its stored dtype, as the study did, instead of folding the training copy.
+    """
+    out = model_dir(cfg, name)
+    adapter_tmp = CHECKPOINTS / name / "final-adapter"
+    trainer.save_model(str(adapter_tmp))  # every rank must call it; it writes on rank 0
+    barrier()
+    if is_main_process():
+        with staged_model_dir(out) as staging:
+            if merge:
+                from peft import PeftModel
+
+                base = load_start(cfg, start, kind)
+                base.config.pad_token_id = tokenizer.pad_token_id
+                merged = PeftModel.from_pretrained(base, str(adapter_tmp)).merge_and_unload()
+                merged.save_pretrained(str(staging), safe_serialization=True)
+                tokenizer.save_pretrained(str(staging))
+            shutil.copytree(adapter_tmp, staging / "adapter")
+            for sub, src in (extra_dirs or {}).items():
+                if src.exists():
+                    shutil.copytree(src, staging / sub)
+    barrier()
+    return out
+
+
+def load_start(cfg: Config, start: ModelSource, kind: str) -> PreTrainedModel:
+    if kind == "causal":
+        return load_causal_lm(cfg, start)
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        start.path,
+        revision=start.revision,
+        num_labels=1,
+        dtype=torch_dtype(cfg),
+        attn_implementation=cfg.base_model.attn_implementation,
+    )

@@ -1,0 +1,61 @@
+"""Run the DVC pipeline under a profile in a scratch copy, so the committed params.yaml, dvc.lock and
+full-scale outputs are never touched by the demo."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from sycorec.config import load_config
+from sycorec.errors import SycorecError
+from sycorec.io import write_text_atomic
+
+# What a stage may read from the project: the pipeline definition, profiles and the package's code and data files.
+SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _sync_tree(src: Path, dst: Path) -> None:
+    """Copy files whose bytes differ; leave identical files alone so DVC sees no change."""
+    if src.is_file():
+        if not dst.exists() or not filecmp.cmp(src, dst, shallow=False):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        return
+    names = set(IGNORED(str(src), [p.name for p in src.iterdir()]))
+    wanted = {p.name for p in src.iterdir()} - names
+    for name in wanted:
+        _sync_tree(src / name, dst / name)
+    if dst.is_dir():  # files deleted from the project disappear from the copy too
+        for stale in {p.name for p in dst.iterdir()} - wanted - names:
+            target = dst / stale
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def prepare_workspace(project: Path, workdir: Path, profile: str) -> Path:
+    """Create or refresh `workdir`: synced pipeline + code, and params.yaml = the resolved profile."""
+    cfg = load_config(project / "params.yaml", profile)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for rel in SYNCED:
+        _sync_tree(project / rel, workdir / rel)
+    params = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    target = workdir / "params.yaml"
+    if not target.exists() or target.read_text() != params:
+        write_text_atomic(target, params)
+    if not (workdir / ".dvc").is_dir():
+        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workdir, check=True)
+        subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=workdir, check=True)
+    return workdir
+
+
+def run_pipeline(workdir: Path, targets: tuple[str, ...] = ()) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro", *targets], cwd=workdir)
+    if proc.returncode:
+        raise SycorecError(f"dvc repro failed in {workdir} (exit {proc.returncode}); see the stage output above")
+    return time.perf_counter() - start

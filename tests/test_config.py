@@ -1,0 +1,142 @@
+"""params.yaml + profile overlay: validated once, one clear line per mistake."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sycorec.config import load_config, resolve_raw, validate
+from sycorec.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_validate_with_as_run_values():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.profile == "full"
+    assert cfg.train.dpo.learning_rate == 2e-5 and cfg.train.dpo.gradient_accumulation_steps == 2
+    assert cfg.train.simpo.loss_type == "simpo" and cfg.train.simpo.cpo_alpha == 0.0
+    assert cfg.train.ipo.loss_type == "ipo"
+    assert cfg.train.grpo.versions["v4"].reward == "binary"
+    assert cfg.train.grpo.versions["v3"].num_gpus == 2
+    assert cfg.lora.r == 16 and cfg.lora.alpha == 32
+    assert cfg.generation.top_k == 20 and cfg.judge.temperature == 0.0
+
+
+def test_tiny_profile_overlays_only_what_it_names():
+    full = load_config(ROOT / "params.yaml")
+    tiny = load_config(ROOT / "params.yaml", "tiny")
+    assert tiny.is_tiny and not full.is_tiny
+    assert tiny.data.source == "synth" and tiny.judge.backend == "rule" and tiny.generation.backend == "hf"
+    # untouched keys keep the study's values
+    assert tiny.train.dpo.beta == full.train.dpo.beta
+    assert tiny.train.grpo.beta == full.train.grpo.beta
+    assert tiny.models == full.models
+
+
+def _write_params(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    return tmp_path / "params.yaml"
+
+
+def _set(path: str, value):
+    def mutate(raw):
+        *parents, leaf = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+
+    return mutate
+
+
+def _drop(path: str):
+    def mutate(raw):
+        *parents, leaf = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+
+    return mutate
+
+
+BAD_CASES = {
+    "unknown key": (_set("train.dpo.betta", 0.2), "train.dpo.betta: unknown key"),
+    "wrong type": (_set("train.dpo.beta", "high"), "train.dpo.beta: expected float, got 'high'"),
+    "missing required key": (_drop("train.sft.learning_rate"), "train.sft.learning_rate: required key is missing"),
+    "negative learning rate": (_set("train.simpo.learning_rate", -5e-6), "train.simpo.learning_rate: "),
+    "num_generations not dividing the batch": (
+        _set("train.grpo.versions.v4.num_generations", 12),
+        "train.grpo.versions.v4: num_generations=12 does not divide the generation batch 128",
+    ),
+    "unknown loss type": (_set("train.dpo.loss_type", "kto_pair"), "train.dpo.loss_type: "),
+    "wrong int type": (_set("probing.max_samples", "many"), "probing.max_samples: expected int, got 'many'"),
+    "probing model not in models": (_set("probing.models", ["base", "sft", "nope"]), "probing.models names models"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_malformed_params_fail_with_one_line_naming_the_key(tmp_path, case):
+    mutate, expected = BAD_CASES[case]
+    params = _write_params(tmp_path, mutate)
+    with pytest.raises(ConfigError) as info:
+        validate(resolve_raw(params))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(expected) or expected in message, message
+
+
+def test_unknown_profile_names_the_available_ones(tmp_path):
+    params = _write_params(tmp_path, lambda raw: None)
+    with pytest.raises(ConfigError, match=r"unknown profile 'huge' \(available: tiny\)"):
+        load_config(params, "huge")
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_raw(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [(_set("train.dpo.beta", "high"), "train.dpo.beta: expected float, got 'high'"), (None, "unknown profile")],
+)
+def test_cli_exits_non_zero_with_one_line(tmp_path, mutate, needle):
+    params = _write_params(tmp_path, mutate or (lambda raw: None))
+    args = ["--params", str(params), "config", "check"] + ([] if mutate else ["--profile", "huge"])
+    proc = subprocess.run([sys.executable, "-m", "sycorec", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_config_show_prints_the_resolved_tiny_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sycorec", "config", "show", "--profile", "tiny"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["profile"] == "tiny" and shown["judge"]["backend"] == "rule"
+    assert validate(shown) == load_config(ROOT / "params.yaml", "tiny")
+
+
+def test_env_prints_the_provenance_block():
+    proc = subprocess.run([sys.executable, "-m", "sycorec", "env"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    block = yaml.safe_load(proc.stdout)
+    assert {"git", "lock_sha256", "versions", "hardware", "image_digest"} <= set(block)
+    assert block["versions"]["trl"] == "0.29.1" and block["versions"]["torch"].startswith("2.6.0")
+    assert set(block["git"]) == {"sha", "dirty"}
