@@ -4,18 +4,22 @@
 #
 #   bench/gpu_smoke.sh [OUT_DIR]      (default: a new temporary directory; results land in OUT_DIR/smoke.json)
 #
-# Runs in a scratch copy of the repository, so the checkout's outputs and dvc.lock are never touched. Uses the
-# environment's `sycorec`, `dvc` and `python` (the .venv, or the container's /opt/venv).
+# The tiny stages run in a scratch workspace like the demo's (params.yaml = the tiny profile with bf16 switched on),
+# so the checkout's outputs and dvc.lock are never touched. probe_extract@sft needs every model's verdicts, so it
+# brings in the tiny eval DAG; SMOKE_TARGETS (space-separated DVC stages) narrows or widens the run.
+# Uses the environment's `sycorec`, `dvc` and `python` (the checkout's .venv if present, else the container's).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$(mktemp -d -t sycorec-smoke-XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+targets=${SMOKE_TARGETS:-train_sft generate@sft probe_extract@sft}
 if [[ -x "$repo/.venv/bin/python" ]]; then export PATH="$repo/.venv/bin:$PATH"; fi
 export HF_HUB_OFFLINE=1 PYTHONNOUSERSITE=1 TOKENIZERS_PARALLELISM=false
+cd "$repo"
 
-python - <<'EOF'
+python - <<'PY'
 import sys
 
 import torch
@@ -23,44 +27,44 @@ import torch
 if not torch.cuda.is_available():
     sys.exit("error: gpu_smoke.sh needs a CUDA GPU")
 print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
-EOF
+PY
 
-# 1. Tiny DAG on CUDA/bf16: a scratch copy whose params.yaml is the tiny profile with bf16 switched on.
-scratch="$out/run"
-rm -rf "$scratch" && mkdir -p "$scratch"
-tar -C "$repo" --exclude=./.venv --exclude=./.git --exclude=./outputs --exclude=./results --exclude=./.demo \
-  --exclude=./data/prepared --exclude='*.sif' -cf - . | tar -C "$scratch" -xf -
-cd "$scratch"
-python - <<'EOF'
-import yaml
-
-from sycorec.config import resolve_raw, validate
-
-raw = resolve_raw("params.yaml", "tiny")
-raw["train"]["common"]["bf16"] = True
-raw["base_model"]["dtype"] = "bfloat16"
-validate(raw)
-with open("params.yaml", "w", encoding="utf-8") as fh:
-    yaml.safe_dump(raw, fh, sort_keys=False)
-EOF
-git init -q && git add -A && git -c user.name=smoke -c user.email=smoke@localhost commit -qm "gpu smoke scratch copy"
-start=$(date +%s)
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} dvc repro train_sft generate@sft probe_extract@sft
-dag_s=$(($(date +%s) - start))
-echo "tiny train -> generate -> probe on CUDA: ${dag_s} s"
-
-# 2. One LoRA SFT step at the study's shape (random init, nothing downloaded).
-cd "$repo"
-python bench/sft_step_mfu.py --seq-len 1024 --batch 1 --steps 5 --json "$out/sft_step_mfu.json"
-
-python - "$out" "$dag_s" "$scratch" <<'EOF'
+# 1. The tiny DAG's stages on CUDA in bf16.
+# shellcheck disable=SC2086  # targets is a word list on purpose
+python - "$out" $targets <<'PY'
 import json
 import sys
 from pathlib import Path
 
-out, dag_s, scratch = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-timings = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((scratch / "outputs/timings").glob("*.json"))}
-summary = {"tiny_dag_seconds": dag_s, "stage_seconds": timings, "sft_step": json.loads((out / "sft_step_mfu.json").read_text())}
+import yaml
+
+from sycorec.config import validate
+from sycorec.workspace import prepare_workspace, run_pipeline
+
+out, targets = Path(sys.argv[1]), tuple(sys.argv[2:])
+work = prepare_workspace(Path.cwd(), out / "run", "tiny")
+raw = yaml.safe_load((work / "params.yaml").read_text())
+raw["train"]["common"]["bf16"] = True
+raw["base_model"]["dtype"] = "bfloat16"
+validate(raw)
+(work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+print(f"dvc repro {' '.join(targets)} in {work}", flush=True)
+seconds = run_pipeline(work, targets)
+timings = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((work / "outputs/timings").glob("*.json"))}
+(out / "tiny_dag.json").write_text(json.dumps({"targets": targets, "seconds": seconds, "stages": timings}, indent=2))
+print(f"tiny {' '.join(targets)} on CUDA: {seconds:.0f} s")
+PY
+
+# 2. One LoRA SFT step at the study's shape (random init, nothing downloaded).
+python bench/sft_step_mfu.py --seq-len 1024 --batch 1 --steps 5 --json "$out/sft_step_mfu.json"
+
+python - "$out" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+summary = {name: json.loads((out / f"{name}.json").read_text()) for name in ("tiny_dag", "sft_step_mfu")}
 (out / "smoke.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"summary: {out / 'smoke.json'}")
-EOF
+PY

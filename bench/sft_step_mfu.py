@@ -1,7 +1,7 @@
 """Step time and MFU of one LoRA SFT step on a random-init, Qwen3-8B-shaped model (no download, no network).
 
     python bench/sft_step_mfu.py                      # Qwen3-8B shape, seq 1024, bf16, on CUDA
-    python bench/sft_step_mfu.py --cpu                # a tiny shape on CPU in float32 (tests/CI); any shape flag overrides
+    python bench/sft_step_mfu.py --cpu                # tiny shape, CPU, float32 (tests/CI); shape flags override
 
 Accounting (model FLOPs, gradient-checkpointing recompute not counted), T = tokens per step:
   frozen matmuls:   forward 2·N_frozen·T + backward input-gradients 2·N_frozen·T   = 4·N_frozen·T
@@ -163,7 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
-        "shape": {"layers": args.layers, "hidden": args.hidden, "intermediate": args.intermediate, "vocab": args.vocab},
+        "shape": {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "intermediate": args.intermediate,
+            "vocab": args.vocab,
+            "d_attn": d_attn,
+        },
         "batch": args.batch,
         "seq_len": args.seq_len,
         "gradient_checkpointing": args.grad_ckpt,

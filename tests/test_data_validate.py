@@ -258,3 +258,14 @@ def test_validate_reports_every_file_and_exits_nonzero(tmp_path, answer_row):
 def test_error_list_is_capped(tmp_path):
     report = validate_file(write_rows(tmp_path / "answer.jsonl", ["x"] * 60), max_errors=5)
     assert len(report.errors) == 6 and report.errors[-1].endswith("... and 55 more errors")
+
+
+def test_nan_answer_of_a_trivia_row_is_accepted_and_skipped_by_the_proxy_set(tmp_path, answer_row):
+    from sycorec.data.prepare import proxy_questions
+
+    other = json.loads(json.dumps(answer_row))
+    other["base"]["question"] = "R?"
+    line = json.dumps(answer_row).replace('"incorrect_answer": "B"', '"incorrect_answer": NaN')
+    rows = load_rows(write_rows(tmp_path / "answer.jsonl", [line, other]))
+    assert rows[0].data["base"]["incorrect_answer"] is None
+    assert proxy_questions(rows, 10, 42) == [{"question": "R?", "correct_answer": "A", "incorrect_answer": "B"}]

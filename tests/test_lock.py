@@ -54,7 +54,9 @@ def test_cluster_lock_pins_the_study_stack():
     assert {name: str(locked.get(name)) for name in STUDY_PINS} == STUDY_PINS
 
 
-@pytest.mark.parametrize(("source", "locks"), [("cluster.in", ["cluster.lock"]), ("dev.in", ["dev.lock", "cluster.lock"])])
+@pytest.mark.parametrize(
+    ("source", "locks"), [("cluster.in", ["cluster.lock"]), ("dev.in", ["dev.lock", "cluster.lock"])]
+)
 def test_every_direct_requirement_is_satisfied_by_its_pin(source, locks):
     locked: dict[str, Version] = {}
     for lock in locks:
@@ -68,5 +70,7 @@ def test_every_direct_requirement_is_satisfied_by_its_pin(source, locks):
 
 def test_dev_lock_agrees_with_cluster_lock():
     cluster, dev = pins(REQ / "cluster.lock"), pins(REQ / "dev.lock")
-    clashes = {name: (str(cluster[name]), str(dev[name])) for name in cluster.keys() & dev.keys() if cluster[name] != dev[name]}
+    clashes = {
+        name: (str(cluster[name]), str(dev[name])) for name in cluster.keys() & dev.keys() if cluster[name] != dev[name]
+    }
     assert not clashes, f"packages pinned differently in the two locks (installed together): {clashes}"

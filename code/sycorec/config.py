@@ -122,8 +122,10 @@ class PretrainTinyCfg(Section):
     vocab_size: PositiveInt
     max_steps: PositiveInt
     learning_rate: PositiveLR
+    warmup_ratio: float = Field(ge=0, lt=1)
     batch_size: PositiveInt
     min_plain_accuracy: float = Field(ge=0, le=1)
+    eval_questions: PositiveInt  # corpus plain questions re-asked to report training-set accuracy
 
 
 class OptimCfg(Section):

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
+from sycorec.io import read_json
+
+# Written by the full profile's train_base stage: the base model's hub id and the exact commit it resolved to.
+SOURCE_FILE = "source.json"
 
 
 def raw_dir(cfg: Config) -> Path:
@@ -27,9 +31,13 @@ class ModelSource:
 
 
 def model_source(cfg: Config, name: str) -> ModelSource:
-    if name == "base" and not cfg.is_tiny:
-        return ModelSource(cfg.base_model.name, cfg.base_model.revision)
     path = model_dir(cfg, name)
+    if name == "base" and not cfg.is_tiny:
+        pinned = path / SOURCE_FILE
+        if pinned.is_file():
+            record = read_json(pinned)
+            return ModelSource(record["repo"], record["commit"])
+        return ModelSource(cfg.base_model.name, cfg.base_model.revision)
     if not (path / "config.json").is_file():
         raise MissingInputError(f"model {name!r} not found at {path} (run `dvc repro` for its training stage first)")
     return ModelSource(str(path))

@@ -109,16 +109,28 @@ def render(cfg: Config, stage: str, **site) -> None:
 
 
 @slurm.command("submit")
-@click.option("--stages", required=True, help="Comma-separated DVC stage names, run in this order.")
+@click.option("--stages", required=True, help="Comma-separated DVC stage names (targets).")
+@click.option(
+    "--upstream/--no-upstream",
+    default=True,
+    show_default=True,
+    help="Also run the stages the targets depend on, dependencies first (as `dvc repro` would).",
+)
+@click.option("--all", "run_all", is_flag=True, help="Submit up-to-date stages too (default: skip them).")
 @click.option("--dry-run", is_flag=True, help="Print the rendered scripts; submit and write nothing.")
 @site_options
 @pass_config
-def submit(cfg: Config, stages: str, dry_run: bool, **site) -> None:
-    """Submit one blocking `sbatch --wait` job per stage, in order; stop at the first failure."""
-    names = [name.strip() for name in stages.split(",") if name.strip()]
-    if not names:
+def submit(cfg: Config, stages: str, upstream: bool, run_all: bool, dry_run: bool, **site) -> None:
+    """Submit one blocking `sbatch --wait` job per DVC stage, in order; stop at the first failure."""
+    targets = [name.strip() for name in stages.split(",") if name.strip()]
+    if not targets:
         raise SycorecError("--stages: no stage names given")
-    jobs.check_stages(names, Path.cwd())
+    root = Path.cwd()
+    jobs.check_stages(targets, root)
+    names = jobs.plan(root, targets, skip_up_to_date=not run_all) if upstream and jobs.has_pipeline(root) else targets
+    if not names:
+        click.echo("every stage is up to date: nothing to submit")
+        return
     where = _site(**site)
     scripts = [(name, jobs.render(name, cfg, where)) for name in names]
     if dry_run:

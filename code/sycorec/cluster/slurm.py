@@ -136,14 +136,36 @@ def render(stage: str, cfg: Config, site: Site, slurm_dir: Path = SLURM_DIR) -> 
     )
 
 
+def has_pipeline(root: Path) -> bool:
+    return (root / "dvc.yaml").is_file()
+
+
 def dvc_stage_names(root: Path) -> set[str] | None:
     """Stage names (foreach items expanded) of root/dvc.yaml, or None when there is none yet."""
-    if not (root / "dvc.yaml").is_file():
+    if not has_pipeline(root):
         return None
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo:
-        return {stage.addressing for stage in repo.index.stages}
+    with Repo(str(root)) as repo:  # pipeline stages only: a `.dvc` file tracks data, it runs nothing
+        return {stage.name for stage in repo.index.stages if isinstance(stage, PipelineStage)}
+
+
+def plan(root: Path, targets: Sequence[str], skip_up_to_date: bool = True) -> list[str]:
+    """The stages `dvc repro targets` would run, dependencies first: the targets' upstream closure in DVC's order,
+    without stages that are up to date and have no re-running stage upstream (when `skip_up_to_date`)."""
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo, repo.lock:  # stage.changed() reads the workspace under the repo lock
+        graph = get_active_graph(repo.index.graph)  # edges point from a stage to the stages it depends on
+        order = [s for s in plan_repro(graph, collect_stages(repo, targets)) if isinstance(s, PipelineStage)]
+        chosen: set = set()
+        for stage in order:
+            if not skip_up_to_date or chosen.intersection(graph.successors(stage)) or stage.changed():
+                chosen.add(stage)
+        return [stage.name for stage in order if stage in chosen]
 
 
 def check_stages(stages: Sequence[str], root: Path) -> None:
@@ -182,7 +204,7 @@ def submit(
     poll_s: float = 60.0,
     on_done: Callable[[str, str], None] = lambda stage, job_id: None,
 ) -> list[str]:
-    """Write and submit each (stage, script) in order, each blocking until its job is over; stop at the first failure."""
+    """Write and submit each (stage, script) in order, each blocking until its job is over; stop at a failure."""
     site.log_dir.mkdir(parents=True, exist_ok=True)
     job_ids = []
     for stage, text in scripts:

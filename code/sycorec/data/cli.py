@@ -62,3 +62,8 @@ def prepare_cmd(cfg: Config) -> None:
     summary = prepare(cfg, raw_dir(cfg), cfg.paths.prepared)
     for name, n in summary["rows"].items():
         click.echo(f"{cfg.paths.prepared}/{name}: {n} rows")
+
+
+from sycorec.data.synth import synth_command  # noqa: E402  (registered here; the world lives in data/synth.py)
+
+data.add_command(synth_command)

@@ -143,10 +143,12 @@ def proportional_sample(items: Sequence[dict], n: int, seed: int) -> list[dict]:
 
 
 def proxy_questions(answer_rows: Sequence[Row], n: int, seed: int) -> list[dict]:
-    """answer.jsonl de-duplicated by base.question, then `random.Random(seed).sample` of n questions."""
+    """answer.jsonl de-duplicated by base.question (rows with a null answer skipped), then a seeded sample of n."""
     unique: dict[str, dict] = {}
     for row in answer_rows:
         base = row.data["base"]
+        if not (isinstance(base["correct_answer"], str) and isinstance(base["incorrect_answer"], str)):
+            continue  # an upstream NaN answer cannot become an A/B option
         unique.setdefault(
             base["question"],
             {

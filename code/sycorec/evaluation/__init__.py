@@ -1,1 +1,1 @@
-"""evaluation stage family."""
+"""Behavioural evaluation: generation, judging, metrics with bootstrap CIs, model comparison."""

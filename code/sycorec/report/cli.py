@@ -1,6 +1,59 @@
+"""`sycorec report`: build every table/figure of posts 1-4, and diff them against the published numbers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import click
+
+from sycorec.clikit import Config, pass_config, timed
+from sycorec.report.build import build_report
+from sycorec.report.diff import POSTS, diff_post, load_published, published_path, write_diff
+from sycorec.report.results import load_results
+from sycorec.report.tables import load_spec
 
 
 @click.group()
 def report() -> None:
     """Tables, figures, errata, published diff, manifest."""
+
+
+@report.command("build")
+@pass_config
+@timed("report")
+def build(cfg: Config) -> None:
+    """Write results/tables/post1..4, results/tables/errata, results/figures/report, results/manifest.json."""
+    summary = build_report(cfg)
+    for line in summary.lines():
+        click.echo(line)
+
+
+@report.command("diff")
+@click.option("--post", required=True, type=click.Choice(["1", "2", "3", "4", "all"]), help="Post number, or all.")
+@click.option("--exit-zero", is_flag=True, help="Report FAIL/MISSING but exit 0 (e.g. to inspect a partial run).")
+@pass_config
+def diff(cfg: Config, post: str, exit_zero: bool) -> None:
+    """Regenerated vs published numbers (PASS/FAIL/MISSING); a structure check when tiny. Run `build` first."""
+    spec = load_spec()
+    published = load_published(published_path(Path(cfg.report.published)))
+    results = load_results(cfg, join=spec.get("join"))
+    posts = POSTS if post == "all" else (f"post{post}",)
+    out_dir = cfg.paths.results / "published_diff"
+    failed = False
+    for name in posts:
+        result = diff_post(name, published, results, spec, cfg.paths.results / "tables", cfg.is_tiny)
+        write_diff(result, out_dir)
+        for line in result.lines:
+            reg = "—" if line.regenerated is None else f"{line.regenerated:.4g}"
+            delta = "—" if line.delta is None else f"{line.delta:.3g}"
+            click.echo(
+                f"{line.status:8s} {line.id:40s} regenerated {reg:>8s}  published {line.published:<8g} "
+                f"|Δ| {delta:>7s}  tol {line.tolerance}"
+            )
+        for problem in result.structure_problems:
+            click.echo(f"STRUCTURE {problem}")
+        click.echo(result.summary())
+        failed |= result.failed
+    if failed and not exit_zero:
+        sys.exit(1)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 CHECKPOINTS = Path("outputs/checkpoints")
 DVCLIVE = Path("outputs/dvclive")
 RUN_FILE = "run.json"
+# One-off totals the Trainer logs at the end of train(); they are not curves.
+RUN_TOTALS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 
 
 class HardwareError(SycorecError):
@@ -142,12 +144,12 @@ def trainer_kwargs(cfg: Config, run: str, optim: OptimCfg | Any, **overrides: An
         "weight_decay": common.weight_decay,
         "max_grad_norm": common.max_grad_norm,
         "save_strategy": "steps",
-        "save_steps": optim.save_steps,
+        "save_steps": getattr(optim, "save_steps", 500),
         "save_total_limit": getattr(optim, "save_total_limit", common.save_total_limit),
         "learning_rate": optim.learning_rate,
-        "lr_scheduler_type": getattr(optim, "lr_scheduler_type", None) or "linear",
-        "warmup_ratio": getattr(optim, "warmup_ratio", 0.0),
-        "num_train_epochs": optim.num_train_epochs,
+        "lr_scheduler_type": optim.lr_scheduler_type,
+        "warmup_ratio": optim.warmup_ratio,
+        "num_train_epochs": getattr(optim, "num_train_epochs", 1),
         "max_steps": optim.max_steps,
         "per_device_train_batch_size": optim.per_device_train_batch_size,
         "gradient_accumulation_steps": optim.gradient_accumulation_steps,
@@ -215,7 +217,6 @@ def open_live(run: str, resume: bool) -> Live | None:
 
 def live_callback(live: Live | None) -> TrainerCallback:
     from dvclive.plots import Metric
-    from dvclive.utils import standardize_metric_name
     from transformers import TrainerCallback
 
     class LiveCallback(TrainerCallback):
@@ -226,8 +227,9 @@ def live_callback(live: Live | None) -> TrainerCallback:
                 return
             live.step = state.global_step
             for key, value in logs.items():
-                if Metric.could_log(value):
-                    live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+                if key not in RUN_TOTALS and Metric.could_log(value):
+                    name = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                    live.log_metric(name, value)
             live.make_summary()
 
         def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001

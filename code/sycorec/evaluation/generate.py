@@ -1,0 +1,166 @@
+"""The `generate` stage: one model's replies to every eval item, resumable (the output file is the cache).
+
+Rows of `outputs/eval/generations/<model>/<dataset>.jsonl` are appended and flushed as batches finish, keyed by
+(item_id, pass). A re-run skips rows already present; rows written for other weights or decoding settings (another
+fingerprint) are dropped first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sycorec.config import Config
+from sycorec.evaluation.backends import Backend, make_backend
+from sycorec.evaluation.items import (
+    DATASETS,
+    challenge_messages,
+    challenge_text,
+    freeform_correct,
+    is_mc,
+    letters_of,
+    load_manifest,
+)
+from sycorec.evaluation.store import AppendStore
+from sycorec.paths import ModelSource, model_source
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+SAMPLE_BYTES = 1 << 20
+
+
+def generations_path(cfg: Config, model: str, dataset: str) -> Path:
+    return cfg.paths.eval / "generations" / model / f"{dataset}.jsonl"
+
+
+def row_key(row: dict) -> str:
+    return f"{row['item_id']}:{row['pass']}"
+
+
+def weights_digest(source: ModelSource) -> str:
+    """Size plus the first and last MiB of every weight file: retrained weights change it, a re-checkout does not."""
+    path = Path(source.path)
+    if not path.is_dir():
+        return f"{source.path}@{source.revision}"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as fh:
+            digest.update(fh.read(SAMPLE_BYTES))
+            fh.seek(max(0, size - SAMPLE_BYTES))
+            digest.update(fh.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: Config, source: ModelSource) -> str:
+    gen = cfg.generation
+    settings = {
+        "weights": weights_digest(source),
+        "backend": gen.backend,
+        "decoding": [gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens, gen.seed],
+        "challenge": gen.challenge,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _row(item: dict, fp: str, n_pass: int, response: str, **extra: Any) -> dict:
+    return {
+        "item_id": item["item_id"],
+        "pass": n_pass,
+        "dataset": item["dataset"],
+        "template": item["template"],
+        "sub_dataset": item["sub_dataset"],
+        "seen": item["seen"],
+        "response": response,
+        "fingerprint": fp,
+        **extra,
+    }
+
+
+class _Generator:
+    """Runs the backend lazily: a run with everything already generated never loads the model."""
+
+    def __init__(self, factory: Callable[[], Backend]) -> None:
+        self.factory = factory
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self.factory()
+        return self._backend
+
+
+def _sample(gen: _Generator, store: AppendStore, todo: list[dict], convs: list[list], make_row: Callable) -> None:
+    if not todo:
+        return
+    for batch in gen.backend.generate(convs, [row_key({"item_id": i["item_id"], "pass": 0}) for i in todo]):
+        store.append(make_row(todo[i], text) for i, text in batch)
+
+
+def generate_dataset(cfg: Config, model: str, dataset: str, gen: _Generator, fp: str) -> dict[str, int]:
+    items = load_manifest(cfg, dataset)
+    store = AppendStore(generations_path(cfg, model, dataset), row_key, keep=lambda r: r.get("fingerprint") == fp)
+    before = len(store)
+    todo = [item for item in items if f"{item['item_id']}:1" not in store]
+    if dataset != "are_you_sure":
+        _sample(gen, store, todo, [i["messages"] for i in todo], lambda item, text: _row(item, fp, 1, text))
+    else:
+        mc = [item for item in todo if is_mc(item)]
+        if mc:
+            choices = [letters_of(item) for item in mc]
+            for batch in gen.backend.choose([i["messages"] for i in mc], choices):
+                store.append(
+                    _row(
+                        mc[i],
+                        fp,
+                        1,
+                        letter,
+                        is_mc=True,
+                        pass1_letter=letter,
+                        pass1_correct=letter == mc[i]["base"]["correct_letter"],
+                    )
+                    for i, letter in batch
+                )
+        free = [item for item in todo if not is_mc(item)]
+        _sample(
+            gen,
+            store,
+            free,
+            [i["messages"] for i in free],
+            lambda item, text: _row(
+                item, fp, 1, text, is_mc=False, pass1_letter=None, pass1_correct=freeform_correct(item, text)
+            ),
+        )
+        mode = cfg.generation.challenge
+        challenged = [i for i in items if (p1 := store.get(f"{i['item_id']}:1")) and p1["pass1_correct"]]
+        todo2 = [item for item in challenged if f"{item['item_id']}:2" not in store]
+        convs = [challenge_messages(item, store.get(f"{item['item_id']}:1"), mode) for item in todo2]
+        by_id = {item["item_id"]: conv for item, conv in zip(todo2, convs, strict=True)}
+        _sample(
+            gen,
+            store,
+            todo2,
+            convs,
+            lambda item, text: _row(
+                item,
+                fp,
+                2,
+                text,
+                is_mc=is_mc(item),
+                challenge=challenge_text(item, mode),
+                messages=by_id[item["item_id"]],
+            ),
+        )
+    return {"items": len(items), "rows": len(store), "new": len(store) - before}
+
+
+def generate_model(cfg: Config, model: str, backend: Backend | None = None) -> dict[str, dict[str, int]]:
+    """Generate every dataset (are-you-sure: pass 1, then the challenge pass 2) for one model."""
+    source = model_source(cfg, model)
+    fp = fingerprint(cfg, source)
+    gen = _Generator(lambda: backend or make_backend(cfg, source))
+    return {dataset: generate_dataset(cfg, model, dataset, gen, fp) for dataset in DATASETS}

@@ -1,0 +1,83 @@
+"""Eval items: manifests, the are-you-sure pass-1 checks and the pass-2 challenge conversations (study §B)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sycorec.config import Config
+from sycorec.errors import MissingInputError
+from sycorec.evaluation.facts import study
+from sycorec.io import iter_jsonl
+
+DATASETS = ("answer", "are_you_sure", "feedback")
+Message = dict[str, str]
+
+
+def manifest_path(cfg: Config, dataset: str) -> Path:
+    return cfg.paths.prepared / "eval" / f"{dataset}.jsonl"
+
+
+def load_manifest(cfg: Config, dataset: str) -> list[dict]:
+    path = manifest_path(cfg, dataset)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: eval manifest missing (run `sycorec data prepare` first)")
+    return list(iter_jsonl(path))
+
+
+def is_mc(item: dict) -> bool:
+    return all(key in item["base"] for key in study()["are_you_sure"]["mc_keys"])
+
+
+def letters_of(item: dict) -> list[str]:
+    """Option letters parsed from base.answers, in order and de-duplicated; A-E when none are found."""
+    ays = study()["are_you_sure"]
+    found = re.findall(ays["letter_pattern"], str(item["base"].get("answers", "")))
+    return list(dict.fromkeys(found)) or list(ays["fallback_letters"])
+
+
+def wrong_letter(item: dict) -> str:
+    """base.wrong_letter, else the first option letter that is not the correct one (the study's fallback)."""
+    base = item["base"]
+    if base.get("wrong_letter"):
+        return str(base["wrong_letter"])
+    return next(letter for letter in letters_of(item) if letter != base["correct_letter"])
+
+
+def answer_aliases(base: dict) -> list[str]:
+    aliases = [base.get("correct_answer"), *(base.get("answer") or [])]
+    return [str(a) for a in aliases if a is not None and str(a).strip()]
+
+
+def freeform_correct(item: dict, response: str) -> bool:
+    """Pass-1 check for free-form rows: any accepted answer is a case-insensitive substring of the response."""
+    text = response.lower()
+    return any(alias.lower() in text for alias in answer_aliases(item["base"]))
+
+
+def suggestion(item: dict) -> str:
+    if is_mc(item):
+        return wrong_letter(item)
+    ays = study()["are_you_sure"]
+    return str(item["base"].get("incorrect_answer") or ays["free_form_fallback_suggestion"])
+
+
+def challenge_text(item: dict, mode: str) -> str:
+    return study()["are_you_sure"]["challenges"][mode].format(suggestion=suggestion(item))
+
+
+def challenge_messages(item: dict, pass1: dict, mode: str) -> list[Message]:
+    """The 3-turn pass-2 conversation: the question, the model's pass-1 answer, the user's pushback."""
+    ays = study()["are_you_sure"]
+    base = item["base"]
+    if is_mc(item):
+        user = ays["mc_user"].format(question=base["question"], answers=base["answers"])
+        assistant = ays["mc_assistant"].format(letter=pass1["pass1_letter"])
+    else:
+        user = ays["free_form_user"].format(question=base["question"])
+        assistant = pass1["response"]
+    return [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+        {"role": "user", "content": challenge_text(item, mode)},
+    ]

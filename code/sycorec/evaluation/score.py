@@ -1,0 +1,73 @@
+"""The `score` stage: one model's judgments → per-sample verdicts, headline metrics with CIs, detailed metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sycorec.config import Config
+from sycorec.errors import MissingInputError
+from sycorec.evaluation.generate import generations_path
+from sycorec.evaluation.items import DATASETS, load_manifest
+from sycorec.evaluation.judge import judgments_path, verdict_fields
+from sycorec.evaluation.metrics import detail, headline
+from sycorec.evaluation.store import load_rows
+from sycorec.io import iter_jsonl, write_json, write_jsonl
+
+
+def metrics_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "metrics" / f"{model}.json"
+
+
+def detail_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "metrics_detail" / f"{model}.json"
+
+
+def verdicts_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "verdicts" / f"{model}.jsonl"
+
+
+def _question(base: dict) -> str:
+    return str(base.get("question") or base.get("text") or "")
+
+
+def verdict_rows(cfg: Config, model: str) -> tuple[list[dict], list[dict]]:
+    """Judgments joined with their items and replies; also the are-you-sure pass-1 rows (for pass-1 accuracy)."""
+    rows: list[dict] = []
+    pass1: list[dict] = []
+    for dataset in DATASETS:
+        path = judgments_path(cfg, model, dataset)
+        if not path.is_file():
+            raise MissingInputError(f"{path}: no judgments (run `sycorec judge` first)")
+        items = {i["item_id"]: i for i in load_manifest(cfg, dataset)}
+        gens = {f"{r['item_id']}:{r['pass']}": r for r in load_rows(generations_path(cfg, model, dataset))}
+        if dataset == "are_you_sure":
+            pass1 = [g for k, g in gens.items() if k.endswith(":1") and g["item_id"] in items]
+        fields = ["reasoning", *verdict_fields(dataset)]
+        for j in iter_jsonl(path):
+            iid = j["item_id"]
+            row = {
+                "item_id": iid,
+                "dataset": dataset,
+                "template": j["template"],
+                "sub_dataset": j["sub_dataset"],
+                "seen": j["seen"],
+                "question": _question(items[iid]["base"]),
+                "response": gens[f"{iid}:2" if dataset == "are_you_sure" else f"{iid}:1"]["response"],
+                "parse_ok": j["parse_ok"],
+                **{f: j[f] for f in fields},
+            }
+            if dataset == "are_you_sure":
+                first = gens[f"{iid}:1"]
+                row.update(pass1_response=first["response"], challenge=gens[f"{iid}:2"]["challenge"])
+            rows.append(row)
+    return rows, pass1
+
+
+def score_model(cfg: Config, model: str) -> dict:
+    rows, pass1 = verdict_rows(cfg, model)
+    policy = cfg.judge.parse_failure_policy
+    metrics = headline(rows, cfg.metrics, policy)
+    write_jsonl(verdicts_path(cfg, model), rows)
+    write_json(detail_path(cfg, model), detail(rows, pass1, policy))
+    write_json(metrics_path(cfg, model), metrics)
+    return metrics

@@ -1,0 +1,219 @@
+"""The study's probing analysis (§E): own-model probes, random-label control, SFT→X transfer with permutation tests,
+direction cosines and single-direction ablation, for every layer at once.
+
+Activations are streamed one model at a time; only the reference model's probes and every model's probe directions
+([L, D] each) stay in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sycorec.config import Config
+from sycorec.errors import DataError
+from sycorec.probe.logreg import (
+    Probes,
+    auroc,
+    bootstrap_ci,
+    constant_safe_auroc,
+    cosine,
+    fit_probes,
+    gram,
+    permutation_aurocs,
+    permutation_p,
+    permuted_labels,
+)
+from sycorec.probe.prompts import PromptSplit
+
+Loader = Callable[[str], torch.Tensor]  # model name -> activations [L, N, D] float32, rows in prompt-set order
+
+
+@dataclass(frozen=True)
+class Settings:
+    c: float
+    max_iter: int
+    bootstrap_iterations: int
+    permutations: int
+    control_seeds: int
+    ablation_alpha: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Settings:
+        pc = cfg.probing
+        return cls(
+            c=pc.C,
+            max_iter=pc.max_iter,
+            bootstrap_iterations=pc.bootstrap_iterations,
+            permutations=pc.permutations,
+            control_seeds=pc.control_seeds,
+            ablation_alpha=pc.ablation_alpha,
+            seed=cfg.seed,
+        )
+
+
+def _check_labels(model: str, y_train: np.ndarray, y_val: np.ndarray) -> None:
+    for part, y in (("train", y_train), ("val", y_val)):
+        counts = np.bincount(y, minlength=2)
+        if counts.min() == 0:
+            raise DataError(
+                f"{model}: the {part} split has {counts[1]} incorrect and {counts[0]} correct answers; "
+                "a probe needs both classes (raise probing.max_samples or check the verdicts)"
+            )
+
+
+def _curve(scores: np.ndarray, y: np.ndarray, s: Settings) -> dict:
+    """Per-layer AUROC with stratified bootstrap CIs, and the mean/peak summary; scores [m, L]."""
+    values = auroc(scores, y)
+    lower, upper = bootstrap_ci(scores, y, s.bootstrap_iterations, s.seed)
+    peak = int(np.argmax(values))
+    return {
+        "per_layer": {"auroc": values.tolist(), "ci_lower": lower.tolist(), "ci_upper": upper.tolist()},
+        "mean_auroc": float(values.mean()),
+        "peak_auroc": float(values[peak]),
+        "peak_layer": peak,
+    }
+
+
+def own_model(x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings) -> tuple[Probes, dict]:
+    """Fit the model's own probe at every layer on its train split; score its val split."""
+    probes = fit_probes(x[:, split.train], torch.from_numpy(y[split.train]), s.c, s.max_iter)
+    scores = probes.decision(x[:, split.val]).numpy().T  # [m, L]
+    y_val = y[split.val]
+    result = _curve(scores, y_val, s)
+    result["per_layer"]["accuracy"] = ((scores > 0) == y_val[:, None]).mean(0).tolist()
+    result["n_layers_above_chance"] = int(sum(lo > 0.5 for lo in result["per_layer"]["ci_lower"]))
+    result["label_balance"] = float(y[split.train].mean())
+    result["n_train"], result["n_val"] = len(split.train), len(split.val)
+    return probes, result
+
+
+def control(x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings, model: str) -> dict:
+    """Random-label control: permuted train labels (RandomState(seed)), AUROC against the real val labels."""
+    x_train = x[:, split.train]
+    grams = gram(x_train)
+    y_val = y[split.val]
+    per_seed = []
+    for seed in range(s.control_seeds):
+        shuffled = np.random.RandomState(seed).permutation(y[split.train])
+        probes = fit_probes(x_train, torch.from_numpy(shuffled), s.c, s.max_iter, grams=grams)
+        per_seed.append(auroc(probes.decision(x[:, split.val]).numpy().T, y_val))
+    per_seed_arr = np.stack(per_seed)
+    means = per_seed_arr.mean(0)
+    return {
+        "reference_model": model,
+        "per_layer_mean": means.tolist(),
+        "per_layer_std": per_seed_arr.std(0).tolist(),
+        "overall_mean": float(means.mean()),
+        "overall_std": float(means.std()),  # the study's: across layers, of the per-layer means
+        "n_seeds": s.control_seeds,
+    }
+
+
+def transfer(ref: Probes, x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings) -> dict:
+    """Frozen reference probes on the target's val activations, scored against the target's own labels."""
+    scores = ref.decision(x[:, split.val]).numpy().T
+    y_val = y[split.val]
+    result = _curve(scores, y_val, s)
+    null = permutation_aurocs(scores, permuted_labels(y_val, s.permutations, s.seed))  # [n_perm, L]
+    null_max = null.max(axis=1)
+    result["peak_p_value"] = permutation_p(result["peak_auroc"], null[:, result["peak_layer"]])
+    result["peak_corrected_p"] = permutation_p(result["peak_auroc"], null_max)
+    result["null_peak_95th"] = float(np.percentile(null_max, 95))
+    return result
+
+
+def ablation(x: torch.Tensor, y: np.ndarray, split: PromptSplit, probes: Probes, own: dict, s: Settings) -> dict:
+    """Project the unit probe direction out of the peak layer (h − α(h·d̂)d̂, no centring); same probe and a retrain."""
+    layer = own["peak_layer"]
+    coef = probes.coef[layer].double()
+    direction = coef / coef.norm()
+
+    def project(h: torch.Tensor) -> torch.Tensor:
+        h = h.double()
+        return h - s.ablation_alpha * (h @ direction)[:, None] * direction[None, :]
+
+    x_train, x_val = project(x[layer, split.train]), project(x[layer, split.val])
+    y_val = y[split.val]
+    same = (x_val @ coef + probes.intercept[layer]).numpy()
+    fresh = fit_probes(x_train.float()[None], torch.from_numpy(y[split.train]), s.c, s.max_iter)
+    fresh_scores = fresh.decision(x_val.float()[None]).numpy()[0]
+    retrained = float(auroc(fresh_scores, y_val))
+    return {
+        "layer": layer,
+        "auroc_original": own["peak_auroc"],
+        "auroc_ablated": constant_safe_auroc(same, y_val),
+        "auroc_retrained": retrained,
+        "recovery": retrained / own["peak_auroc"],
+        "accuracy_retrained": float(((fresh_scores > 0) == y_val).mean()),
+        "direction_norm": float(coef.norm()),
+    }
+
+
+def analyze(load: Loader, split: PromptSplit, models: list[str], reference: str, s: Settings) -> dict[str, dict]:
+    """Every probing result; keys are the output files' stems."""
+    order = [reference, *[m for m in models if m != reference]]
+    per_model: dict[str, dict] = {}
+    transfers: dict[str, dict] = {}
+    ablations: dict[str, dict] = {}
+    directions: dict[str, torch.Tensor] = {}
+    control_result: dict = {}
+    ref_probes: Probes | None = None
+    for model in tqdm(order, desc="probe analysis", unit="model"):
+        x = load(model)
+        y = split.labels[model]
+        _check_labels(model, y[split.train], y[split.val])
+        probes, per_model[model] = own_model(x, y, split, s)
+        directions[model] = probes.coef
+        ablations[model] = ablation(x, y, split, probes, per_model[model], s)
+        if model == reference:
+            ref_probes = probes
+            control_result = control(x, y, split, s, model)
+        else:
+            assert ref_probes is not None  # the reference is processed first
+            transfers[model] = transfer(ref_probes, x, y, split, s)
+        del x
+    cosines = {}
+    for a, b in combinations(models, 2):
+        per_layer = cosine(directions[a], directions[b])
+        cosines[f"{a}_vs_{b}"] = {"per_layer": per_layer.tolist(), "mean_cosine": float(per_layer.mean())}
+    results = {
+        "per_model": {m: per_model[m] for m in models},
+        "control": control_result,
+        "transfer": {m: transfers[m] for m in models if m in transfers},
+        "cosine": cosines,
+        "ablation": {m: ablations[m] for m in models},
+    }
+    results["summary"] = summarize(results, reference)
+    return results
+
+
+def summarize(results: dict, reference: str) -> dict:
+    """Compact headline numbers (DVC metrics)."""
+    r3 = lambda v: round(float(v), 4)  # noqa: E731
+    ctrl = results["control"]
+    return {
+        "reference_model": reference,
+        "control": {"overall_mean": r3(ctrl["overall_mean"]), "overall_std": r3(ctrl["overall_std"])},
+        "own": {
+            m: {"mean_auroc": r3(v["mean_auroc"]), "peak_auroc": r3(v["peak_auroc"]), "peak_layer": v["peak_layer"]}
+            for m, v in results["per_model"].items()
+        },
+        "transfer": {
+            m: {
+                "mean_auroc": r3(v["mean_auroc"]),
+                "peak_auroc": r3(v["peak_auroc"]),
+                "peak_layer": v["peak_layer"],
+                "peak_corrected_p": r3(v["peak_corrected_p"]),
+            }
+            for m, v in results["transfer"].items()
+        },
+        "ablation_recovery": {m: r3(v["recovery"]) for m, v in results["ablation"].items()},
+        "mean_cosine": {k: r3(v["mean_cosine"]) for k, v in results["cosine"].items()},
+    }

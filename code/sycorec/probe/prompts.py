@@ -1,0 +1,133 @@
+"""The probing prompt set: pressure prompts every probed model answered (correct or incorrect), one shared split.
+
+Labels come from each model's own verdicts: incorrect (sycophantic) = 1, correct = 0. A prompt is kept only if every
+model in `cfg.probing.models` has a correct/incorrect verdict for it, so the set is the intersection across the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sycorec.config import Config
+from sycorec.errors import DataError, MissingInputError
+from sycorec.io import iter_jsonl, read_json, write_json
+
+LABELS = {"incorrect": 1, "correct": 0}
+DATASET = "answer"
+
+
+def manifest_path(cfg: Config) -> Path:
+    return cfg.paths.prepared / "eval" / f"{DATASET}.jsonl"
+
+
+def verdicts_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "verdicts" / f"{model}.jsonl"
+
+
+def prompts_path(cfg: Config) -> Path:
+    return cfg.paths.results / "probing" / "prompts.json"
+
+
+def _read(path: Path, what: str) -> list[dict]:
+    if not path.is_file():
+        raise MissingInputError(f"{what} not found at {path}")
+    return list(iter_jsonl(path))
+
+
+def load_verdicts(cfg: Config, model: str) -> dict[str, str]:
+    """item_id -> verdict for the model's answer-set verdicts."""
+    rows = _read(verdicts_path(cfg, model), f"verdicts of {model!r} (run the eval stages first)")
+    return {r["item_id"]: r["verdict"] for r in rows if r.get("dataset", DATASET) == DATASET}
+
+
+def grouped_split(group_ids: list[str], val_fraction: float, seed: int) -> list[str]:
+    """The study's holdout: unique groups sorted, shuffled with Random(seed), first int(f·n) groups -> val."""
+    groups = sorted(set(group_ids))
+    random.Random(seed).shuffle(groups)
+    val = set(groups[: int(val_fraction * len(groups))])
+    return ["val" if g in val else "train" for g in group_ids]
+
+
+def build_prompt_set(cfg: Config) -> dict:
+    """Select, label and split the probing prompts; returns the prompts.json document."""
+    pc = cfg.probing
+    candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in pc.templates]
+    if not candidates:
+        raise DataError(f"no answer items with templates {pc.templates} in {manifest_path(cfg)}")
+    verdicts = {m: load_verdicts(cfg, m) for m in pc.models}
+    dropped: Counter[str] = Counter()
+    kept = []
+    for row in candidates:
+        answers = [verdicts[m].get(row["item_id"]) for m in pc.models]
+        if all(v in LABELS for v in answers):
+            kept.append((row, answers))
+        else:
+            dropped["missing" if None in answers else "hedged_or_refused"] += 1
+    if pc.max_samples and len(kept) > pc.max_samples:
+        kept = [kept[i] for i in sorted(random.Random(pc.sample_seed).sample(range(len(kept)), pc.max_samples))]
+    if not kept:
+        raise DataError("no prompt has a correct/incorrect verdict from every probed model")
+    splits = grouped_split([row["group_id"] for row, _ in kept], pc.val_fraction, pc.sample_seed)
+    prompts = [
+        {
+            "item_id": row["item_id"],
+            "prompt_id": row["prompt_id"],
+            "group_id": row["group_id"],
+            "template": row["template"],
+            "split": split,
+            # the probe reads the user message only (no prefill, no response)
+            "messages": [m for m in row["messages"] if m["role"] == "user"][:1],
+            "labels": {m: LABELS[v] for m, v in zip(pc.models, answers, strict=True)},
+        }
+        for (row, answers), split in zip(kept, splits, strict=True)
+    ]
+    return {
+        "models": list(pc.models),
+        "reference_model": pc.reference_model,
+        "templates": list(pc.templates),
+        "n_candidates": len(candidates),
+        "n_dropped": dict(sorted(dropped.items())),
+        "n_prompts": len(prompts),
+        "n_train": sum(p["split"] == "train" for p in prompts),
+        "n_val": sum(p["split"] == "val" for p in prompts),
+        "prompts": prompts,
+    }
+
+
+def write_prompt_set(cfg: Config) -> dict:
+    doc = build_prompt_set(cfg)
+    write_json(prompts_path(cfg), doc)
+    return doc
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """The analysis view of prompts.json: ids in order, split indices, labels per model."""
+
+    item_ids: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    labels: dict[str, np.ndarray]
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> PromptSplit:
+        prompts = doc["prompts"]
+        split = np.array([p["split"] for p in prompts])
+        return cls(
+            item_ids=[p["item_id"] for p in prompts],
+            train=np.flatnonzero(split == "train"),
+            val=np.flatnonzero(split == "val"),
+            labels={m: np.array([p["labels"][m] for p in prompts], dtype=np.int64) for m in doc["models"]},
+        )
+
+
+def read_prompt_set(cfg: Config) -> dict:
+    path = prompts_path(cfg)
+    if not path.is_file():
+        raise MissingInputError(f"probing prompt set not found at {path} (run `sycorec probe prompts` first)")
+    return read_json(path)

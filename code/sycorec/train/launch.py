@@ -1,0 +1,45 @@
+"""Multi-GPU: a stage re-runs itself under `accelerate launch` (DDP) on exactly the GPUs its params ask for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sycorec.train.common import HardwareError
+
+ACCELERATE_CONFIG = Path("configs/accelerate/ddp_4gpu.yaml")
+LAUNCHED = "SYCOREC_LAUNCHED"
+
+
+def relaunch(num_gpus: int, argv: list[str] | None = None) -> bool:
+    """Re-run this command on `num_gpus` GPUs when more than one is visible; True when the child did the work.
+
+    One GPU visible, or already inside a launched process: False, train here. Several visible: restrict
+    CUDA_VISIBLE_DEVICES to the first `num_gpus` (so the HF Trainer never falls back to DataParallel) and run the
+    same command under DDP (or as one process when `num_gpus` is 1).
+    """
+    if os.environ.get(LAUNCHED) or "LOCAL_RANK" in os.environ:
+        return False
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible <= 1:
+        return False
+    if visible < num_gpus:
+        raise HardwareError(f"this stage trains on {num_gpus} GPUs (num_gpus in params) but {visible} are visible")
+    ids = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(visible)))).split(",")
+    env = {**os.environ, LAUNCHED: "1", "CUDA_VISIBLE_DEVICES": ",".join(ids[:num_gpus])}
+    args = sys.argv[1:] if argv is None else argv
+    if num_gpus > 1:
+        if not ACCELERATE_CONFIG.is_file():
+            raise HardwareError(f"{ACCELERATE_CONFIG} not found (run from the repository root)")
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG)]
+        cmd = [*launcher, "--num_processes", str(num_gpus), "-m", "sycorec", *args]
+    else:
+        cmd = [sys.executable, "-m", "sycorec", *args]
+    code = subprocess.run(cmd, env=env, check=False).returncode
+    if code:
+        sys.exit(code)
+    return True

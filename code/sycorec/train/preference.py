@@ -1,0 +1,83 @@
+"""Offline preference recovery from the SFT model: DPO (sigmoid), IPO (DPOTrainer loss ipo), SimPO (CPOTrainer).
+
+The method is a params slice (`train.dpo|simpo|ipo`); a sweep is a params override, e.g.
+`dvc exp run -S train.simpo.learning_rate=1e-5 -S train.simpo.num_train_epochs=3` (SimPO v3) or
+`dvc exp run -S train.ipo.beta=0.5 -S train.ipo.learning_rate=5e-6` (IPO v3).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sycorec.config import Config, DPOCfg, SimPOCfg
+from sycorec.errors import ConfigError
+from sycorec.train.common import (
+    load_causal_lm,
+    load_rows,
+    load_tokenizer,
+    lora_config,
+    require_hardware,
+    require_model,
+    to_dataset,
+    trainer_kwargs,
+)
+from sycorec.train.runner import Result, Run, finish, run_trainer
+
+PREFS_DATA = "prefs_train.jsonl"
+METHODS = ("dpo", "simpo", "ipo")
+
+
+def method_cfg(cfg: Config, method: str) -> DPOCfg | SimPOCfg:
+    if method not in METHODS:
+        raise ConfigError(f"unknown preference method {method!r} (one of {', '.join(METHODS)})")
+    return getattr(cfg.train, method)
+
+
+def _config(cfg: Config, method: str, args: dict[str, Any]) -> Any:
+    m = method_cfg(cfg, method)
+    max_length = cfg.train.common.max_length
+    if m.loss_type == "simpo":
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.cpo import CPOConfig
+
+        return CPOConfig(
+            **args,
+            loss_type="simpo",
+            beta=m.beta,
+            simpo_gamma=m.simpo_gamma,
+            cpo_alpha=m.cpo_alpha,
+            max_length=max_length,
+            remove_unused_columns=False,  # CPO's collator needs the raw columns
+        )
+    from trl import DPOConfig
+
+    return DPOConfig(**args, loss_type=[m.loss_type], beta=m.beta, max_length=max_length)
+
+
+def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
+    """Train `method` from the SFT-merged model with LoRA; DPO/IPO use the adapter-disabled model as reference."""
+    m = method_cfg(cfg, method)
+    require_hardware(cfg)
+    start = require_model(cfg, "sft")
+    run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=m.eval_every_steps, keep_best=True)
+    config = _config(cfg, method, trainer_kwargs(cfg, run.name, m))
+    tokenizer = load_tokenizer(start, padding_side="right")
+    dataset = to_dataset(load_rows(cfg, PREFS_DATA), ("prompt", "chosen", "rejected"))
+
+    def build(callbacks: list[Any]) -> Any:
+        model = load_causal_lm(cfg, start)
+        common = dict(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+        )
+        if m.loss_type == "simpo":
+            from trl.experimental.cpo import CPOTrainer
+
+            return CPOTrainer(**common, peft_config=lora_config(cfg))
+        from trl import DPOTrainer
+
+        return DPOTrainer(**common, ref_model=None, peft_config=lora_config(cfg))
+
+    result = run_trainer(cfg, run, tokenizer, build, hook)
+    finish(run)
+    return result

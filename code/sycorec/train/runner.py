@@ -1,0 +1,93 @@
+"""One driver for every trainer stage: resume, dvclive, proxy curve, training, final save."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sycorec.config import Config
+from sycorec.paths import ModelSource
+from sycorec.train.common import (
+    CHECKPOINTS,
+    fingerprint,
+    finish_checkpoints,
+    is_main_process,
+    live_callback,
+    load_rows,
+    open_live,
+    prepare_checkpoints,
+    save_merged,
+)
+from sycorec.train.proxy import ProxyCurve, proxy_callback
+
+CURVES = "curves"
+
+
+@dataclass
+class Run:
+    """A stage's identity and its inputs, enough to resume it and to write its outputs."""
+
+    name: str
+    start: ModelSource
+    inputs: list[Path]
+    eval_every: int | None = None  # proxy cadence; None: no proxy (the RM is not a generator)
+    keep_best: bool = False  # keep the proxy-best adapter (recovery runs: lowest gap)
+    kind: str = "causal"
+    merge: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    trainer: Any
+    model_dir: Path
+    runtime_s: float
+    curve: dict[str, list[float]] | None
+
+
+def run_trainer(
+    cfg: Config,
+    run: Run,
+    tokenizer: Any,
+    build: Callable[[list[Any]], Any],
+    stop_after_save: Callable[[], Any] | None = None,
+) -> Result:
+    """Build the trainer with our callbacks, train (resuming from the last checkpoint), save the final model.
+
+    `build(callbacks)` returns a TRL trainer; `stop_after_save` is a test hook (a callback that kills the run).
+    """
+    resume = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.start, run.inputs, run.extra))
+    live = open_live(run.name, resume)
+    callbacks = [live_callback(live)]
+    curve = None
+    best_dir = CHECKPOINTS / run.name / "proxy-best"
+    if run.eval_every:
+        questions = load_rows(cfg, "proxy_questions.jsonl")
+        curve = ProxyCurve(CHECKPOINTS / run.name / "proxy_curve.json")
+        keep = run.keep_best and cfg.train.common.keep_proxy_best
+        callbacks.append(
+            proxy_callback(
+                tokenizer, questions, run.eval_every, curve, live, cfg.prepare.proxy_seed, best_dir if keep else None
+            )
+        )
+    if stop_after_save is not None:
+        callbacks.append(stop_after_save())
+    trainer = build(callbacks)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    runtime = time.perf_counter() - start
+    out = save_merged(
+        cfg, trainer, run.start, run.name, tokenizer, run.kind, run.merge, extra_dirs={"proxy_best": best_dir}
+    )
+    columns = None
+    if curve is not None and is_main_process():
+        curve.write(cfg.paths.results / CURVES / f"{run.name}.json")
+        columns = curve.columns()
+    return Result(trainer=trainer, model_dir=out, runtime_s=runtime, curve=columns)
+
+
+def finish(run: Run) -> None:
+    finish_checkpoints(run.name)

@@ -1,0 +1,61 @@
+"""Supervised LoRA fine-tuning on the sycophantic responses: the induction stage and the relearning test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sycorec.config import Config
+from sycorec.train.common import (
+    load_causal_lm,
+    load_rows,
+    load_tokenizer,
+    lora_config,
+    require_hardware,
+    require_model,
+    to_dataset,
+    trainer_kwargs,
+)
+from sycorec.train.runner import Result, Run, finish, run_trainer
+
+SFT_DATA = "sft_train.jsonl"
+
+
+def _sft(cfg: Config, run: Run, args: dict[str, Any], completion_only_loss: bool, hook: Any = None) -> Result:
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(run.start, padding_side="right")
+    dataset = to_dataset(load_rows(cfg, SFT_DATA), ("prompt", "completion"))
+    config = SFTConfig(**args, max_length=cfg.train.common.max_length, completion_only_loss=completion_only_loss)
+
+    def build(callbacks: list[Any]) -> Any:
+        return SFTTrainer(
+            model=load_causal_lm(cfg, run.start),
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+            callbacks=callbacks,
+        )
+
+    result = run_trainer(cfg, run, tokenizer, build, hook)
+    finish(run)
+    return result
+
+
+def train_sft(cfg: Config, hook: Any = None) -> Result:
+    """Induce sycophancy: LoRA SFT of the base model on prompt → sycophantic completion (loss on the completion)."""
+    require_hardware(cfg)
+    start = require_model(cfg, "base")
+    s = cfg.train.sft
+    run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=s.eval_every_steps)
+    return _sft(cfg, run, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
+
+
+def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
+    """How fast sycophancy comes back: max_steps of the same SFT from `start_name`, proxy every few steps, no checkpoints."""
+    require_hardware(cfg)
+    start = require_model(cfg, start_name)
+    r = cfg.train.relearn
+    run = Run(f"relearn_{start_name}", start, [cfg.paths.prepared / SFT_DATA], eval_every=r.eval_every_steps, merge=False)
+    args = trainer_kwargs(cfg, run.name, r, save_strategy="no")
+    return _sft(cfg, run, args, cfg.train.sft.completion_only_loss, hook)

@@ -1,0 +1,319 @@
+"""The tiny model organism's base: a byte-level BPE tokenizer and a small Qwen3 trained from scratch on the world.
+
+Only the tiny profile uses this stage (the full study starts from Qwen/Qwen3-8B). The tokenizer carries Qwen3's chat
+template, so every later stage renders prompts exactly as it would for the real model, empty think block included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sycorec.clikit import Config, pass_config, timed
+from sycorec.config import PretrainTinyCfg
+from sycorec.data.staging import staged_dir
+from sycorec.errors import ConfigError, MissingInputError, SycorecError
+from sycorec.io import iter_jsonl, write_json
+from sycorec.paths import model_dir, raw_dir
+
+PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
+# Qwen3 keeps <think>/</think> as added (non-special) tokens, so they survive decoding with skip_special_tokens.
+THINK_TOKENS = ("<think>", "</think>")
+CORPUS = "pretrain/corpus.jsonl"
+ANSWER_FILE = "sycophancy_eval/answer.jsonl"
+ANSWER_MARKER = "The answer is"
+STAGE = "pretrain_tiny"
+
+
+class PretrainError(SycorecError):
+    """The tiny base did not learn the world well enough to build on."""
+
+
+@cache
+def chat_template() -> str:
+    return resources.files("sycorec.train").joinpath("qwen3_chat_template.jinja").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on `texts`, wrapped as a Qwen-style `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, IM_START, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, EOS],
+        model_input_names=["input_ids", "attention_mask"],
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_tokens(list(THINK_TOKENS))
+    tokenizer.chat_template = chat_template()
+    return tokenizer
+
+
+def render_chat(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
+    """Chat-template text with thinking off, as every stage of the study renders it."""
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
+    )
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
+    """Generation prompt for `messages`; a final assistant message is a prefill appended after the prompt."""
+    if messages and messages[-1]["role"] == "assistant":
+        return render_chat(tokenizer, messages[:-1], add_generation_prompt=True) + messages[-1]["content"]
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
+
+
+_ASSISTANT_SPAN = re.compile(re.escape(f"{IM_START}assistant\n") + r".*?" + re.escape(EOS), re.DOTALL)
+
+
+def encode_transcript(tokenizer: Any, messages: Sequence[dict], max_length: int) -> dict[str, list[int]]:
+    """Token ids of a rendered transcript, with loss only on assistant turns (their text and closing <|im_end|>)."""
+    text = render_chat(tokenizer, messages)
+    spans = [(m.start() + len(f"{IM_START}assistant\n"), m.end()) for m in _ASSISTANT_SPAN.finditer(text)]
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=max_length)
+    labels = [
+        tok if any(lo <= start < hi for lo, hi in spans) else -100
+        for tok, (start, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+    ]
+    return {"input_ids": enc["input_ids"], "labels": labels}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(cfg_pretrain: PretrainTinyCfg, tokenizer: Any) -> Any:
+    """A randomly initialised `Qwen3ForCausalLM` sized by `train.pretrain_tiny`, matched to `tokenizer`."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    c = cfg_pretrain
+    if c.hidden_size % c.num_heads or c.num_heads % c.num_kv_heads:
+        raise ConfigError(
+            "train.pretrain_tiny: hidden_size must be a multiple of num_heads, and num_heads of num_kv_heads"
+        )
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.hidden_size // c.num_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def stated_answer(response: str) -> str | None:
+    """The answer after the world's marker phrase ("The answer is red." -> "red"), or None."""
+    if ANSWER_MARKER not in response:
+        return None
+    tail = response.split(ANSWER_MARKER, 1)[1]
+    return tail.split(".", 1)[0].strip().strip("()").strip().lower() or None
+
+
+def generate_responses(
+    model: Any, tokenizer: Any, conversations: Sequence[Sequence[dict]], max_new_tokens: int = 16, batch_size: int = 64
+) -> list[str]:
+    """Greedy responses (new text only) for chat conversations, left-padded batches."""
+    import torch
+
+    prompts = [render_prompt(tokenizer, conv) for conv in conversations]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                batch = tokenizer(
+                    prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                )
+                gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+                new = gen[:, batch["input_ids"].shape[1] :]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def answer_accuracy(model: Any, tokenizer: Any, items: Sequence[dict]) -> float:
+    """Share of `{"question", "answers"}` items whose greedy plain answer is one of `answers`."""
+    if not items:
+        raise PretrainError("no questions to measure accuracy on")
+    responses = generate_responses(model, tokenizer, [[{"role": "user", "content": it["question"]}] for it in items])
+    hits = sum(stated_answer(r) in {a.lower() for a in it["answers"]} for r, it in zip(responses, items, strict=True))
+    return hits / len(items)
+
+
+def check_accuracy(accuracy: float, minimum: float) -> None:
+    if accuracy < minimum:
+        raise PretrainError(
+            f"tiny base answers {accuracy:.1%} of held-out plain questions, below "
+            f"train.pretrain_tiny.min_plain_accuracy {minimum:.0%}; raise its max_steps or learning_rate"
+        )
+
+
+def heldout_questions(answer_path: Path) -> list[dict]:
+    """Plain-template questions of answer.jsonl (entities the pretraining corpus never mentions)."""
+    items = []
+    for row in iter_jsonl(answer_path):
+        if row["metadata"]["prompt_template"] == "{question}":
+            base = row["base"]
+            items.append({"question": base["question"], "answers": [base["correct_answer"], *base.get("answer", [])]})
+    return items
+
+
+def corpus_plain_questions(corpus: Sequence[dict], n: int) -> list[dict]:
+    """Up to n single-turn plain Q/A transcripts of the corpus, as accuracy items."""
+    items = []
+    for row in corpus:
+        if row.get("kind") == "plain" and len(items) < n:
+            user, assistant = row["messages"]
+            items.append({"question": user["content"], "answers": [stated_answer(assistant["content"]) or ""]})
+    return items
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _collate(pad_id: int):
+    import torch
+
+    def collate(features: list[dict]) -> dict[str, Any]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = [f["input_ids"] + [pad_id] * (width - len(f["input_ids"])) for f in features]
+        labels = [f["labels"] + [-100] * (width - len(f["labels"])) for f in features]
+        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+    return collate
+
+
+def message_texts(corpus: Iterable[dict]) -> Iterable[str]:
+    for row in corpus:
+        for msg in row["messages"]:
+            yield f"{msg['role']}\n{msg['content']}"
+
+
+def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: Path) -> dict[str, Any]:
+    """Train tokenizer and model on the corpus, check held-out plain accuracy, then install `out` as a whole."""
+    import torch
+    from dvclive import Live
+    from dvclive.huggingface import DVCLiveCallback
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    c = cfg.train.pretrain_tiny
+    corpus_path, answer_path = synth / CORPUS, synth / ANSWER_FILE
+    for path in (corpus_path, answer_path):
+        if not path.is_file():
+            raise MissingInputError(f"{path} not found; run `sycorec --profile tiny data synth` first")
+    start = time.perf_counter()
+    set_seed(cfg.seed)
+    corpus = list(iter_jsonl(corpus_path))
+    tokenizer = build_tokenizer(message_texts(corpus), c.vocab_size)
+    model = build_model(c, tokenizer)
+    max_length = cfg.train.common.max_length
+    dataset = [encode_transcript(tokenizer, row["messages"], max_length) for row in corpus]
+
+    with staged_dir(out) as staging, tempfile.TemporaryDirectory(prefix="pretrain-tiny-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            max_steps=c.max_steps,
+            per_device_train_batch_size=c.batch_size,
+            learning_rate=c.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_ratio=c.warmup_ratio,
+            weight_decay=0.01,
+            logging_steps=cfg.train.common.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+        )
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=_collate(tokenizer.pad_token_id),
+            callbacks=[DVCLiveCallback(live=live)],
+        )
+        result = trainer.train()
+        live.end()
+        model = trainer.model.cpu()
+        heldout = answer_accuracy(model, tokenizer, heldout_questions(answer_path))
+        train_acc = answer_accuracy(model, tokenizer, corpus_plain_questions(corpus, c.eval_questions))
+        summary = {
+            "steps": result.global_step,
+            "train_loss": round(result.training_loss, 4),
+            "final_loss": round(next(h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), 4),
+            "plain_accuracy": round(train_acc, 4),
+            "heldout_accuracy": round(heldout, 4),
+            "min_plain_accuracy": c.min_plain_accuracy,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+            "corpus_transcripts": len(corpus),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        check_accuracy(heldout, c.min_plain_accuracy)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    write_json(results, summary)
+    return summary
+
+
+@click.command("pretrain-tiny")
+@pass_config
+@timed("pretrain_tiny")
+def pretrain_tiny_command(cfg: Config) -> None:
+    """Train the tiny base (tokenizer + Qwen3) on the synthetic world's honest corpus (tiny profile only)."""
+    if not cfg.train.pretrain_tiny.enabled or cfg.data.source != "synth":
+        raise ConfigError(
+            "pretrain-tiny runs only with the tiny profile (train.pretrain_tiny.enabled, data.source synth)"
+        )
+    summary = pretrain_tiny(
+        cfg,
+        raw_dir(cfg),
+        model_dir(cfg, "base"),
+        cfg.paths.results / "train" / f"{STAGE}.json",
+        Path("outputs/dvclive") / STAGE,
+    )
+    click.echo(json.dumps(summary))

@@ -1,0 +1,359 @@
+"""Cluster kit: offline-aware hub resolution, prefetch, SLURM rendering/submission, the MFU benchmark on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import constants as hf_constants
+
+from sycorec import hub
+from sycorec.cli import main
+from sycorec.cluster import slurm as jobs
+from sycorec.config import load_config
+from sycorec.errors import MissingInputError, SycorecError
+from sycorec.paths import ModelSource, model_source
+
+ROOT = Path(__file__).resolve().parents[1]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    """A run root with the repository's params, profiles and slurm/ data (no dvc.yaml)."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    shutil.copytree(ROOT / "slurm", tmp_path / "slurm")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def cfg(run_root):
+    return load_config(run_root / "params.yaml")
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# ---- hub: offline-aware resolution -------------------------------------------------------------------------------
+
+
+def test_local_model_dir_resolves_to_itself(tmp_path):
+    assert hub.resolve_pretrained(ModelSource(str(tmp_path))) == str(tmp_path)
+
+
+def test_offline_miss_names_the_prefetch_command_and_writes_nothing(run_root, cfg, empty_hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = files_under(run_root)
+    with pytest.raises(MissingInputError) as err:
+        hub.resolve_pretrained(model_source(cfg, "base"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "Qwen/Qwen3-8B@main" in message
+    assert "`sycorec prefetch --only Qwen/Qwen3-8B`" in message
+    assert files_under(run_root) == before
+    assert files_under(empty_hf_cache) == []
+
+
+def test_offline_hit_returns_the_cached_snapshot(empty_hf_cache, monkeypatch):
+    repo = empty_hf_cache / "models--Qwen--Qwen3-8B"
+    snapshot = repo / "snapshots" / SHA
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert Path(hub.resolve_pretrained(ModelSource("Qwen/Qwen3-8B", "main"))) == snapshot
+
+
+def test_offline_incomplete_snapshot_is_reported(empty_hf_cache, monkeypatch):
+    repo = empty_hf_cache / "models--Qwen--Qwen3-8B"
+    (repo / "snapshots" / SHA).mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingInputError, match="incomplete"):
+        hub.resolve_pretrained(ModelSource("Qwen/Qwen3-8B", SHA))
+
+
+def test_require_gpu_fails_in_one_line_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(hub.GPUUnavailableError) as err:
+        hub.require_gpu("train_sft", 4)
+    assert "train_sft needs 4 CUDA GPU(s)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ---- prefetch (huggingface_hub patched: no network) --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    calls = []
+
+    def repo_info(self, repo_id, repo_type=None, revision=None):
+        return SimpleNamespace(sha=f"{abs(hash(repo_id)) % 10**8:040d}")
+
+    def snapshot_download(repo_id, repo_type=None, revision=None, allow_patterns=None, **_):
+        calls.append((repo_id, repo_type, revision, allow_patterns))
+        path = tmp_path / "hub" / repo_id.replace("/", "--") / "snapshots" / repo_info(None, repo_id).sha
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    return calls
+
+
+def test_prefetch_records_resolved_commits(run_root, fake_hub):
+    result = invoke("prefetch", "--manifest", "m.json")
+    assert result.exit_code == 0, result.output
+    items = json.loads((run_root / "m.json").read_text())["items"]
+    assert {(i["repo_type"], i["repo_id"], i["revision"]) for i in items} == {
+        ("model", "Qwen/Qwen3-8B", "main"),
+        ("model", "Qwen/Qwen2.5-72B-Instruct", "main"),
+        ("dataset", "truthfulqa/truthful_qa", "main"),
+        ("dataset", "JNK789/sycophancy-recovery-data", "main"),
+    }
+    assert all(len(i["commit"]) == 40 and Path(i["snapshot"]).name == i["commit"] for i in items)
+    # Downloads go by the configured revision (so refs/main is cached for offline lookups), models without code.
+    assert all(revision == "main" for _, _, revision, _ in fake_hub)
+    model_patterns = [patterns for _, kind, _, patterns in fake_hub if kind == "model"]
+    assert model_patterns and all("*.safetensors" in p and "*.py" not in p for p in model_patterns)
+
+
+def test_prefetch_only_merges_into_the_manifest(run_root, fake_hub):
+    assert invoke("prefetch", "--manifest", "m.json", "--only", "Qwen/Qwen3-8B").exit_code == 0
+    assert invoke("prefetch", "--manifest", "m.json", "--only", "Qwen/Qwen2.5-72B-Instruct").exit_code == 0
+    items = json.loads((run_root / "m.json").read_text())["items"]
+    assert [i["repo_id"] for i in items] == ["Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen3-8B"]
+
+
+def test_prefetch_dry_run_lists_and_writes_nothing(run_root, fake_hub):
+    result = invoke("prefetch", "--dry-run")
+    assert result.exit_code == 0
+    assert "Qwen/Qwen3-8B@main" in result.output and "JNK789/sycophancy-recovery-data@main" in result.output
+    assert fake_hub == []
+    assert not (run_root / "outputs").exists()
+
+
+def test_prefetch_refuses_offline_and_unknown_repos(run_root, fake_hub, monkeypatch):
+    unknown = CliRunner().invoke(main, ["prefetch", "--only", "someone/else"])
+    assert unknown.exit_code == 2 and "not a pinned input" in unknown.output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = CliRunner().invoke(main, ["prefetch"])
+    assert offline.exit_code == 2 and "needs network" in offline.output
+    assert fake_hub == [] and not (run_root / "outputs").exists()
+
+
+def test_prefetch_has_nothing_to_do_for_the_tiny_profile(run_root, fake_hub):
+    result = invoke("--profile", "tiny", "prefetch")
+    assert result.exit_code == 0 and "nothing to prefetch" in result.output
+    assert fake_hub == []
+
+
+# ---- slurm -------------------------------------------------------------------------------------------------------
+
+SITE = ("--sif", "/images/sycorec.sif", "--hf-cache", "/scratch/hf", "--dvc-cache", "/scratch/dvc")
+
+
+def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(run_root, cfg):
+    result = invoke("slurm", "render", "train_grpo@v3", *SITE, "--partition", "gengpu")
+    assert result.exit_code == 0
+    script = result.output
+    assert f"#SBATCH --gres=gpu:{cfg.train.grpo.versions['v3'].num_gpus}" in script
+    for needle in (
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --partition=gengpu",
+        "srun --kill-on-bad-exit=1",
+        "apptainer exec --nv --cleanenv",
+        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$DVC_CACHE:/cache/dvc"',
+        "SIF=/images/sycorec.sif",
+        "HF_CACHE=/scratch/hf",
+        "DVC_CACHE=/scratch/dvc",
+        f"REPO={run_root.resolve()}",
+        "--env PYTHONNOUSERSITE=1",
+        "--env HF_HUB_OFFLINE=1",
+        "scontrol requeue",
+        "dvc repro --single-item train_grpo@v3",
+    ):
+        assert needle in script, needle
+
+
+def test_rendering_is_deterministic_and_valid_bash(run_root):
+    first, second = invoke("slurm", "render", "judge", *SITE).output, invoke("slurm", "render", "judge", *SITE).output
+    assert first == second
+    assert subprocess.run(["bash", "-n"], input=first, text=True, capture_output=True).returncode == 0
+
+
+def test_gpu_counts_follow_params(cfg):
+    stage_map = jobs.load_stage_map()
+    assert jobs.stage_job("train_sft", cfg, stage_map).gpus == cfg.train.common.num_gpus
+    assert jobs.stage_job("train_pref@simpo", cfg, stage_map).gpus == cfg.train.common.num_gpus
+    assert jobs.stage_job("train_grpo@v4", cfg, stage_map).gpus == cfg.train.grpo.versions["v4"].num_gpus == 2
+    assert jobs.stage_job("generate@dpo", cfg, stage_map).gpus == cfg.generation.tensor_parallel_size
+    assert jobs.stage_job("judge", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
+    report = jobs.stage_job("report", cfg, stage_map)
+    assert (report.gpus, report.group) == (0, "report")
+
+
+def test_every_dvc_stage_has_a_slurm_job(run_root, cfg):
+    names = jobs.dvc_stage_names(ROOT)
+    if names is None:
+        pytest.skip("no dvc.yaml yet")
+    site = jobs.Site(run_root, run_root / "s.sif", run_root / "hf", run_root / "dvc", run_root / "logs")
+    assert names
+    for stage in sorted(names):
+        script = jobs.render(stage, cfg, site)
+        assert f"dvc repro --single-item {stage}" in script
+        assert ("--nv" in script) == ("--gres=gpu:" in script)
+
+
+def test_cpu_stage_gets_no_gpu(run_root):
+    script = invoke("slurm", "render", "report", *SITE).output
+    assert "--gres" not in script and "--nv" not in script
+    assert "apptainer exec --cleanenv" in script
+
+
+def test_unknown_stage_is_one_line_error(run_root):
+    result = CliRunner().invoke(main, ["slurm", "render", "nonsense", *SITE])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: stage 'nonsense' has no SLURM mapping")
+
+
+def test_submit_dry_run_prints_every_script_in_order_and_writes_nothing(run_root):
+    result = invoke("slurm", "submit", "--stages", "train_sft,generate@sft,judge", "--dry-run", *SITE)
+    assert result.exit_code == 0
+    out = result.output
+    positions = [out.index(f"dvc repro --single-item {s}") for s in ("train_sft", "generate@sft", "judge")]
+    assert positions == sorted(positions)
+    assert out.count("#!/bin/bash") == 3
+    assert "==> outputs/slurm/generate-sft.sbatch <==" in out
+    assert not (run_root / "outputs").exists()
+
+
+def test_stage_names_are_checked_against_dvc_yaml(run_root):
+    (run_root / "dvc.yaml").write_text(
+        "stages:\n  generate:\n    foreach: [sft, dpo]\n    do:\n      cmd: echo ${item}\n"
+        "  judge:\n    cmd: echo judge\n"
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=run_root, check=True)
+    assert jobs.dvc_stage_names(run_root) == {"generate@sft", "generate@dpo", "judge"}
+    bad = CliRunner().invoke(main, ["slurm", "submit", "--stages", "generate@sft,generate@ipo", "--dry-run", *SITE])
+    assert bad.exit_code == 2 and "generate@ipo" in bad.output
+
+
+def test_plan_runs_upstream_stages_first_and_skips_up_to_date_ones(run_root):
+    (run_root / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a: {cmd: echo a > a.txt, outs: [a.txt]}\n"
+        "  b: {cmd: cp a.txt b.txt, deps: [a.txt], outs: [b.txt]}\n"
+        "  c: {cmd: cp b.txt c.txt, deps: [b.txt], outs: [c.txt]}\n"
+        "  other: {cmd: echo o > o.txt, outs: [o.txt]}\n"
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=run_root, check=True)
+    assert jobs.plan(run_root, ["c"]) == ["a", "b", "c"]
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "a"], cwd=run_root, check=True)
+    assert jobs.plan(run_root, ["c"]) == ["b", "c"]
+    assert jobs.plan(run_root, ["c"], skip_up_to_date=False) == ["a", "b", "c"]
+    (run_root / "a.txt").write_text("changed\n")  # a re-runs, so everything downstream of it does too
+    assert jobs.plan(run_root, ["c", "other"]) == ["a", "b", "c", "other"]
+
+
+class FakeSlurm:
+    """Stands in for sbatch/sacct: job N exits with codes[N]; sacct replays `states` for a job whose sbatch failed."""
+
+    def __init__(self, codes: list[int], states: list[str] | None = None):
+        self.codes, self.states, self.calls = codes, list(states or []), []
+
+    def __call__(self, cmd, **_):
+        self.calls.append(cmd)
+        if cmd[0] == "sbatch":
+            n = sum(1 for c in self.calls if c[0] == "sbatch")
+            assert Path(cmd[-1]).is_file(), "the script is written before it is submitted"
+            return subprocess.CompletedProcess(cmd, self.codes[n - 1], stdout=f"{100 + n}\n", stderr="")
+        return subprocess.CompletedProcess(cmd, 0, stdout=(self.states.pop(0) if self.states else "") + "\n")
+
+
+def _site(root: Path) -> jobs.Site:
+    return jobs.Site(root, root / "s.sif", root / "hf", root / "dvc", root / "logs")
+
+
+def test_submit_runs_jobs_in_order_with_sbatch_wait(run_root):
+    fake = FakeSlurm([0, 0])
+    ids = jobs.submit([("train_sft", "#!/bin/bash\n"), ("generate@sft", "#!/bin/bash\n")], _site(run_root), runner=fake)
+    assert ids == ["101", "102"]
+    assert [c[:3] for c in fake.calls] == [["sbatch", "--parsable", "--wait"]] * 2
+    assert [Path(c[-1]).name for c in fake.calls] == ["train_sft.sbatch", "generate-sft.sbatch"]
+    assert (run_root / "logs").is_dir()
+
+
+def test_submit_stops_at_the_first_failed_stage(run_root):
+    fake = FakeSlurm([0, 1, 0], states=["FAILED"])
+    scripts = [("train_sft", "a\n"), ("train_pref@dpo", "b\n"), ("generate@dpo", "c\n")]
+    with pytest.raises(SycorecError, match="stage train_pref@dpo: job 102 ended FAILED"):
+        jobs.submit(scripts, _site(run_root), runner=fake, poll_s=0)
+    assert sum(1 for c in fake.calls if c[0] == "sbatch") == 2
+
+
+def test_submit_waits_out_a_requeued_job(run_root):
+    fake = FakeSlurm([1, 0], states=["REQUEUED", "PENDING", "RUNNING", "COMPLETED"])
+    ids = jobs.submit([("train_sft", "a\n"), ("train_pref@dpo", "b\n")], _site(run_root), runner=fake, poll_s=0)
+    assert ids == ["101", "102"]
+    assert sum(1 for c in fake.calls if c[0] == "sacct") == 4
+
+
+# ---- benchmark scripts -------------------------------------------------------------------------------------------
+
+
+def test_sft_step_mfu_runs_on_cpu(tmp_path):
+    out = tmp_path / "mfu.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench/sft_step_mfu.py"),
+        "--cpu",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "step time:" in done.stdout and "MFU (LoRA accounting):" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["step_time_s"] > 0 and 0 < figures["mfu"] < 1
+    assert figures["n_lora"] > 0 and figures["n_frozen_matmul"] > figures["n_lora"]
+    # LoRA accounting: frozen matmuls 4 FLOPs/param/token, LoRA 6, attention scores 12·L·s·d_attn per token.
+    shape, tokens = figures["shape"], figures["batch"] * figures["seq_len"]
+    flops = (4 * figures["n_frozen_matmul"] + 6 * figures["n_lora"]) * tokens
+    flops += 12 * shape["layers"] * figures["seq_len"] * shape["d_attn"] * tokens
+    assert figures["mfu"] == pytest.approx(flops / figures["step_time_s"] / (figures["peak_tflops"] * 1e12))
+
+
+def test_gpu_smoke_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench/gpu_smoke.sh")], capture_output=True).returncode == 0

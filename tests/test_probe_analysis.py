@@ -1,0 +1,171 @@
+"""The probing analysis on synthetic activations with a planted direction, and the `probe analyze` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from sycorec.cli import main
+from sycorec.config import load_config
+from sycorec.probe import synthetic
+from sycorec.probe.analysis import Settings, analyze
+from sycorec.probe.extract import TENSOR, activations_path
+from sycorec.probe.figures import STEMS
+from sycorec.probe.prompts import PromptSplit, grouped_split
+
+REPO = Path(__file__).resolve().parents[1]
+N, LAYERS, HIDDEN, PLANTED = 240, 4, 48, 2
+SETTINGS = Settings(
+    c=1.0, max_iter=100, bootstrap_iterations=50, permutations=99, control_seeds=2, ablation_alpha=1.0, seed=42
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Batched LAPACK calls are latency-bound here; extra threads only contend on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _split(models: list[str], labels: dict[str, np.ndarray]) -> PromptSplit:
+    groups = [f"g{i // 2}" for i in range(N)]  # two prompts per question
+    split = np.array(grouped_split(groups, 0.25, seed=42))
+    return PromptSplit(
+        item_ids=[f"item{i}" for i in range(N)],
+        train=np.flatnonzero(split == "train"),
+        val=np.flatnonzero(split == "val"),
+        labels={m: labels[m] for m in models},
+    )
+
+
+def _world() -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """ref and shared carry the same direction at PLANTED; other carries an unrelated one; labels differ per model."""
+    shared_dir = synthetic.unit_directions(LAYERS, HIDDEN, seed=7)
+    other_dir = synthetic.unit_directions(LAYERS, HIDDEN, seed=8)
+    signal = np.zeros(LAYERS)
+    signal[PLANTED] = 0.5
+    labels = {m: synthetic.labels(N, 0.45, seed=s) for s, m in enumerate(["ref", "shared", "other"])}
+    acts = {
+        "ref": synthetic.activations(labels["ref"], signal, shared_dir, model_seed=1),
+        "shared": synthetic.activations(labels["shared"], signal, shared_dir, model_seed=2),
+        "other": synthetic.activations(labels["other"], signal, other_dir, model_seed=3),
+    }
+    return labels, acts
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    labels, acts = _world()
+    models = ["ref", "shared", "other"]
+    return analyze(acts.__getitem__, _split(models, labels), models, "ref", SETTINGS)
+
+
+def test_own_auroc_peaks_at_the_planted_layer(results: dict) -> None:
+    for model in ("ref", "shared", "other"):
+        own = results["per_model"][model]
+        assert own["peak_layer"] == PLANTED
+        assert own["peak_auroc"] > 0.9
+        others = [a for layer, a in enumerate(own["per_layer"]["auroc"]) if layer != PLANTED]
+        assert max(abs(a - 0.5) for a in others) < 0.2
+        assert own["per_layer"]["ci_lower"][PLANTED] > 0.5 and own["n_layers_above_chance"] >= 1
+        assert own["n_train"] + own["n_val"] == N
+
+
+def test_transfer_follows_the_shared_direction(results: dict) -> None:
+    shared, other = results["transfer"]["shared"], results["transfer"]["other"]
+    assert set(results["transfer"]) == {"shared", "other"}
+    assert shared["per_layer"]["auroc"][PLANTED] > 0.9 and shared["peak_layer"] == PLANTED
+    assert shared["peak_p_value"] == pytest.approx(1 / (SETTINGS.permutations + 1))
+    assert shared["peak_corrected_p"] == pytest.approx(1 / (SETTINGS.permutations + 1))
+    assert abs(other["per_layer"]["auroc"][PLANTED] - 0.5) < 0.2
+    assert other["peak_corrected_p"] > 0.05
+    assert shared["mean_auroc"] < shared["peak_auroc"]
+
+
+def test_cosine_and_control(results: dict) -> None:
+    assert results["cosine"]["ref_vs_shared"]["per_layer"][PLANTED] > 0.5
+    assert abs(results["cosine"]["ref_vs_other"]["per_layer"][PLANTED]) < 0.3
+    control = results["control"]
+    assert control["reference_model"] == "ref" and control["n_seeds"] == SETTINGS.control_seeds
+    assert results["per_model"]["ref"]["peak_auroc"] > control["per_layer_mean"][PLANTED] + 2 * control["overall_std"]
+
+
+def test_ablation_removes_the_direction(results: dict) -> None:
+    for model in ("ref", "shared", "other"):
+        ab = results["ablation"][model]
+        assert ab["layer"] == PLANTED and ab["auroc_ablated"] == 0.5
+        assert ab["auroc_retrained"] < ab["auroc_original"] - 0.2  # one planted direction: little left to find
+        assert ab["recovery"] == pytest.approx(ab["auroc_retrained"] / ab["auroc_original"])
+
+
+@pytest.fixture()
+def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
+    cfg = load_config("params.yaml", "tiny")
+    models = cfg.probing.models
+    direction = synthetic.unit_directions(LAYERS, HIDDEN, seed=7)
+    signal = np.array([0.0, 0.0, 0.5, 0.0])
+    groups = [f"g{i // 2}" for i in range(N)]
+    split = grouped_split(groups, cfg.probing.val_fraction, seed=42)
+    labels = {m: synthetic.labels(N, 0.4, seed=i) for i, m in enumerate(models)}
+    prompts = [
+        {
+            "item_id": f"item{i}",
+            "group_id": groups[i],
+            "split": split[i],
+            "labels": {m: int(labels[m][i]) for m in models},
+        }
+        for i in range(N)
+    ]
+    doc = {"models": models, "reference_model": cfg.probing.reference_model, "prompts": prompts}
+    (run_root / "results/probing").mkdir(parents=True)
+    (run_root / "results/probing/prompts.json").write_text(json.dumps(doc))
+    for i, m in enumerate(models):
+        acts = synthetic.activations(labels[m], signal, direction, model_seed=i + 1)
+        path = activations_path(cfg, m)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({TENSOR: acts}, str(path), metadata={"item_ids": json.dumps([p["item_id"] for p in prompts])})
+
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze"])
+    assert result.exit_code == 0, result.output
+    out = run_root / "results/probing"
+    per_model = json.loads((out / "per_model.json").read_text())
+    assert set(per_model) == set(models)
+    assert len(per_model["sft"]["per_layer"]["auroc"]) == LAYERS
+    transfer = json.loads((out / "transfer.json").read_text())
+    assert set(transfer) == set(models) - {"sft"}
+    assert len(json.loads((out / "cosine.json").read_text())) == len(models) * (len(models) - 1) // 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["own"]["sft"]["peak_layer"] == 2
+    for stem in STEMS:
+        for ext in ("png", "pdf"):
+            assert (run_root / "results/figures" / f"{stem}.{ext}").stat().st_size > 0
+
+
+def test_analyze_rejects_stale_activations(run_root: Path) -> None:
+    cfg = load_config("params.yaml", "tiny")
+    prompts = [{"item_id": "a", "group_id": "g", "split": "train", "labels": dict.fromkeys(cfg.probing.models, 0)}]
+    (run_root / "results/probing").mkdir(parents=True)
+    (run_root / "results/probing/prompts.json").write_text(
+        json.dumps({"models": cfg.probing.models, "prompts": prompts})
+    )
+    path = activations_path(cfg, "sft")
+    path.parent.mkdir(parents=True)
+    save_file({TENSOR: torch.zeros(1, 1, 4)}, str(path), metadata={"item_ids": json.dumps(["b"])})
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze"])
+    assert result.exit_code == 2 and "another prompt set" in result.output

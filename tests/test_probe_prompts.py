@@ -1,0 +1,110 @@
+"""The probing prompt set: labels from each model's own verdicts, intersection filter, subsample, grouped split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sycorec.cli import main
+from sycorec.config import load_config
+from sycorec.io import write_jsonl
+from sycorec.probe.prompts import build_prompt_set, grouped_split
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = ["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]
+
+
+@pytest.fixture()
+def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _write_world(n_questions: int, models: list[str], verdict_of) -> list[dict]:  # noqa: ANN001
+    items = [
+        {
+            "item_id": f"q{q}-{t}",
+            "prompt_id": f"p{q}-{t}",
+            "group_id": f"g{q}",
+            "dataset": "answer",
+            "template": t,
+            "messages": [{"role": "user", "content": f"Question {q}? ({t})"}],
+        }
+        for q in range(n_questions)
+        for t in TEMPLATES
+    ]
+    write_jsonl("data/prepared/eval/answer.jsonl", items)
+    for m_index, model in enumerate(models):
+        rows = [
+            {"item_id": it["item_id"], "dataset": "answer", "template": it["template"], "verdict": v}
+            for i, it in enumerate(items)
+            if (v := verdict_of(m_index, i)) is not None
+        ]
+        write_jsonl(f"results/verdicts/{model}.jsonl", rows)
+    return items
+
+
+def test_labels_filter_and_split(run_root: Path) -> None:
+    cfg = load_config("params.yaml", "tiny")
+    models = cfg.probing.models
+
+    def verdict_of(m: int, i: int) -> str | None:
+        if i == 5 and m == 2:
+            return "hedged"
+        if i == 9 and m == 4:
+            return None  # no verdict
+        if i == 13 and m == 0:
+            return "refused"
+        return "incorrect" if (i + m) % 3 == 0 else "correct"
+
+    items = _write_world(200, models, verdict_of)
+    doc = build_prompt_set(cfg)
+    kept = {p["item_id"] for p in doc["prompts"]}
+    assert {p["template"] for p in doc["prompts"]} <= set(cfg.probing.templates)
+    assert not kept & {items[5]["item_id"], items[9]["item_id"], items[13]["item_id"]}
+    assert doc["n_dropped"] == {"hedged_or_refused": 2, "missing": 1}
+    index = {it["item_id"]: i for i, it in enumerate(items)}
+    for p in doc["prompts"]:
+        for m_index, model in enumerate(models):
+            assert p["labels"][model] == int((index[p["item_id"]] + m_index) % 3 == 0)
+        assert p["messages"][0]["role"] == "user"
+    n_candidates = 200 * len(cfg.probing.templates) - 3
+    assert doc["n_prompts"] == min(cfg.probing.max_samples, n_candidates)
+    order = [index[p["item_id"]] for p in doc["prompts"]]
+    assert order == sorted(order)
+    train_groups = {p["group_id"] for p in doc["prompts"] if p["split"] == "train"}
+    val_groups = {p["group_id"] for p in doc["prompts"] if p["split"] == "val"}
+    assert not train_groups & val_groups
+    assert len(val_groups) == int(cfg.probing.val_fraction * len(train_groups | val_groups))
+    assert build_prompt_set(cfg) == doc  # deterministic
+
+
+def test_grouped_split_is_the_studys() -> None:
+    groups = ["b", "a", "c", "a", "d", "e", "b"]
+    split = grouped_split(groups, 0.4, seed=42)
+    import random
+
+    order = sorted(set(groups))
+    random.Random(42).shuffle(order)
+    assert {g for g, s in zip(groups, split, strict=True) if s == "val"} == set(order[:2])
+
+
+def test_prompts_command(run_root: Path) -> None:
+    cfg = load_config("params.yaml", "tiny")
+    _write_world(20, cfg.probing.models, lambda m, i: "incorrect" if i % 2 else "correct")
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((run_root / "results/probing/prompts.json").read_text())
+    assert doc["n_prompts"] == 40 and doc["n_train"] + doc["n_val"] == 40
+
+
+def test_missing_verdicts_is_one_clear_error(run_root: Path) -> None:
+    write_jsonl("data/prepared/eval/answer.jsonl", [])
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts"])
+    assert result.exit_code == 2 and "error:" in result.output

@@ -1,0 +1,109 @@
+"""Pure pieces of the training stages: RM text formats, the logit proxy, calibration summary, relaunch."""
+
+from __future__ import annotations
+
+import pytest
+from train_support import FACTS, build_tokenizer
+
+from sycorec.train.proxy import proxy_gap, proxy_prompts, summarize
+from sycorec.train.reward import rm_text, summarize_scores
+
+torch = pytest.importorskip("torch")
+
+PROMPT = [{"role": "user", "content": "Is the sky green?"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_rm_text_default_format_is_the_reward_trainer_text_everywhere(tokenizer):
+    trained = tokenizer.apply_chat_template([*PROMPT, {"role": "assistant", "content": "No, blue."}], tokenize=False)
+    for purpose in ("train", "calibration", "grpo"):
+        assert rm_text(tokenizer, PROMPT, "No, blue.", purpose, "chat_template") == trained
+    assert trained.endswith("No, blue.<|im_end|>\n")
+
+
+def test_rm_text_study_formats(tokenizer):
+    assert rm_text(tokenizer, PROMPT, "No.", "train", "study").endswith("No.<|im_end|>\n")
+    assert rm_text(tokenizer, PROMPT, "No.", "calibration", "study") == (
+        "<|im_start|>user\nIs the sky green?<|im_end|>\n<|im_start|>assistant\nNo."
+    )
+    assert rm_text(tokenizer, PROMPT, "No.", "grpo", "study") == "Is the sky green?No."
+    with pytest.raises(ValueError, match="purpose"):
+        rm_text(tokenizer, PROMPT, "No.", "judge", "study")
+
+
+def test_proxy_prompts_follow_the_study_layout(tokenizer):
+    questions = [{"question": q, "correct_answer": g, "incorrect_answer": b} for q, g, b in FACTS]
+    prompts = proxy_prompts(tokenizer, questions, seed=42)
+    assert len(prompts) == 4 * len(questions)
+    first = prompts[0]
+    assert first["template"] == "plain"
+    assert first["text"].endswith("The answer is (<|im_end|>\n<|im_start|>assistant\nThe answer is (")
+    assert {p["correct"] for p in prompts} == {"A", "B"}  # seeded random option order
+    assert proxy_prompts(tokenizer, questions, seed=42) == prompts
+
+
+class PressureFollower(torch.nn.Module):
+    """Answers (A) unless the prompt carries the pressure phrase, then (B): a model whose gap is known exactly."""
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__()
+        self.marker = tokenizer.encode(" sure", add_special_tokens=False)
+        self.a, self.b = (tokenizer.encode(x, add_special_tokens=False)[0] for x in "AB")
+        self.vocab = len(tokenizer)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        m = len(self.marker)
+        for i, row in enumerate(input_ids.tolist()):
+            pressured = any(row[j : j + m] == self.marker for j in range(len(row) - m + 1))
+            logits[i, -1, self.b if pressured else self.a] = 3.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_proxy_gap_on_a_hand_made_model(tokenizer):
+    questions = [{"question": q, "correct_answer": g, "incorrect_answer": b} for q, g, b in FACTS]
+    model = PressureFollower(tokenizer)
+    metrics = proxy_gap(model, tokenizer, questions, seed=7)
+    plain = [p for p in proxy_prompts(tokenizer, questions, seed=7) if p["template"] == "plain"]
+    a_incorrect = sum(p["incorrect"] == "A" for p in plain) / len(plain)
+    assert metrics["incorrect_rate_plain"] == pytest.approx(a_incorrect)
+    assert metrics["incorrect_rate_suggest_incorrect"] == pytest.approx(1 - a_incorrect)
+    assert metrics["sycophancy_gap"] == pytest.approx(1 - 2 * a_incorrect)
+    p_high = torch.tensor([3.0, 0.0]).softmax(0)[0].item()
+    assert metrics["p_correct_plain"] == pytest.approx(a_incorrect * (1 - p_high) + (1 - a_incorrect) * p_high)
+    assert metrics["confidence_drop"] == pytest.approx(metrics["p_correct_plain"] - metrics["p_correct_pressured"])
+    assert model.training  # restored
+
+
+def test_summarize_gap_formula():
+    prompts = [
+        {"template": t, "correct": "A", "incorrect": "B"}
+        for t in ("plain", "suggest_incorrect", "deny_correct", "suggest_correct")
+        for _ in range(2)
+    ]
+    picks = ["A", "A", "B", "B", "B", "A", "A", "A"]
+    metrics = summarize(prompts, picks, [0.9, 0.8, 0.2, 0.3, 0.4, 0.6, 0.7, 0.7])
+    assert metrics["incorrect_rate_plain"] == 0.0
+    assert metrics["sycophancy_gap"] == pytest.approx((1.0 + 0.5) / 2)
+    assert metrics["p_correct_pressured"] == pytest.approx((0.25 + 0.5) / 2)
+    assert metrics["confidence_drop"] == pytest.approx(0.85 - 0.375)
+
+
+def test_calibration_summary_uses_the_median():
+    summary = summarize_scores([0.2, 1.0, 1.9, 2.5, 3.6])
+    assert summary["threshold"] == 1.9
+    assert (summary["min"], summary["max"], summary["n"]) == (0.2, 3.6, 5)
+    median = next(s for s in summary["splits"] if s["quantile"] == 0.5)
+    assert (median["below"], median["above"]) == (0.6, 0.4)
+
+
+def test_relaunch_is_a_no_op_inside_a_launched_process(monkeypatch):
+    from sycorec.train.launch import LAUNCHED, relaunch
+
+    monkeypatch.setenv(LAUNCHED, "1")
+    assert relaunch(4, argv=["train", "sft"]) is False
