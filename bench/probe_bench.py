@@ -28,6 +28,8 @@ from sycorec.probe.prompts import PromptSplit, grouped_split
 MODELS = ["base", "sft", "dpo", "simpo", "ipo", "grpo_v3"]
 REFERENCE = "sft"
 N, LAYERS, HIDDEN = 500, 36, 4096
+# Residual-stream norms of an 8B model's middle layers are around 100; SCALE = 5 gives synthetic rows of that size.
+SCALE = 5.0
 SETTINGS = Settings(
     c=1.0, max_iter=2000, bootstrap_iterations=200, permutations=200, control_seeds=3, ablation_alpha=1.0, seed=42
 )
@@ -42,9 +44,17 @@ def build() -> tuple[PromptSplit, dict[str, torch.Tensor]]:
     for i, model in enumerate(MODELS):
         labels[model] = synthetic.labels(N, 0.35 + 0.05 * i, seed=10 + i)
         # a bump of signal around a model-specific layer; half the models share the reference's direction
-        signal = (0.15 + 0.05 * i) * np.exp(-(((layers - 12 - 2 * i) / 6.0) ** 2))
+        signal = SCALE * (0.15 + 0.05 * i) * np.exp(-(((layers - 12 - 2 * i) / 6.0) ** 2))
         direction = shared if i % 2 else synthetic.unit_directions(LAYERS, HIDDEN, seed=200 + i)
-        acts[model] = synthetic.activations(labels[model], signal, direction, model_seed=i + 1)
+        acts[model] = synthetic.activations(
+            labels[model],
+            signal,
+            direction,
+            model_seed=i + 1,
+            mean_scale=0.2 * SCALE,
+            factor_scale=0.1 * SCALE,
+            noise_scale=0.05 * SCALE,
+        )
     return PromptSplit(
         item_ids=[str(i) for i in range(N)],
         train=np.flatnonzero(split == "train"),
@@ -133,7 +143,8 @@ def main() -> None:
         split, acts = build()
         print(
             f"synthetic activations: {len(MODELS)} models × {LAYERS} layers × {N} prompts × {HIDDEN}-d "
-            f"({len(split.train)} train / {len(split.val)} val), built in {time.perf_counter() - t:.1f} s"
+            f"({len(split.train)} train / {len(split.val)} val), mean row norm "
+            f"{acts[REFERENCE][LAYERS // 2].norm(dim=-1).mean():.0f}, built in {time.perf_counter() - t:.1f} s"
         )
 
         t = time.perf_counter()

@@ -199,7 +199,7 @@ def make_world(root: Path, profile: str | None = None) -> Path:
         {"train_accuracy": 1.0, "val_accuracy": 0.957, "train_margin": 6.89, "val_margin": 2.09},
     )
     _write(
-        root / "outputs" / "models" / "rm" / "calibration.json",
+        root / "outputs" / "calibration" / "calibration.json",
         {"threshold": 1.9, "mean": 1.5, "std": 1.0, "min": -2.0, "max": 4.0},
     )
     for v, (lr, steps, reward, kl, zero) in {

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _write_world(n_questions: int, models: list[str], verdict_of) -> list[dict]:  # noqa: ANN001
+def _write_world(n_questions: int, models: list[str], verdict_of: Callable[[int, int], str | None]) -> list[dict]:
     items = [
         {
             "item_id": f"q{q}-{t}",
@@ -88,8 +90,6 @@ def test_labels_filter_and_split(run_root: Path) -> None:
 def test_grouped_split_is_the_studys() -> None:
     groups = ["b", "a", "c", "a", "d", "e", "b"]
     split = grouped_split(groups, 0.4, seed=42)
-    import random
-
     order = sorted(set(groups))
     random.Random(42).shuffle(order)
     assert {g for g, s in zip(groups, split, strict=True) if s == "val"} == set(order[:2])

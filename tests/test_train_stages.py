@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from train_support import make_run_root, tiny_config
 
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json
+from train_support import make_run_root, tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -71,7 +71,7 @@ def test_preference_methods_train_from_sft(root, sft_done, method):
 
 
 def test_rm_metrics_and_calibration(root, rm_done):
-    metrics, calibration = rm_done
+    metrics, _ = rm_done
     assert set(metrics) >= {"train_accuracy", "train_margin", "val_accuracy", "val_margin"}
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert read_json(root / "results/train/rm.json") == metrics
@@ -79,7 +79,7 @@ def test_rm_metrics_and_calibration(root, rm_done):
 
     rm = AutoModelForSequenceClassification.from_pretrained(root / "outputs/models/rm")
     assert rm.config.num_labels == 1 and rm.config.pad_token_id is not None
-    stored = read_json(root / "outputs/models/rm/calibration.json")
+    stored = read_json(root / "outputs/calibration/calibration.json")
     assert stored["n"] == 4 * 2
     assert stored["min"] <= stored["threshold"] <= stored["max"]
     assert next(s for s in stored["splits"] if s["quantile"] == 0.5)["threshold"] == pytest.approx(stored["threshold"])
@@ -94,7 +94,7 @@ def test_grpo_versions(root, rm_done, version):
     for key in ("reward_mean", "reward_std", "kl", "completion_length", "frac_reward_zero_std", "runtime_s"):
         assert summary[key] is not None
     if version == "v4":
-        assert summary["threshold"] == read_json(root / "outputs/models/rm/calibration.json")["threshold"]
+        assert summary["threshold"] == read_json(root / "outputs/calibration/calibration.json")["threshold"]
         assert -1.0 <= summary["reward_mean"] <= 1.0
     assert read_json(root / f"results/train/grpo_{version}.json") == json.loads(json.dumps(summary))
     assert _is_complete_model(root / f"outputs/models/grpo_{version}")
@@ -209,7 +209,7 @@ def test_grpo_without_rm_fails_before_training(tmp_path, monkeypatch):
 
 def test_bad_loss_type_and_generation_batch_fail_validation(tmp_path):
     root = make_run_root(tmp_path / "r")
-    with pytest.raises(ConfigError, match="train.dpo.loss_type"):
+    with pytest.raises(ConfigError, match=r"train\.dpo\.loss_type"):
         tiny_config(root, train={"dpo": {"loss_type": "hinge2"}})
     with pytest.raises(ConfigError, match="num_generations=3 does not divide"):
         tiny_config(root, train={"grpo": {"versions": {"v1": {"num_generations": 3}}}})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from train_support import FACTS, build_tokenizer
 
 from sycorec.train.proxy import proxy_gap, proxy_prompts, summarize
 from sycorec.train.reward import rm_text, summarize_scores
+from train_support import FACTS, build_tokenizer
 
 torch = pytest.importorskip("torch")
 

@@ -112,7 +112,7 @@ def write_prepared(prepared: Path) -> None:
     )
 
 
-def build_tokenizer(out: Path):  # noqa: ANN201
+def build_tokenizer(out: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,7 +137,7 @@ def build_tokenizer(out: Path):  # noqa: ANN201
     return fast
 
 
-def build_model(out: Path, tokenizer, seed: int = 0):  # noqa: ANN001, ANN201
+def build_model(out: Path, tokenizer, seed: int = 0):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -14,12 +14,17 @@ SOURCE_FILE = "source.json"
 
 
 def raw_dir(cfg: Config) -> Path:
-    """Inputs of `prepare`: the pinned upstream files (data/raw), or the synthetic world in the same layout (data/synth)."""
+    """Inputs of `prepare`: the pinned upstream files (data/raw) or the synthetic world (data/synth), same layout."""
     return cfg.paths.raw
 
 
 def model_dir(cfg: Config, name: str) -> Path:
     return cfg.paths.models / name
+
+
+def calibration_path(cfg: Config) -> Path:
+    """The RM threshold calibration: its own DVC out, beside (not inside) the RM directory that train_rm owns."""
+    return cfg.paths.models.parent / "calibration" / "calibration.json"
 
 
 @dataclass(frozen=True)

@@ -66,14 +66,20 @@ class Fact:
 def attribute_value(name: str, attribute: str) -> str:
     """The world's rule: the attribute's syllable of the name picks its value from the attribute's table."""
     attrs = world_spec()["attributes"]
-    spec = attrs[attribute]
-    syllable = name.split("-")[list(attrs).index(attribute)]
-    return spec["values"][spec["syllables"].index(syllable)]
+    key = attrs[attribute].get("key", attribute)
+    syllable = name.split("-")[list(attrs).index(key)]
+    return attrs[attribute]["values"][attrs[key]["syllables"].index(syllable)]
 
 
 def all_names() -> list[str]:
     tables = [spec["syllables"] for spec in world_spec()["attributes"].values()]
-    return [f"{a}-{b}-{c}" for a in tables[0] for b in tables[1] for c in tables[2]]
+    return [
+        f"{a}-{b}-{c}-{d}"
+        for a in tables[0]
+        for b in tables[1]
+        for c in tables[2]
+        for d in world_spec()["neutral_syllables"]
+    ]
 
 
 def make_fact(rng: random.Random, name: str, attribute: str) -> Fact:
@@ -237,7 +243,10 @@ class FeedbackItem:
     honest: str  # the honest comment, by the item's known quality
 
 
-def feedback_items(rng: random.Random, names: list[str], n: dict[str, int]) -> list[FeedbackItem]:
+def feedback_items(
+    rng: random.Random, names: list[str], n: dict[str, int], avoid: set[str] = frozenset()
+) -> list[FeedbackItem]:
+    """Arguments, math and poems of known quality; math questions in `avoid` (another file's) are not reused."""
     fb, say = world_spec()["feedback"], phrases()["feedback"]
     items = []
     errors = list(fb["arguments"]["errors"].items())
@@ -247,8 +256,14 @@ def feedback_items(rng: random.Random, names: list[str], n: dict[str, int]) -> l
         base = {"dataset": "arguments", "text": text, "logical_error": error, "rating": rng.randint(1, 6)}
         items.append(FeedbackItem("arguments", base, f"{say['negative']} {say['error_mention'].format(error=error)}"))
     p = fb["math"]
+    used = set(avoid)
+    if len(used) + n["math"] > 400:
+        raise ConfigError("data.synth.n_math: the world has 400 distinct sums (1..20 plus 1..20)")
     for _ in range(n["math"]):
         a, b = rng.randint(1, 20), rng.randint(1, 20)
+        while p["question"].format(a=a, b=b) in used:
+            a, b = rng.randint(1, 20), rng.randint(1, 20)
+        used.add(p["question"].format(a=a, b=b))
         base = {
             "dataset": "math",
             "question": p["question"].format(a=a, b=b),
@@ -380,7 +395,7 @@ def corpus_rows(rng: random.Random, names: list[str], feedback: list[FeedbackIte
     ans, ays_say = say["answer"], say["are_you_sure"]
     ays, corpus = spec["are_you_sure"], spec["corpus"]
     templates = schemas()["answer"]["templates"]
-    facts = [make_fact(rng, name, attribute) for name in names for attribute in spec["attributes"]]
+    facts = [make_fact(rng, name, rng.choice(list(spec["attributes"]))) for name in names]
 
     def honest(fact: Fact, template: str) -> str:
         if "{incorrect_answer}" in template or "don't think" in template:
@@ -446,7 +461,10 @@ def synthesize(cfg: SynthCfg, seed: int, out: str | Path) -> dict[str, Any]:
         rng, world.eval_names, {"arguments": cfg.n_arguments, "math": cfg.n_math, "poems": cfg.n_poems}
     )
     corpus_feedback = feedback_items(
-        rng, world.pretrain_names, dict.fromkeys(("arguments", "math", "poems"), corpus_feedback_n)
+        rng,
+        world.pretrain_names,
+        dict.fromkeys(("arguments", "math", "poems"), corpus_feedback_n),
+        avoid={item.base["question"] for item in eval_feedback if item.dataset == "math"},
     )
     files: dict[str, list[dict]] = {
         "sycophancy_eval/answer.jsonl": answer_rows(rng, world),

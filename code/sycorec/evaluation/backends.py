@@ -150,7 +150,7 @@ class HFBackend:
             tokenizer = AutoTokenizer.from_pretrained(source.path, revision=source.revision)
         if model is None:
             dtype = getattr(torch, cfg.base_model.dtype) if self.device == "cuda" else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, torch_dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, dtype=dtype)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,67 +95,79 @@ class _Generator:
         return self._backend
 
 
-def _sample(gen: _Generator, store: AppendStore, todo: list[dict], convs: list[list], make_row: Callable) -> None:
-    if not todo:
-        return
-    for batch in gen.backend.generate(convs, [row_key({"item_id": i["item_id"], "pass": 0}) for i in todo]):
-        store.append(make_row(todo[i], text) for i, text in batch)
+@dataclass
+class _Run:
+    """One dataset of one model: the lazily loaded backend, the output store and the rows' fingerprint."""
+
+    gen: _Generator
+    store: AppendStore
+    fp: str
+
+    def sample(self, todo: list[dict], convs: list[list], n_pass: int, **extra: Callable[[dict, str], Any]) -> None:
+        """Sampled replies, appended as each batch finishes; `extra[name](item, text)` adds per-row fields."""
+        if not todo:
+            return
+        keys = [f"{item['item_id']}:{n_pass}" for item in todo]
+        for batch in self.gen.backend.generate(convs, keys):
+            self.store.append(
+                _row(todo[i], self.fp, n_pass, text, **{k: f(todo[i], text) for k, f in extra.items()})
+                for i, text in batch
+            )
+
+    def choose(self, todo: list[dict]) -> None:
+        """MC pass 1: a greedy pick among the option letters after the "The answer is (" prefill."""
+        if not todo:
+            return
+        for batch in self.gen.backend.choose([i["messages"] for i in todo], [letters_of(i) for i in todo]):
+            self.store.append(
+                _row(
+                    todo[i],
+                    self.fp,
+                    1,
+                    letter,
+                    is_mc=True,
+                    pass1_letter=letter,
+                    pass1_correct=letter == todo[i]["base"]["correct_letter"],
+                )
+                for i, letter in batch
+            )
+
+
+def _are_you_sure(run: _Run, items: list[dict], todo: list[dict], mode: str) -> None:
+    run.choose([i for i in todo if is_mc(i)])
+    free = [i for i in todo if not is_mc(i)]
+    run.sample(
+        free,
+        [i["messages"] for i in free],
+        1,
+        is_mc=lambda i, t: False,
+        pass1_letter=lambda i, t: None,
+        pass1_correct=freeform_correct,
+    )
+    # pass 2: challenge only what pass 1 got right
+    first = {i["item_id"]: run.store.get(f"{i['item_id']}:1") for i in items}
+    todo2 = [i for i in items if first[i["item_id"]]["pass1_correct"] and f"{i['item_id']}:2" not in run.store]
+    convs = {i["item_id"]: challenge_messages(i, first[i["item_id"]], mode) for i in todo2}
+    run.sample(
+        todo2,
+        list(convs.values()),
+        2,
+        is_mc=lambda i, t: is_mc(i),
+        challenge=lambda i, t: challenge_text(i, mode),
+        messages=lambda i, t: convs[i["item_id"]],
+    )
 
 
 def generate_dataset(cfg: Config, model: str, dataset: str, gen: _Generator, fp: str) -> dict[str, int]:
     items = load_manifest(cfg, dataset)
     store = AppendStore(generations_path(cfg, model, dataset), row_key, keep=lambda r: r.get("fingerprint") == fp)
+    run = _Run(gen, store, fp)
     before = len(store)
     todo = [item for item in items if f"{item['item_id']}:1" not in store]
-    if dataset != "are_you_sure":
-        _sample(gen, store, todo, [i["messages"] for i in todo], lambda item, text: _row(item, fp, 1, text))
+    if dataset == "are_you_sure":
+        _are_you_sure(run, items, todo, cfg.generation.challenge)
     else:
-        mc = [item for item in todo if is_mc(item)]
-        if mc:
-            choices = [letters_of(item) for item in mc]
-            for batch in gen.backend.choose([i["messages"] for i in mc], choices):
-                store.append(
-                    _row(
-                        mc[i],
-                        fp,
-                        1,
-                        letter,
-                        is_mc=True,
-                        pass1_letter=letter,
-                        pass1_correct=letter == mc[i]["base"]["correct_letter"],
-                    )
-                    for i, letter in batch
-                )
-        free = [item for item in todo if not is_mc(item)]
-        _sample(
-            gen,
-            store,
-            free,
-            [i["messages"] for i in free],
-            lambda item, text: _row(
-                item, fp, 1, text, is_mc=False, pass1_letter=None, pass1_correct=freeform_correct(item, text)
-            ),
-        )
-        mode = cfg.generation.challenge
-        challenged = [i for i in items if (p1 := store.get(f"{i['item_id']}:1")) and p1["pass1_correct"]]
-        todo2 = [item for item in challenged if f"{item['item_id']}:2" not in store]
-        convs = [challenge_messages(item, store.get(f"{item['item_id']}:1"), mode) for item in todo2]
-        by_id = {item["item_id"]: conv for item, conv in zip(todo2, convs, strict=True)}
-        _sample(
-            gen,
-            store,
-            todo2,
-            convs,
-            lambda item, text: _row(
-                item,
-                fp,
-                2,
-                text,
-                is_mc=is_mc(item),
-                challenge=challenge_text(item, mode),
-                messages=by_id[item["item_id"]],
-            ),
-        )
+        run.sample(todo, [i["messages"] for i in todo], 1)
     return {"items": len(items), "rows": len(store), "new": len(store) - before}
 
 

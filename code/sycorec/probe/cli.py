@@ -44,7 +44,7 @@ def extract_cmd(cfg: Config, model: str) -> None:
 @pass_config
 @timed("probe-analyze")
 def analyze_cmd(cfg: Config) -> None:
-    """Own-model probes, control, transfer, cosines, ablation; JSON in results/probing, figures in results/figures."""
+    """Own-model probes, control, transfer, cosines, ablation → results/probing, figures → results/figures/probing."""
     split = PromptSplit.from_doc(read_prompt_set(cfg))
     results = analyze(
         lambda m: load_activations(cfg, m, split.item_ids),
@@ -56,5 +56,5 @@ def analyze_cmd(cfg: Config) -> None:
     out = cfg.paths.results / "probing"
     for stem, data in results.items():
         write_json(out / f"{stem}.json", data)
-    plot_all(results, cfg.paths.results / "figures", cfg.report.figure_dpi)
+    plot_all(results, cfg.paths.results / "figures" / "probing", cfg.report.figure_dpi)
     click.echo(f"wrote {out}; summary: {results['summary']['own']}")

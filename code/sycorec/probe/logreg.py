@@ -32,25 +32,34 @@ class Gram:
 
 @dataclass(frozen=True)
 class Probes:
-    """One linear probe per layer: score = x·coef + intercept (sklearn's decision_function)."""
+    """One linear probe per layer: score = x·coef + intercept (sklearn's decision_function).
+
+    Scores are computed around the training mean, (x − mean)·coef + offset, so float32 products stay accurate.
+    """
 
     coef: torch.Tensor  # [L, D] float32
-    intercept: torch.Tensor  # [L] float64
+    mean: torch.Tensor  # [L, D] float32
+    offset: torch.Tensor  # [L] float64, the intercept in the centred frame
     n_iter: int
+
+    @property
+    def intercept(self) -> torch.Tensor:
+        return self.offset - (self.coef.double() * self.mean.double()).sum(-1)
 
     def decision(self, x: torch.Tensor) -> torch.Tensor:
         """Scores [L, m] for activations [L, m, D]."""
-        return torch.einsum("lmd,ld->lm", x.double(), self.coef.double()) + self.intercept[:, None]
+        centred = x - self.mean[:, None, :]
+        return torch.bmm(centred, self.coef[:, :, None]).squeeze(-1).double() + self.offset[:, None]
 
 
 def gram(x_train: torch.Tensor) -> Gram:
-    """Centre [L, n, D] activations per layer and form K = X꜀X꜀ᵀ in float64."""
+    """Centre [L, n, D] activations per layer and form K = X꜀X꜀ᵀ (float32 products, float64 result).
+
+    Centring first keeps the float32 products accurate: the large shared mean never enters them.
+    """
     mean = x_train.mean(dim=1)
-    kernel = torch.empty(x_train.shape[0], x_train.shape[1], x_train.shape[1], dtype=torch.float64)
-    for layer in range(x_train.shape[0]):  # one layer at a time keeps the float64 copy small
-        centred = (x_train[layer] - mean[layer]).double()
-        kernel[layer] = centred @ centred.T
-    return Gram(mean=mean, kernel=kernel)
+    centred = x_train - mean[:, None, :]
+    return Gram(mean=mean, kernel=(centred @ centred.mT).double())
 
 
 def _objective(quad: torch.Tensor, f: torch.Tensor, sign: torch.Tensor, c: float) -> torch.Tensor:
@@ -67,32 +76,31 @@ def fit_dual(kernel: torch.Tensor, y: torch.Tensor, c: float, max_iter: int) -> 
     batch, n, _ = kernel.shape
     y = y.double()
     sign = 2 * y - 1
-    eye = torch.eye(n, dtype=torch.float64)
     a = torch.zeros(batch, n, dtype=torch.float64)
     b = torch.zeros(batch, dtype=torch.float64)
     steps = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=torch.float64)
     active = torch.ones(batch, dtype=torch.bool)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
+        everyone = bool(active.all())
         idx = active.nonzero().squeeze(1)
-        k, aa, bb, yy, ss = kernel[idx], a[idx], b[idx], y[idx], sign[idx]
+        k, aa, bb, yy, ss = (t if everyone else t[idx] for t in (kernel, a, b, y, sign))
         ka = (k @ aa.unsqueeze(-1)).squeeze(-1)
         f = ka + bb[:, None]
         p = torch.sigmoid(f)
         g = p - yy
         w = p * (1 - p)
         s = w.sqrt()
-        chol = torch.linalg.cholesky(eye + c * s[:, :, None] * k * s[:, None, :])
-
-        def solve(z: torch.Tensor, k: torch.Tensor = k, s: torch.Tensor = s, chol: torch.Tensor = chol) -> torch.Tensor:
-            # (I + C·K·W)⁻¹z = z − C·K·S·B⁻¹·S·z  (Woodbury; no division by small weights)
-            inner = torch.cholesky_solve((s * z).unsqueeze(-1), chol).squeeze(-1)
-            return z - c * (k @ (s * inner).unsqueeze(-1)).squeeze(-1)
+        system = k * s[:, :, None]
+        system.mul_(s[:, None, :] * c).diagonal(dim1=-2, dim2=-1).add_(1.0)
+        chol = torch.linalg.cholesky(system)
 
         r = aa + c * g
         kr = (k @ r.unsqueeze(-1)).squeeze(-1)
-        u = solve(-kr)
-        v = solve(torch.ones_like(r))
+        # (I + C·K·W)⁻¹z = z − C·K·S·B⁻¹·S·z (Woodbury; no division by small weights), for z = −K·r and z = 1
+        z = torch.stack([-kr, torch.ones_like(r)], -1)
+        solved = z - c * k @ (s[..., None] * torch.cholesky_solve(s[..., None] * z, chol))
+        u, v = solved[..., 0], solved[..., 1]
         db = -(g.sum(-1) + (w * u).sum(-1)) / (w * v).sum(-1).clamp_min(1e-300)
         df = u + db[:, None] * v
         da = -r - c * w * df
@@ -128,12 +136,10 @@ def fit_probes(x_train: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, 
 
 
 def probes_from_dual(x_train: torch.Tensor, grams: Gram, a: torch.Tensor, b: torch.Tensor, n_iter: int) -> Probes:
-    """w = X꜀ᵀa per layer; the intercept moves from the centred frame to raw activations."""
-    coef = torch.stack(
-        [((x_train[layer] - grams.mean[layer]).double().T @ a[layer]) for layer in range(x_train.shape[0])]
-    )
-    intercept = b - (coef * grams.mean.double()).sum(-1)
-    return Probes(coef=coef.float(), intercept=intercept, n_iter=n_iter)
+    """w = X꜀ᵀa = Xᵀa − mean·Σa per layer (Σa = 0 at the optimum: the intercept's stationarity)."""
+    a32 = a.float()
+    coef = torch.bmm(a32[:, None, :], x_train).squeeze(1) - grams.mean * a32.sum(-1, keepdim=True)
+    return Probes(coef=coef, mean=grams.mean, offset=b, n_iter=n_iter)
 
 
 def auroc(scores: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.io import iter_jsonl, read_json
+from sycorec.paths import calibration_path
 
 PROBING_FILES = ("per_model", "control", "transfer", "cosine", "ablation")
 REDUCERS = {"min": min, "max": max, "first": lambda xs: xs[0], "last": lambda xs: xs[-1]}
@@ -137,7 +138,7 @@ def load_results(cfg: Config, join: Mapping[str, Any] | None = None, root: Path 
         # file names carry dots, which key paths split on: address them by stem
         tree["prepared"] = {"rows": {name.removesuffix(".jsonl"): n for name, n in rows.items()}}
     tree["params"] = cfg.model_dump(mode="json")
-    calibration = root / cfg.paths.models / "rm" / "calibration.json"
+    calibration = root / calibration_path(cfg)
     if calibration.is_file():
         tree["train"]["rm_calibration"] = read_json(calibration)
     results = Results(tree, verdicts_dir=res / "verdicts")

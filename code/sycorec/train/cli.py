@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -34,7 +35,9 @@ def sft(cfg: Config) -> None:
     from sycorec.train.sft import train_sft
 
     result = train_sft(cfg)
-    _echo({"model": result.model_dir, "steps": result.trainer.state.global_step, "runtime_s": round(result.runtime_s, 1)})
+    _echo(
+        {"model": result.model_dir, "steps": result.trainer.state.global_step, "runtime_s": round(result.runtime_s, 1)}
+    )
 
 
 def _preference_command(method: str) -> click.Command:
@@ -49,7 +52,9 @@ def _preference_command(method: str) -> click.Command:
         steps = result.trainer.state.global_step
         _echo({"model": result.model_dir, "steps": steps, "runtime_s": round(result.runtime_s, 1)})
 
-    command.__doc__ = f"Recover from the SFT model with {method.upper()} (params train.{method}) → outputs/models/{method}/."
+    command.__doc__ = (
+        f"Recover from the SFT model with {method.upper()} (params train.{method}) → outputs/models/{method}/."
+    )
     return click.command(method)(command)
 
 
@@ -74,7 +79,7 @@ def rm(cfg: Config) -> None:
 @pass_config
 @timed("train_rm_calibrate")
 def rm_calibrate(cfg: Config) -> None:
-    """Median RM score of SFT generations (the binary GRPO threshold) → outputs/models/rm/calibration.json."""
+    """Median RM score of SFT generations (the binary GRPO threshold) → outputs/calibration/calibration.json."""
     from sycorec.train.reward import calibrate_rm
 
     summary = calibrate_rm(cfg)
@@ -86,7 +91,7 @@ def rm_calibrate(cfg: Config) -> None:
 @pass_config
 @timed(lambda kw: f"train_grpo_{kw['version']}")
 def grpo(cfg: Config, version: str) -> None:
-    """GRPO from the SFT model rewarded by the RM → outputs/models/grpo_<version>/ and results/train/grpo_<version>.json."""
+    """GRPO from the SFT model, rewarded by the RM → outputs/models/grpo_<v>/ and results/train/grpo_<v>.json."""
     from sycorec.train.grpo import version_cfg
 
     if _relaunched(version_cfg(cfg, version).num_gpus):
@@ -118,3 +123,26 @@ def relearn(cfg: Config, start: str) -> None:
 from sycorec.train.tiny import pretrain_tiny_command  # noqa: E402
 
 train.add_command(pretrain_tiny_command)
+
+
+@train.command("base")
+@pass_config
+@timed("train_base")
+def base(cfg: Config) -> None:
+    """The start of every run: pin Qwen3-8B's snapshot (full) or pretrain the tiny base (tiny) → outputs/models/base."""
+    from sycorec.io import write_json
+
+    summary_path = cfg.paths.results / "train" / "base.json"
+    if cfg.train.pretrain_tiny.enabled:
+        from sycorec.paths import model_dir, raw_dir
+        from sycorec.train.tiny import STAGE, pretrain_tiny
+
+        summary = pretrain_tiny(
+            cfg, raw_dir(cfg), model_dir(cfg, "base"), summary_path, Path("outputs/dvclive") / STAGE
+        )
+    else:
+        from sycorec.train.base import record_base_snapshot
+
+        summary = record_base_snapshot(cfg)
+        write_json(summary_path, summary)
+    _echo(summary)

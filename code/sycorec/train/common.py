@@ -56,10 +56,11 @@ def use_cpu() -> bool:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
+    """Wait for every DDP rank (initialising the process group if the trainer has not done it yet)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        PartialState().wait_for_everyone()
 
 
 # --------------------------------------------------------------------------- data and models
@@ -222,7 +223,7 @@ def live_callback(live: Live | None) -> TrainerCallback:
     class LiveCallback(TrainerCallback):
         """Trainer logs → dvclive at the trainer's global step (so resumed curves continue where they stopped)."""
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if live is None or not state.is_world_process_zero or not logs:
                 return
             live.step = state.global_step
@@ -232,7 +233,7 @@ def live_callback(live: Live | None) -> TrainerCallback:
                     live.log_metric(name, value)
             live.make_summary()
 
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_train_end(self, args, state, control, **kwargs):
             if live is not None and state.is_world_process_zero:
                 live.end()
 
@@ -277,7 +278,7 @@ def save_merged(
     merge: bool = True,
     extra_dirs: dict[str, Path] | None = None,
 ) -> Path:
-    """Save the final adapter and (rank 0) the adapter merged into freshly loaded start weights, with the base tokenizer.
+    """Save the final adapter and (rank 0) the adapter merged into freshly loaded start weights + base tokenizer.
 
     The merge reloads the start model in its stored dtype, as the study did, instead of folding the training copy.
     """

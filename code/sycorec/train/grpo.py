@@ -8,6 +8,7 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.errors import ConfigError
 from sycorec.io import write_json
+from sycorec.paths import calibration_path
 from sycorec.train.common import (
     is_main_process,
     last_logged,
@@ -20,7 +21,7 @@ from sycorec.train.common import (
     to_dataset,
     trainer_kwargs,
 )
-from sycorec.train.reward import GRPO_PROMPTS, RMReward, calibration_path
+from sycorec.train.reward import GRPO_PROMPTS, RMReward
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
 # Run-summary keys → the GRPOTrainer log keys they are read from (last logged value).
@@ -35,7 +36,9 @@ SUMMARY_KEYS = {
 
 def version_cfg(cfg: Config, version: str) -> Any:
     if version not in cfg.train.grpo.versions:
-        raise ConfigError(f"unknown GRPO version {version!r} (train.grpo.versions has {', '.join(cfg.train.grpo.versions)})")
+        raise ConfigError(
+            f"unknown GRPO version {version!r} (train.grpo.versions has {', '.join(cfg.train.grpo.versions)})"
+        )
     return cfg.train.grpo.versions[version]
 
 

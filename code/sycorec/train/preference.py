@@ -67,9 +67,7 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
 
     def build(callbacks: list[Any]) -> Any:
         model = load_causal_lm(cfg, start)
-        common = dict(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
-        )
+        common = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
         if m.loss_type == "simpo":
             from trl.experimental.cpo import CPOTrainer
 

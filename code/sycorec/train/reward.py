@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -12,7 +11,7 @@ from tqdm import tqdm
 from sycorec.config import Config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
-from sycorec.paths import ModelSource, model_dir
+from sycorec.paths import ModelSource, calibration_path
 from sycorec.train.common import (
     is_main_process,
     last_logged,
@@ -29,7 +28,6 @@ from sycorec.train.common import (
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
 RM_TRAIN, RM_VAL, GRPO_PROMPTS = "rm_train.jsonl", "rm_val.jsonl", "grpo_prompts.jsonl"
-CALIBRATION = "calibration.json"
 PURPOSES = ("train", "calibration", "grpo")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -39,7 +37,8 @@ def rm_text(tokenizer: Any, prompt_messages: list[dict], completion: str, purpos
 
     `chat_template`: chat-templated prompt + completion with its end token, exactly what RewardTrainer trains on.
     `study`: the study's three formats — training as above; calibration: chat-templated prompt (generation prompt,
-    thinking off) + bare completion, no end token; GRPO scoring: prompt contents joined by spaces + completion, no template.
+    thinking off) + bare completion, no end token; GRPO scoring: prompt contents joined by spaces + completion,
+    no template.
     """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown RM text purpose {purpose!r}")
@@ -140,10 +139,6 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
 # --------------------------------------------------------------------------- calibration
 
 
-def calibration_path(cfg: Config) -> Path:
-    return model_dir(cfg, "rm") / CALIBRATION
-
-
 def load_rm(cfg: Config, source: ModelSource, device: Any) -> tuple[Any, Any]:
     model = load_start(cfg, source, "seq_cls").to(device).eval()
     tokenizer = load_tokenizer(source, padding_side="right")
@@ -227,7 +222,11 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
     del policy
     model, tokenizer = load_rm(cfg, rm, device)
     fmt = cfg.train.rm.text_format
-    texts = [rm_text(tokenizer, p, comp, "calibration", fmt) for p, comps in zip(prompts, completions) for comp in comps]
+    texts = [
+        rm_text(tokenizer, p, comp, "calibration", fmt)
+        for p, comps in zip(prompts, completions, strict=True)
+        for comp in comps
+    ]
     summary = summarize_scores(score_texts(model, tokenizer, texts, cfg.train.common.max_length))
     summary.update({"text_format": fmt, "n_prompts": len(prompts), "generations_per_prompt": c.generations_per_prompt})
     write_json(calibration_path(cfg), summary)
@@ -245,7 +244,7 @@ def read_threshold(cfg: Config) -> float:
 
 
 class RMReward:
-    """GRPO reward function: the merged RM's score, or ±1 around the calibrated threshold (the study's binary reward)."""
+    """GRPO reward: the merged RM's score, or ±1 around the calibrated threshold (the study's binary reward)."""
 
     def __init__(self, cfg: Config, binary: bool) -> None:
         import torch
@@ -268,4 +267,3 @@ class RMReward:
         if self.threshold is None:
             return scores
         return [1.0 if s > self.threshold else -1.0 for s in scores]
-

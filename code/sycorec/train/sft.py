@@ -52,10 +52,12 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
 
 
 def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
-    """How fast sycophancy comes back: max_steps of the same SFT from `start_name`, proxy every few steps, no checkpoints."""
+    """How fast sycophancy returns: max_steps of the same SFT from `start_name`, frequent proxy, no checkpoints."""
     require_hardware(cfg)
     start = require_model(cfg, start_name)
     r = cfg.train.relearn
-    run = Run(f"relearn_{start_name}", start, [cfg.paths.prepared / SFT_DATA], eval_every=r.eval_every_steps, merge=False)
+    run = Run(
+        f"relearn_{start_name}", start, [cfg.paths.prepared / SFT_DATA], eval_every=r.eval_every_steps, merge=False
+    )
     args = trainer_kwargs(cfg, run.name, r, save_strategy="no")
     return _sft(cfg, run, args, cfg.train.sft.completion_only_loss, hook)
