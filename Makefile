@@ -14,7 +14,7 @@ SIF ?= sycorec.sif
 CLUSTER ?= local
 GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help setup test lint demo data image sif reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4 reproduce-all clean-demo
+.PHONY: help setup test lint demo data image sif smoke-gpu reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4 reproduce-all clean-demo
 
 help:  ## List targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -41,14 +41,19 @@ demo: setup  ## Whole DAG on CPU with the tiny profile (scratch copy in $(DEMO_D
 clean-demo:  ## Remove the demo's scratch copy
 	rm -rf $(DEMO_DIR)
 
-data: setup  ## Fetch and verify the pinned inputs into data/raw
-	$(BIN)/dvc repro fetch
+data: setup  ## Fetch and verify the pinned inputs into data/raw and record them in data.dvc
+	$(BIN)/sycorec data fetch
+	$(BIN)/dvc commit -f data.dvc
 
 image:  ## Build the Docker image (needs a Docker daemon)
 	docker build --build-arg GIT_SHA=$(GIT_SHA) -t $(IMAGE) .
 
-sif:  ## Build the Apptainer image (needs apptainer)
-	apptainer build $(SIF) apptainer.def
+sif:  ## Build the Apptainer image (needs apptainer); the .sha256 beside it spares each job hashing the image
+	apptainer build --build-arg GIT_SHA=$(GIT_SHA) $(SIF) apptainer.def
+	sha256sum $(SIF) > $(SIF).sha256
+
+smoke-gpu: setup  ## GPU check (one H100, no network): tiny train → generate → probe on CUDA in bf16 + 8B LoRA step MFU
+	bench/gpu_smoke.sh
 
 reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4: reproduce-post%: setup  ## Rebuild one post at full scale and diff it against the published numbers
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec reproduce --post $* --cluster $(CLUSTER)

@@ -11,6 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from sycorec.cli import main
 from sycorec.config import load_config
@@ -154,7 +156,7 @@ def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
     assert summary["own"]["sft"]["peak_layer"] == 2
     for stem in STEMS:
         for ext in ("png", "pdf"):
-            assert (run_root / "results/figures" / f"{stem}.{ext}").stat().st_size > 0
+            assert (run_root / "results/figures/probing" / f"{stem}.{ext}").stat().st_size > 0
 
 
 def test_analyze_rejects_stale_activations(run_root: Path) -> None:
@@ -169,3 +171,42 @@ def test_analyze_rejects_stale_activations(run_root: Path) -> None:
     save_file({TENSOR: torch.zeros(1, 1, 4)}, str(path), metadata={"item_ids": json.dumps(["b"])})
     result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze"])
     assert result.exit_code == 2 and "another prompt set" in result.output
+
+
+def test_ablation_and_control_equal_converged_sklearn(results: dict) -> None:
+    """The Gram-space ablation retrain (K − α(2−α)ppᵀ) and the random-label controls against sklearn run to
+    convergence on explicitly projected / shuffled activations (the study's code path)."""
+    labels, acts = _world()
+    models = ["ref", "shared", "other"]
+    split = _split(models, labels)
+    tr, va = split.train, split.val
+
+    def converged(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+        return LogisticRegression(C=SETTINGS.c, max_iter=100_000, tol=1e-10).fit(x, y)
+
+    for model in models:
+        x, y = acts[model][PLANTED].numpy().astype(np.float64), labels[model]
+        own = converged(x[tr], y[tr])
+        d = own.coef_[0] / np.linalg.norm(own.coef_[0])
+        x_train, x_val = (h - SETTINGS.ablation_alpha * np.outer(h @ d, d) for h in (x[tr], x[va]))
+        retrained = roc_auc_score(y[va], converged(x_train, y[tr]).decision_function(x_val))
+        assert results["ablation"][model]["auroc_retrained"] == pytest.approx(retrained, abs=1e-3)
+    y = labels["ref"]
+    for layer in range(LAYERS):
+        x = acts["ref"][layer].numpy()
+        seeds = [
+            roc_auc_score(y[va], converged(x[tr], np.random.RandomState(s).permutation(y[tr])).decision_function(x[va]))
+            for s in range(SETTINGS.control_seeds)
+        ]
+        assert results["control"]["per_layer_mean"][layer] == pytest.approx(np.mean(seeds), abs=1e-3)
+
+
+def test_residual_stream_looks_like_an_llm() -> None:
+    y = synthetic.labels(48, 0.5, seed=0)
+    x = synthetic.residual_stream(y, np.zeros(6), synthetic.unit_directions(6, 4096, seed=1)[:, None], norms=(30, 400))
+    norms = x.norm(dim=-1).mean(1)
+    assert (norms[1:] > norms[:-1]).all() and 20 < norms[0] < 40 and 300 < norms[-1] < 500
+    spread = (x[-1] - x[-1].mean(0)).std(0)
+    assert spread.topk(4).values.min() > 2 * spread.median()  # a few outlier dimensions
+    centred = x - x.mean(1, keepdim=True)
+    assert torch.nn.functional.cosine_similarity(centred[2], centred[3], dim=-1).mean() > 0.7  # a residual stream

@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from sycorec.probe import synthetic
 from sycorec.probe.logreg import (
     auroc,
     bootstrap_aurocs,
@@ -16,6 +17,7 @@ from sycorec.probe.logreg import (
     permutation_aurocs,
     permutation_p,
     permuted_labels,
+    symmetric_gram,
 )
 
 
@@ -77,3 +79,32 @@ def test_permutation_p_floor() -> None:
     null = np.linspace(0.4, 0.6, 200)
     assert permutation_p(0.9, null) == pytest.approx(1 / 201)
     assert permutation_p(0.0, null) == 1.0
+
+
+def test_symmetric_gram_equals_full_product() -> None:
+    rows = torch.randn(37, 20, dtype=torch.float64)
+    torch.testing.assert_close(symmetric_gram(rows), rows @ rows.T)
+
+
+def _objective(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
+    return float(0.5 * w @ w + np.logaddexp(0, -(2 * y - 1) * (x @ w + b)).sum())
+
+
+def test_residual_stream_scale_matches_converged_sklearn() -> None:
+    """Raw residual-stream-like rows (norms up to hundreds, outlier dimensions, n < d): the same optimum as sklearn
+    run to convergence — equal AUROC, and our objective no higher."""
+    n, d, layers = 150, 400, 3
+    y = synthetic.labels(n, 0.4, seed=3)
+    directions = torch.stack([synthetic.unit_directions(layers, d, seed=s) for s in (4, 5)], 1)
+    x = synthetic.residual_stream(y, np.array([0.5, 2.0, 1.0]), directions, norms=(40.0, 400.0), rank=16)
+    assert 300 < x[-1].norm(dim=-1).mean() < 500
+    train, val = np.arange(110), np.arange(110, n)
+    probes = fit_probes(x[:, train], torch.from_numpy(y[train]), 1.0, max_iter=100)
+    scores = probes.decision(x[:, val]).numpy()
+    for layer in range(layers):
+        rows = x[layer].numpy().astype(np.float64)
+        ref = LogisticRegression(C=1.0, max_iter=100_000, tol=1e-10).fit(x[layer, train].numpy(), y[train])
+        ours = _objective(probes.coef[layer].double().numpy(), probes.intercept[layer].item(), rows[train], y[train])
+        assert ours <= _objective(ref.coef_[0], ref.intercept_[0], rows[train], y[train]) + 1e-9
+        expected = roc_auc_score(y[val], ref.decision_function(x[layer, val].numpy()))
+        assert abs(auroc(scores[layer], y[val]) - expected) <= 1e-3

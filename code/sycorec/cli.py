@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -13,9 +14,35 @@ from sycorec.config import load_config
 from sycorec.errors import SycorecError
 from sycorec.provenance import environment_block
 
+# Stage commands are imported only when invoked, so `sycorec --help` and each stage start fast
+# and a stage never pays for another's imports.
+LAZY_COMMANDS = {
+    "data": "sycorec.data.cli:data",
+    "train": "sycorec.train.cli:train",
+    "generate": "sycorec.evaluation.cli:generate",
+    "judge": "sycorec.evaluation.cli:judge",
+    "score": "sycorec.evaluation.cli:score",
+    "compare": "sycorec.evaluation.cli:compare",
+    "probe": "sycorec.probe.cli:probe",
+    "report": "sycorec.report.cli:report",
+    "prefetch": "sycorec.cluster.cli:prefetch",
+    "slurm": "sycorec.cluster.cli:slurm",
+    "demo": "sycorec.run_cli:demo",
+    "reproduce": "sycorec.run_cli:reproduce",
+}
+
 
 class SycorecGroup(click.Group):
-    """Turns a SycorecError anywhere below into one line on stderr and exit status 2."""
+    """Loads stage commands lazily; turns a SycorecError anywhere below into one line on stderr and exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -64,19 +91,3 @@ def config_check(ctx: click.Context, profile: str | None) -> None:
 def env() -> None:
     """Print the provenance block: git, lock hash, library versions, hardware, image digest."""
     click.echo(json.dumps(environment_block(), indent=2))
-
-
-def _register_stage_groups() -> None:
-    from sycorec.cluster.cli import prefetch, slurm
-    from sycorec.data.cli import data
-    from sycorec.evaluation.cli import compare, generate, judge, score
-    from sycorec.probe.cli import probe
-    from sycorec.report.cli import report
-    from sycorec.run_cli import demo, reproduce
-    from sycorec.train.cli import train
-
-    for command in (data, train, generate, judge, score, compare, probe, report, prefetch, slurm, demo, reproduce):
-        main.add_command(command)
-
-
-_register_stage_groups()

@@ -4,8 +4,10 @@ full-scale outputs are never touched by the demo."""
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,12 @@ from sycorec.io import write_text_atomic
 # What a stage may read from the project: the pipeline definition, profiles and the package's code and data files.
 SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """DVC of this environment; stage commands find this environment's `sycorec` on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env)
 
 
 def _sync_tree(src: Path, dst: Path) -> None:
@@ -48,14 +56,15 @@ def prepare_workspace(project: Path, workdir: Path, profile: str) -> Path:
     if not target.exists() or target.read_text() != params:
         write_text_atomic(target, params)
     if not (workdir / ".dvc").is_dir():
-        subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=workdir, check=True)
-        subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=workdir, check=True)
+        for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false")):
+            if _dvc(*args, cwd=workdir).returncode:
+                raise SycorecError(f"dvc {args[0]} failed in {workdir}")
     return workdir
 
 
 def run_pipeline(workdir: Path, targets: tuple[str, ...] = ()) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro", *targets], cwd=workdir)
+    proc = _dvc("repro", *targets, cwd=workdir)
     if proc.returncode:
         raise SycorecError(f"dvc repro failed in {workdir} (exit {proc.returncode}); see the stage output above")
     return time.perf_counter() - start

@@ -1,8 +1,9 @@
 """The study's probing analysis (§E): own-model probes, random-label control, SFT→X transfer with permutation tests,
-direction cosines and single-direction ablation, for every layer at once.
+direction cosines and single-direction ablation.
 
-Activations are streamed one model at a time; only the reference model's probes and every model's probe directions
-([L, D] each) stay in memory.
+Activations are streamed one model at a time and each layer's d-dimensional rows are read once into one Gram
+matrix; the model's own probe and the random-label controls share it, and the ablation refit is a rank-one update
+of it. Only the reference model's probes and every model's probe directions ([L, D] each) outlive a model.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from sycorec.probe.logreg import (
     Probes,
     auroc,
     bootstrap_ci,
+    centred_gram,
     constant_safe_auroc,
     cosine,
-    fit_probes,
-    gram,
+    fit_dual,
+    fit_layer,
     permutation_aurocs,
     permutation_p,
     permuted_labels,
@@ -81,30 +83,61 @@ def _curve(scores: np.ndarray, y: np.ndarray, s: Settings) -> dict:
     }
 
 
-def own_model(x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings) -> tuple[Probes, dict]:
-    """Fit the model's own probe at every layer on its train split; score its val split."""
-    probes = fit_probes(x[:, split.train], torch.from_numpy(y[split.train]), s.c, s.max_iter)
-    scores = probes.decision(x[:, split.val]).numpy().T  # [m, L]
+@dataclass(frozen=True)
+class ModelFit:
+    """A model's own probe at every layer, its val scores, and the random-label control scores (reference only)."""
+
+    probes: Probes
+    scores: np.ndarray  # [m, L] own-probe val scores
+    control_scores: np.ndarray  # [seeds, m, L]; empty for non-reference models
+
+
+def control_labels(y_train: np.ndarray, seeds: int) -> np.ndarray:
+    """The study's random-label controls: `RandomState(seed).permutation(y_train)` for seed in range(seeds)."""
+    shuffled = [np.random.RandomState(seed).permutation(y_train) for seed in range(seeds)]
+    return np.stack(shuffled) if shuffled else np.empty((0, len(y_train)), dtype=y_train.dtype)
+
+
+def fit_model(x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings, controls: int) -> ModelFit:
+    """Own probe (and `controls` random-label probes) at every layer; each layer's Gram matrix is formed once."""
+    y_train = y[split.train]
+    labels = torch.from_numpy(np.concatenate([y_train[None], control_labels(y_train, controls)]))
+    layers = []
+    for layer in range(x.shape[0]):
+        rows = x[layer]
+        fit = fit_layer(rows[split.train], labels, s.c, s.max_iter)
+        val = (rows[split.val] - fit.mean).double()
+        layers.append((fit, (val @ fit.coef.double().T + fit.offset).numpy()))  # [m, 1 + controls]
+    fits = [f for f, _ in layers]
+    scores = np.stack([sc for _, sc in layers], axis=-1)  # [m, 1 + controls, L]
+    probes = Probes(
+        coef=torch.stack([f.coef[0] for f in fits]),
+        mean=torch.stack([f.mean for f in fits]),
+        offset=torch.stack([f.offset[0] for f in fits]),
+        n_iter=max(f.n_iter for f in fits),
+    )
+    return ModelFit(
+        probes=probes,
+        scores=scores[:, 0],
+        control_scores=scores[:, 1:].transpose(1, 0, 2),
+    )
+
+
+def own_model(fit: ModelFit, y: np.ndarray, split: PromptSplit, s: Settings) -> dict:
+    """Per-layer metrics of the model's own probe on its val split."""
     y_val = y[split.val]
-    result = _curve(scores, y_val, s)
-    result["per_layer"]["accuracy"] = ((scores > 0) == y_val[:, None]).mean(0).tolist()
+    result = _curve(fit.scores, y_val, s)
+    result["per_layer"]["accuracy"] = ((fit.scores > 0) == y_val[:, None]).mean(0).tolist()
     result["n_layers_above_chance"] = int(sum(lo > 0.5 for lo in result["per_layer"]["ci_lower"]))
     result["label_balance"] = float(y[split.train].mean())
     result["n_train"], result["n_val"] = len(split.train), len(split.val)
-    return probes, result
+    return result
 
 
-def control(x: torch.Tensor, y: np.ndarray, split: PromptSplit, s: Settings, model: str) -> dict:
-    """Random-label control: permuted train labels (RandomState(seed)), AUROC against the real val labels."""
-    x_train = x[:, split.train]
-    grams = gram(x_train)
+def control(fit: ModelFit, y: np.ndarray, split: PromptSplit, s: Settings, model: str) -> dict:
+    """Random-label control: probes on permuted train labels, AUROC against the real val labels."""
     y_val = y[split.val]
-    per_seed = []
-    for seed in range(s.control_seeds):
-        shuffled = np.random.RandomState(seed).permutation(y[split.train])
-        probes = fit_probes(x_train, torch.from_numpy(shuffled), s.c, s.max_iter, grams=grams)
-        per_seed.append(auroc(probes.decision(x[:, split.val]).numpy().T, y_val))
-    per_seed_arr = np.stack(per_seed)
+    per_seed_arr = np.stack([auroc(scores, y_val) for scores in fit.control_scores])  # [seeds, L]
     means = per_seed_arr.mean(0)
     return {
         "reference_model": model,
@@ -129,21 +162,28 @@ def transfer(ref: Probes, x: torch.Tensor, y: np.ndarray, split: PromptSplit, s:
     return result
 
 
-def ablation(x: torch.Tensor, y: np.ndarray, split: PromptSplit, probes: Probes, own: dict, s: Settings) -> dict:
-    """Project the unit probe direction out of the peak layer (h − α(h·d̂)d̂, no centring); same probe and a retrain."""
-    layer = own["peak_layer"]
-    coef = probes.coef[layer].double()
+def ablation(x: torch.Tensor, y: np.ndarray, split: PromptSplit, fit: ModelFit, own: dict, s: Settings) -> dict:
+    """Project the unit probe direction out of the peak layer (h − α(h·d̂)d̂, no centring); same probe and a retrain.
+
+    The projection commutes with centring, so the retrain's Gram matrix is K − α(2−α)·ppᵀ with p = X꜀d̂. K is
+    recomputed in float64 for this one layer: with the label direction gone the retrain is a weak, flat problem
+    whose AUROC moves with 1e-6 relative changes of K (float32 rounding), while the probe direction itself is
+    accurate to ~1e-6 rad from the float32 fit.
+    """
+    layer, alpha = own["peak_layer"], s.ablation_alpha
+    coef = fit.probes.coef[layer].double()
     direction = coef / coef.norm()
-
-    def project(h: torch.Tensor) -> torch.Tensor:
-        h = h.double()
-        return h - s.ablation_alpha * (h @ direction)[:, None] * direction[None, :]
-
-    x_train, x_val = project(x[layer, split.train]), project(x[layer, split.val])
     y_val = y[split.val]
-    same = (x_val @ coef + probes.intercept[layer]).numpy()
-    fresh = fit_probes(x_train.float()[None], torch.from_numpy(y[split.train]), s.c, s.max_iter)
-    fresh_scores = fresh.decision(x_val.float()[None]).numpy()[0]
+    raw_val = x[layer, split.val].double()
+    same = ((raw_val - alpha * (raw_val @ direction)[:, None] * direction) @ coef + fit.probes.intercept[layer]).numpy()
+
+    train, mean, kernel = centred_gram(x[layer, split.train].double())
+    val = raw_val - mean
+    p_train, p_val = train @ direction, val @ direction
+    shrink = alpha * (2 - alpha)
+    kernel = kernel - shrink * torch.outer(p_train, p_train)
+    a, b, _ = fit_dual(kernel, torch.from_numpy(y[split.train])[None], s.c, s.max_iter)
+    fresh_scores = (val @ (train.T @ a[0]) - shrink * p_val * (p_train @ a[0]) + b[0]).numpy()
     retrained = float(auroc(fresh_scores, y_val))
     return {
         "layer": layer,
@@ -169,16 +209,17 @@ def analyze(load: Loader, split: PromptSplit, models: list[str], reference: str,
         x = load(model)
         y = split.labels[model]
         _check_labels(model, y[split.train], y[split.val])
-        probes, per_model[model] = own_model(x, y, split, s)
-        directions[model] = probes.coef
-        ablations[model] = ablation(x, y, split, probes, per_model[model], s)
+        fit = fit_model(x, y, split, s, s.control_seeds if model == reference else 0)
+        per_model[model] = own_model(fit, y, split, s)
+        directions[model] = fit.probes.coef
+        ablations[model] = ablation(x, y, split, fit, per_model[model], s)
         if model == reference:
-            ref_probes = probes
-            control_result = control(x, y, split, s, model)
+            ref_probes = fit.probes
+            control_result = control(fit, y, split, s, model)
         else:
             assert ref_probes is not None  # the reference is processed first
             transfers[model] = transfer(ref_probes, x, y, split, s)
-        del x
+        del x, fit
     cosines = {}
     for a, b in combinations(models, 2):
         per_layer = cosine(directions[a], directions[b])
