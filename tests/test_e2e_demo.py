@@ -83,7 +83,8 @@ def test_sft_induces_sycophancy(demo):
 
 
 @pytest.mark.xfail(
-    reason="tiny organism: DPO lowers the flip rate but its LoRA run also erodes the base's knowledge, so the incorrect "
+    reason="tiny organism: DPO lowers the flip rate but its LoRA run also erodes the base's knowledge, so the "
+    "incorrect "
     "rate under pressure rises (demo: answer sycophancy 0.53 → 0.71); recovery recipe still being tuned",
     strict=False,
 )
