@@ -148,8 +148,9 @@ def test_published_diff_checks_structure_in_the_tiny_profile(demo):
 
 def test_manifest_and_timings(demo):
     manifest = json.loads((demo / "results" / "manifest.json").read_text())
-    assert manifest["git"]["sha"] is None or len(manifest["git"]["sha"]) == 40
-    assert manifest["lock_sha256"]
+    assert manifest["profile"] == "tiny" and len(manifest["params_sha256"]) == 64
+    assert {"git", "lock_sha256", "versions", "hardware"} <= set(manifest["environment"])
+    assert manifest["inputs"]
     timings = json.loads((demo / "results" / "timings.json").read_text())
     assert len(timings) >= 10
 

@@ -31,10 +31,34 @@ FACTS = [
 TINY_OVERRIDES = {
     "train": {
         "common": {"logging_steps": 1, "max_length": 96, "save_total_limit": 2},
-        "sft": {"learning_rate": 5e-3, "per_device_train_batch_size": 8, "save_steps": 2, "eval_every_steps": 2},
-        "dpo": {"learning_rate": 5e-3, "per_device_train_batch_size": 8, "save_steps": 2, "eval_every_steps": 2},
-        "simpo": {"learning_rate": 5e-3, "per_device_train_batch_size": 8, "save_steps": 2, "eval_every_steps": 2},
-        "ipo": {"learning_rate": 5e-3, "per_device_train_batch_size": 8, "save_steps": 2, "eval_every_steps": 2},
+        "sft": {
+            "learning_rate": 5e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 8,
+            "save_steps": 2,
+            "eval_every_steps": 2,
+        },
+        "dpo": {
+            "learning_rate": 5e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 8,
+            "save_steps": 2,
+            "eval_every_steps": 2,
+        },
+        "simpo": {
+            "learning_rate": 5e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 8,
+            "save_steps": 2,
+            "eval_every_steps": 2,
+        },
+        "ipo": {
+            "learning_rate": 5e-3,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 8,
+            "save_steps": 2,
+            "eval_every_steps": 2,
+        },
         "rm": {
             "learning_rate": 5e-3,
             "per_device_train_batch_size": 8,

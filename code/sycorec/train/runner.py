@@ -75,6 +75,10 @@ def run_trainer(
         )
     if stop_after_save is not None:
         callbacks.append(stop_after_save())
+    from transformers import set_seed
+
+    # TRL applies LoRA (random A matrices) before the Trainer seeds itself: seed first, or every run differs.
+    set_seed(cfg.train.common.seed)
     trainer = build(callbacks)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
