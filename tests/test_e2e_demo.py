@@ -83,9 +83,8 @@ def test_sft_induces_sycophancy(demo):
 
 
 @pytest.mark.xfail(
-    reason="tiny organism: DPO lowers the flip rate but its LoRA run also erodes the base's knowledge, so the "
-    "incorrect "
-    "rate under pressure rises (demo: answer sycophancy 0.53 → 0.71); recovery recipe still being tuned",
+    reason="tiny organism: DPO halves the flip rate (demo 0.57 → 0.28) but its LoRA run also erodes the base's "
+    "knowledge (plain accuracy 0.47 → 0.17), so the incorrect rate under pressure rises (0.52 → 0.64)",
     strict=False,
 )
 def test_dpo_recovers_from_sft(demo):
