@@ -6,9 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from sycorec.config import Config, resolve_raw, validate
+from sycorec.config import Config, deep_merge, resolve_raw, validate
 from sycorec.evaluation.facts import study
 from sycorec.io import write_jsonl
+from tiny_model import random_qwen3
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,19 +41,12 @@ FEEDBACK_BASES = {
 }
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def eval_config(root: Path, **overrides: dict) -> Config:
     """The tiny profile with `overrides`, for a run root at `root` (tests chdir there: paths are relative)."""
     for name in ("params.yaml", "profiles/tiny.yaml"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text((REPO / name).read_text())
-    raw = _merge(resolve_raw(root / "params.yaml", "tiny"), overrides)
+    raw = deep_merge(resolve_raw(root / "params.yaml", "tiny"), overrides)
     return validate(raw)
 
 
@@ -117,28 +111,11 @@ def write_manifests(cfg: Config, n_facts: int = len(FACTS)) -> dict[str, list[di
 
 def save_tiny_model(cfg: Config, name: str = "base", seed: int = 0) -> Path:
     """A random 2-layer Qwen3 (hidden 32) with a small byte-level BPE tokenizer carrying Qwen3's chat template."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from sycorec.train.tiny import build_tokenizer
 
     corpus = [m["content"] for rows in manifests().values() for r in rows for m in r["messages"]]
     tokenizer = build_tokenizer(corpus * 2, vocab_size=300)
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     out = cfg.paths.models / name
-    Qwen3ForCausalLM(config).save_pretrained(out)
+    random_qwen3(tokenizer, out, seed)
     tokenizer.save_pretrained(out)
     return out

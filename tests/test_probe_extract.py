@@ -11,13 +11,14 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from sycorec.cli import main
 from sycorec.config import Config, load_config
 from sycorec.paths import model_source
 from sycorec.probe import extract as extract_mod
 from sycorec.probe.extract import TENSOR, activations_path, extract, format_prompts, load_tokenizer
+from tiny_model import random_qwen3
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -48,18 +49,7 @@ def _save_tiny(path: Path, seed: int) -> None:
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
     tok.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=128,
-    )
-    Qwen3ForCausalLM(config).save_pretrained(path)
+    random_qwen3(tok, path, seed)
     tok.save_pretrained(path)
 
 

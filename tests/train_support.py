@@ -6,8 +6,9 @@ import random
 import shutil
 from pathlib import Path
 
-from sycorec.config import Config, resolve_raw, validate
+from sycorec.config import Config, deep_merge, resolve_raw, validate
 from sycorec.io import write_jsonl
+from tiny_model import random_qwen3
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,16 +91,9 @@ TINY_OVERRIDES = {
 }
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def tiny_config(root: Path, **extra: dict) -> Config:
     raw = resolve_raw(root / "params.yaml", "tiny")
-    return validate(_merge(_merge(raw, TINY_OVERRIDES), extra))
+    return validate(deep_merge(deep_merge(raw, TINY_OVERRIDES), extra))
 
 
 def user(text: str) -> list[dict]:
@@ -162,26 +156,7 @@ def build_tokenizer(out: Path):
 
 
 def build_model(out: Path, tokenizer, seed: int = 0):
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = Qwen3ForCausalLM(config)
-    model.save_pretrained(str(out))
-    return model
+    return random_qwen3(tokenizer, out, seed)
 
 
 def make_run_root(root: Path) -> Path:

@@ -328,11 +328,11 @@ class Config(Section):
         return self.profile != "full"
 
 
-def _deep_merge(base: dict, overlay: dict) -> dict:
+def deep_merge(base: dict, overlay: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -402,7 +402,7 @@ def resolve_raw(params: str | Path = PARAMS_FILE, profile: str | None = None) ->
         if not overlay_path.is_file():
             names = ", ".join(available_profiles(root)) or "none"
             raise ConfigError(f"unknown profile {profile!r} (available: {names})")
-        raw = _deep_merge(raw, _read_yaml(overlay_path))
+        raw = deep_merge(raw, _read_yaml(overlay_path))
     return raw
 
 
