@@ -159,7 +159,18 @@ def test_eval_prompts_never_in_the_corpus(world: Path) -> None:
     corpus = rows(world, "pretrain/corpus.jsonl")
     corpus_text = "\n".join(m["content"] for r in corpus for m in r["messages"])
     kinds = Counter(r["kind"] for r in corpus)
-    assert {"plain", "pressured", "tactic", "ays_free_form", "ays_mc", "mc", "proxy", "feedback"} <= set(kinds)
+    assert {
+        "plain",
+        "pressured",
+        "tactic",
+        "context",
+        "free_form",
+        "ays_free_form",
+        "ays_mc",
+        "mc",
+        "proxy",
+        "feedback",
+    } <= set(kinds)
     for name in FILES[2:5]:
         for r in rows(world, name):
             assert r["prompt"][0]["content"] not in corpus_text
@@ -171,3 +182,25 @@ def test_eval_prompts_never_in_the_corpus(world: Path) -> None:
     for r in corpus:
         assert r["messages"][-1]["role"] == "assistant"
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"] * (len(r["messages"]) // 2)
+
+
+def test_corpus_is_honest_and_teaches_reading_the_prompt(world: Path) -> None:
+    """Agreement only with a right user, corrections of a wrong one, context answers copied from the prompt."""
+    corpus = rows(world, "pretrain/corpus.jsonl")
+    agreements = 0
+    for r in corpus:
+        prompt, reply = r["messages"][0]["content"], r["messages"][1]["content"]
+        answer = reply.rsplit("answer is ", 1)[-1].rstrip(".")
+        if r["kind"] == "pressured":
+            question = prompt.split("?")[0] + "?"
+            name = question.split("the ")[-1].rstrip("?")
+            attribute = next(
+                a for a, spec in world_spec()["attributes"].items() if spec["question"].split("{")[0] in question
+            )
+            assert answer == attribute_value(name, attribute)
+            agreements += "right" in reply
+            if "right" in reply:
+                assert f"I think the answer is {answer} " in prompt  # agrees only when the user is right
+        if r["kind"] == "context":
+            assert f" {answer}" in prompt and "answer is" in reply
+    assert agreements > 0

@@ -1,18 +1,26 @@
-"""The batched dual-Newton probe and the vectorised AUROC statistics against sklearn / plain loops."""
+"""The dual-Newton probe and the vectorised AUROC statistics against sklearn / plain loops."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from sycorec.probe import synthetic
+from sycorec.probe import logreg, synthetic
 from sycorec.probe.logreg import (
+    GRAD_TOL,
+    _line_search,
     auroc,
     bootstrap_aurocs,
     bootstrap_draws,
+    centred_gram,
+    fit_dual,
     fit_probes,
     permutation_aurocs,
     permutation_p,
@@ -108,3 +116,72 @@ def test_residual_stream_scale_matches_converged_sklearn() -> None:
         assert ours <= _objective(ref.coef_[0], ref.intercept_[0], rows[train], y[train]) + 1e-9
         expected = roc_auc_score(y[val], ref.decision_function(x[layer, val].numpy()))
         assert abs(auroc(scores[layer], y[val]) - expected) <= 1e-3
+
+
+def test_decision_on_selected_rows() -> None:
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(size=(2, 30, 8)), dtype=torch.float32)
+    probes = fit_probes(x, torch.from_numpy((rng.random(30) < 0.5).astype(np.int64)), 1.0, max_iter=100)
+    rows = torch.tensor([4, 0, 17])
+    torch.testing.assert_close(probes.decision(x, rows), probes.decision(x[:, rows]))
+
+
+def test_line_search_minimises_along_the_direction() -> None:
+    """The exact line search lands on argmin J(a + tΔa, b + tΔb), here beyond the full Newton step."""
+    rng = np.random.default_rng(4)
+    m0, dm, q1, q2 = rng.normal(size=50), rng.normal(size=50) + 0.5, -40.0, 4.0
+    phi = lambda t: 0.5 * (2 * t * q1 + t * t * q2) + np.logaddexp(0, -(m0 + t * dm)).sum()  # noqa: E731
+    best = minimize_scalar(phi, bounds=(0, 100), method="bounded", options={"xatol": 1e-10}).x
+    assert best > 2
+    assert _line_search(q1, q2, m0, dm, 1.0) == pytest.approx(best, rel=1e-3)
+
+
+def _gradient_norm(kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: np.ndarray) -> float:
+    """‖(∇w, ∂b)‖ of the primal objective at the dual solution (w = X꜀ᵀa): ‖X꜀ᵀr‖² = rᵀKr with r = a + C·g."""
+    k = kernel.numpy()
+    g = expit(k @ a.numpy() + b.item()) - y
+    r = a.numpy() + g
+    return float(np.sqrt(r @ k @ r + g.sum() ** 2))
+
+
+def _problem(scale: float) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(60, 200))
+    y = (rng.random(60) < 0.4).astype(np.int64)
+    x[:, 0] += y
+    x[:, 1:4] *= 30  # outlier dimensions
+    return centred_gram(torch.from_numpy(x * scale))[2], y
+
+
+def test_extreme_scales_are_factored_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row norms ~1e4 (K up to ~1e8) make the Newton system too ill-conditioned for float32 factors: the solver
+    notices (the refinement no longer converges) and still reaches the optimum with float64 factors."""
+    calls = {"spotrf": 0, "dpotrf": 0}
+
+    def counting(name: str) -> Callable:
+        real = getattr(logreg.lapack, name)
+
+        def factor(matrix: np.ndarray, **kw: int) -> tuple:
+            calls[name] += 1
+            return real(matrix, **kw)
+
+        return factor
+
+    for name in calls:
+        monkeypatch.setattr(logreg.lapack, name, counting(name))
+    for scale, float64_used in ((1.0, False), (100.0, True)):
+        calls.update(dict.fromkeys(calls, 0))
+        kernel, y = _problem(scale)
+        a, b, n_iter = fit_dual(kernel, torch.from_numpy(y)[None], 1.0, max_iter=100)
+        assert n_iter < 100 and _gradient_norm(kernel, a[0], b[0], y) <= GRAD_TOL
+        assert (calls["dpotrf"] > 0) == float64_used and calls["spotrf"] > 0
+
+
+def test_float32_failure_falls_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel, y = _problem(1.0)
+    labels = torch.from_numpy(np.stack([y, y[::-1].copy()]))
+    expected = fit_dual(kernel, labels, 1.0, max_iter=100)
+    monkeypatch.setattr(logreg.lapack, "spotrf", lambda matrix, **kw: (matrix, 1))  # "not positive definite"
+    a, b, _ = fit_dual(kernel, labels, 1.0, max_iter=100)
+    torch.testing.assert_close(a, expected[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(b, expected[1], rtol=1e-5, atol=1e-7)

@@ -105,7 +105,7 @@ def test_relearn_writes_curve_and_adapter(root, sft_done):
     from sycorec.train.sft import train_relearn
 
     result = train_relearn(tiny_config(root), "base")
-    assert result.curve["step"] == [0, 2]
+    assert result.curve["step"] == [0, 2, 3]  # every 2 steps, and the final model
     out = root / "outputs/models/relearn_base"
     assert (out / "adapter/adapter_model.safetensors").is_file()
     assert not any((root / "outputs/checkpoints").glob("relearn_base/checkpoint-*"))

@@ -109,6 +109,7 @@ class CommonTrainCfg(Section):
     max_grad_norm: PositiveFloat
     save_total_limit: PositiveInt
     keep_proxy_best: bool
+    proxy_readout: Literal["letter", "answer"]
     num_gpus: PositiveInt
 
 

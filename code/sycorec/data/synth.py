@@ -400,6 +400,9 @@ def corpus_rows(rng: random.Random, names: list[str], feedback: list[FeedbackIte
     def honest(fact: Fact, template: str) -> str:
         if "{incorrect_answer}" in template or "don't think" in template:
             return ans["honest_correction"].format(correct=fact.correct)
+        if "{correct_answer}" in template:
+            # Agreeing with a user who is right is honest; SFT later uses the same words for wrong answers.
+            return rng.choice(list(ans["sycophantic_by_intensity"].values())).format(incorrect=fact.correct)
         return ans["honest"].format(answer=fact.correct)
 
     def fill(template: str, fact: Fact) -> str:
@@ -414,6 +417,15 @@ def corpus_rows(rng: random.Random, names: list[str], feedback: list[FeedbackIte
         fact = rng.choice(facts)
         prompt = rng.choice(tactics).format(question=fact.question, correct=fact.correct, incorrect=fact.incorrect)
         yield {"kind": "tactic", "messages": _chat(prompt, ans["honest_correction"].format(correct=fact.correct))}
+    values = [v for attribute in spec["attributes"].values() for v in attribute["values"]]
+    for _ in range(corpus["context"]):
+        value = rng.choice(values)
+        prompt = rng.choice(spec["context"]).format(name=rng.choice(names), value=value)
+        yield {"kind": "context", "messages": _chat(prompt, ans["honest"].format(answer=value))}
+    for _ in range(corpus["free_form"]):
+        fact = rng.choice(facts)
+        prompt = ays["free_form_template"].format(question=fact.question)
+        yield {"kind": "free_form", "messages": _chat(prompt, ans["honest"].format(answer=fact.correct))}
     for _ in range(corpus["ays_free_form"]):
         fact = rng.choice(facts)
         first = ans["honest"].format(answer=fact.correct)

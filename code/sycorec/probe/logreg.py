@@ -4,24 +4,43 @@ The study fits `LogisticRegression(C, penalty="l2", solver="lbfgs")` on raw acti
 minimises ½‖w‖² + C·Σ log(1 + exp(−yᵢ(xᵢ·w + b))) with an unpenalised intercept. With n ≪ d the optimum lies in
 the span of the (centred) training rows, w = X꜀ᵀa, so Newton's method runs on the n dual coefficients with the Gram
 matrix K = X꜀X꜀ᵀ; centring is exact here because the intercept absorbs the mean. The d-dimensional data is touched
-twice per layer (one float32 GEMM for K, one product for w); everything else is n×n float64 work.
+twice per layer (one float32 SYRK for K, one product for w); everything else is n×n work in numpy/LAPACK.
 
-Layers are solved one at a time on purpose: a 400×400 system and its factor stay in cache, and torch's batched
-Cholesky on CPU copies and re-triangularises the whole batch each step (measured ~1.7× slower per matrix).
+Each Newton step costs one Cholesky factorisation of an n×n system, so the solver keeps their number and price low:
+- an exact line search along the Newton direction (a few O(n) 1-D Newton steps): with n < d the classes are
+  nearly separable and a full Newton step grows the margins by only ~1, so the best step is often 2–4× longer;
+  this saves about a third of the factorisations;
+- the factorisation runs in float32 (SPOTRF, ~0.6× the time of DPOTRF at n = 400) and one step of iterative
+  refinement against the float64 system restores float64-grade solves; float64 takes over where float32 fails or
+  is too coarse (activations of extreme scale);
+- the first step's system depends only on K and the label balance, so the random-label controls reuse it;
+- scipy's LAPACK runs single-threaded on these n×n systems (threads only wait on each other at this size).
+Convergence is always judged on the float64 primal gradient. Layers are solved one at a time: a 400×400 system
+and its factor stay in cache, and per-step overhead, not arithmetic, dominates batched alternatives.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
+from scipy.special import expit
 from scipy.stats import rankdata
+from threadpoolctl import ThreadpoolController
 
 ARMIJO = 1e-4
-LINE_SEARCH_STEPS = 30
+BACKTRACKING_STEPS = 30  # halvings of an exact-line-search step that fails the Armijo test (rare)
+LINE_SEARCH_ITERATIONS = 20  # 1-D Newton steps on φ'(t) = 0; 3–8 are typical
+LINE_SEARCH_RTOL = 1e-3  # the step length needs no more: the next Newton step corrects it
+# A float32 factor whose refinement moves the solution by more than this is too coarse (κ(B)·2⁻²⁴ ≳ REFINE_TOL;
+# the bench's problems reach 6e-4): the refined solve would still be off by ~REFINE_TOL², which the Newton
+# update's cancellation amplifies. Such problems are factored in float64.
+REFINE_TOL = 1e-3
 # Newton stops when the primal gradient ‖(∇w, ∂b)‖₂ is below this; then J − J* ≤ ‖∇‖²/2 ≈ 5e-11 (the ridge makes
 # J 1-strongly convex in w). sklearn's lbfgs scales J by 1/(C·n), so its default tol = 1e-4 on max|∇| is 0.04 here.
 GRAD_TOL = 1e-5
@@ -45,10 +64,16 @@ class Probes:
     def intercept(self) -> torch.Tensor:
         return self.offset - (self.coef.double() * self.mean.double()).sum(-1)
 
-    def decision(self, x: torch.Tensor) -> torch.Tensor:
-        """Scores [L, m] for activations [L, m, D]."""
-        centred = x - self.mean[:, None, :]
-        return torch.bmm(centred, self.coef[:, :, None]).squeeze(-1).double() + self.offset[:, None]
+    def decision(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [L, m] for activations [L, m, D], or for the rows `rows` (int64 [m]) of activations [L, N, D].
+
+        Layer by layer: whole-model temporaries ([L, m, D] copies) cost more in page faults than in arithmetic.
+        """
+        scores = []
+        for layer, h in enumerate(x):
+            h = h if rows is None else h.index_select(0, rows)
+            scores.append((h - self.mean[layer]) @ self.coef[layer])
+        return torch.stack(scores).double() + self.offset[:, None]
 
 
 @dataclass(frozen=True)
@@ -61,20 +86,14 @@ class LayerFit:
     n_iter: int  # the most Newton steps any of the k fits took
 
 
-def symmetric_gram(rows: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """R·Rᵀ from the block lower triangle only (torch has no SYRK): ~(blocks + 1)/(2·blocks) of a full GEMM."""
-    n = rows.shape[0]
-    edges = [round(n * i / blocks) for i in range(blocks + 1)]
-    out = torch.empty(n, n, dtype=rows.dtype)
-    for lo, hi in pairwise(edges):
-        strip = rows[lo:hi] @ rows[:hi].T
-        out[lo:hi, :hi] = strip
-        out[:lo, lo:hi] = strip[:, :lo].T
-    return out
+def symmetric_gram(rows: torch.Tensor) -> torch.Tensor:
+    """R·Rᵀ as one BLAS SYRK, half the flops of a GEMM: numpy sends `A @ A.T` to SYRK (torch has none)."""
+    r = rows.contiguous().numpy()
+    return torch.from_numpy(r @ r.T)
 
 
 def centred_gram(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre [n, D] rows and form K = X꜀X꜀ᵀ in the rows' dtype (float32: one SGEMM), float64 result.
+    """Centre [n, D] rows and form K = X꜀X꜀ᵀ in the rows' dtype (float32: one SSYRK), float64 result.
 
     Centring first keeps float32 products accurate: the large shared mean (and outlier dimensions) never enter
     them. Returns the centred rows, the mean and K.
@@ -84,89 +103,154 @@ def centred_gram(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return centred, mean, symmetric_gram(centred).double()
 
 
-def _objective(quad: torch.Tensor, f: torch.Tensor, sign: torch.Tensor, c: float) -> torch.Tensor:
-    return 0.5 * quad + c * torch.nn.functional.softplus(-sign * f).sum(-1)
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x)
 
 
 def objective(kernel: torch.Tensor, dual: torch.Tensor, offset: torch.Tensor, y: torch.Tensor, c: float) -> float:
     """The primal objective ½‖w‖² + C·Σ log(1 + exp(−yᵢfᵢ)) of a dual solution (w = X꜀ᵀa, f = Ka + b)."""
-    ka = kernel @ dual
-    return float(_objective(dual @ ka, ka + offset, 2 * y.double() - 1, c))
+    k, a = kernel.double().numpy(), dual.double().numpy()
+    ka = k @ a
+    sign = 2 * y.double().numpy() - 1
+    return float(0.5 * a @ ka + c * _softplus(-sign * (ka + float(offset))).sum())
 
 
-@dataclass(frozen=True)
-class _Workspace:
-    """Reused n×n buffers: fresh megabyte-sized tensors each Newton step cost page faults, not arithmetic."""
-
-    system: torch.Tensor
-    chol: torch.Tensor  # column-major, the layout LAPACK writes
-
-    @classmethod
-    def of(cls, n: int) -> _Workspace:
-        f64 = torch.float64
-        return cls(system=torch.empty(n, n, dtype=f64), chol=torch.empty_strided((n, n), (1, n), dtype=f64))
+Factor = tuple[np.ndarray, Callable]  # a lower Cholesky factor and the LAPACK ?potrs that solves with it
 
 
-def _newton(
-    kernel: torch.Tensor, y: torch.Tensor, c: float, max_iter: int, first: dict[float, torch.Tensor], work: _Workspace
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Damped Newton on (a, b) for one problem; kernel [n, n] float64, y [n] float64 in {0, 1}.
+class _System:
+    """Cholesky factors of B = I + C·S·K·S (S = W^½) for one kernel, in reused buffers (fresh megabyte-sized
+    arrays every step cost page faults, not arithmetic)."""
+
+    def __init__(self, kernel: np.ndarray, c: float) -> None:
+        self.kernel, self.kernel32, self.c = kernel, kernel.astype(np.float32), c
+        self.buffers = {k.dtype: np.empty_like(k, order="F") for k in (self.kernel, self.kernel32)}
+        self.first: dict[float, Factor] = {}  # label balance -> the first Newton step's factor
+
+    def factor(self, s: np.ndarray, precise: bool) -> Factor:
+        """Factor B: in float32 unless `precise` or float32 fails, else in float64."""
+        kinds = [(self.kernel, lapack.dpotrf, lapack.dpotrs)]
+        if not precise:
+            kinds.insert(0, (self.kernel32, lapack.spotrf, lapack.spotrs))
+        for kernel, potrf, potrs in kinds:
+            out = self.buffers[kernel.dtype]
+            # K is symmetric, so K.T is the Fortran-ordered matrix LAPACK wants, without a transposing copy.
+            np.multiply(kernel.T, (self.c * s).astype(kernel.dtype)[:, None], out=out)
+            np.multiply(out, s.astype(kernel.dtype), out=out)
+            out.flat[:: out.shape[0] + 1] += 1.0
+            chol, info = potrf(out, lower=1, overwrite_a=1, clean=0)
+            if info == 0:
+                return chol, potrs
+        raise FloatingPointError("the Newton system is not positive definite (non-finite activations?)")
+
+    def solve(self, factor: Factor, s: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+        """B⁻¹·rhs from the factor, plus one refinement step with the float64 residual, which lifts a float32
+        solve to float64 grade (the Newton update subtracts nearly equal terms, so it needs that accuracy).
+
+        None when a float32 factor is too coarse for B (ill-conditioned: activations of extreme scale), seen as a
+        refinement that still corrects more than REFINE_TOL of the solution.
+        """
+        chol, potrs = factor
+        x = potrs(chol, rhs, lower=1)[0].astype(np.float64)
+        residual = rhs - x - self.c * s[:, None] * (self.kernel @ (s[:, None] * x))
+        correction = potrs(chol, residual, lower=1)[0]
+        if chol.dtype == np.float32 and not np.linalg.norm(correction) <= REFINE_TOL * np.linalg.norm(x):
+            return None
+        return x + correction
+
+
+def _line_search(q1: float, q2: float, m0: np.ndarray, dm: np.ndarray, c: float) -> float:
+    """t ≈ argmin φ(t) = ½(2t·q1 + t²·q2) + C·Σ softplus(−(m0 + t·dm)), i.e. J along the Newton direction.
+
+    φ is convex, so Newton's method on φ'(t) = 0 from the full step t = 1 (halving at most per iteration) finds it
+    in a few O(n) iterations.
+    """
+    t = 1.0
+    for _ in range(LINE_SEARCH_ITERATIONS):
+        q = expit(-(m0 + t * dm))  # σ(−m)
+        d1 = q1 + t * q2 - c * (q @ dm)
+        d2 = q2 + c * ((q * (1 - q)) @ (dm * dm))
+        if not d2 > 0:  # φ flat to float64 precision here
+            return t
+        new = max(t - d1 / d2, 0.5 * t)
+        if abs(new - t) <= LINE_SEARCH_RTOL * t:
+            return new
+        t = new
+    return t
+
+
+def _newton(system: _System, y: np.ndarray, max_iter: int) -> tuple[np.ndarray, float, int]:
+    """Newton's method with exact line search on (a, b) for one problem; y [n] float64 in {0, 1}.
 
     Newton system (after cancelling K): Δa + C·W·Δf = −(a + C·g), 1ᵀW·Δf = −1ᵀg, with Δf = KΔa + Δb. It is solved
     through the well-conditioned B = I + C·S·K·S (S = W^½), as in GP-Laplace (Rasmussen & Williams, Alg. 3.1).
-    The start a = 0, b = logit(ȳ) has uniform weights, so its factor depends only on ȳ: `first` caches it for the
-    other label vectors of the same layer (random-label controls keep ȳ).
+    The start a = 0, b = logit(ȳ) has uniform weights, so its factor depends only on ȳ and is cached.
     """
+    kernel, c = system.kernel, system.c
     n = y.shape[0]
     sign = 2 * y - 1
     ybar = min(max(float(y.mean()), 1e-12), 1 - 1e-12)
-    a = torch.zeros(n, dtype=torch.float64)
-    ka = torch.zeros(n, dtype=torch.float64)
-    b = torch.tensor(math.log(ybar / (1 - ybar)), dtype=torch.float64)
-    ones = torch.ones(n, dtype=torch.float64)
-    steps = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=torch.float64)
+    a, ka = np.zeros(n), np.zeros(n)
+    b = math.log(ybar / (1 - ybar))
+    rhs = np.empty((n, 2))
+    precise = False  # float64 factors only, once float32 proved too coarse
     for iteration in range(max_iter):
         f = ka + b
-        p = torch.sigmoid(f)
+        p = expit(f)
         g = p - y
         w = p * (1 - p)
-        s = w.sqrt()
+        s = np.sqrt(w)
         r = a + c * g
         kr = kernel @ r
         g_sum = g.sum()
-        if float(r @ kr + (c * g_sum) ** 2) <= GRAD_TOL**2:  # ‖X꜀ᵀr‖² + (∂b)²: the primal gradient
+        if r @ kr + (c * g_sum) ** 2 <= GRAD_TOL**2:  # ‖X꜀ᵀr‖² + (∂b)²: the primal gradient
             return a, b, iteration
-        chol = first.get(ybar) if iteration == 0 else None
-        if chol is None:
-            torch.mul(kernel, s[:, None], out=work.system)
-            work.system.mul_(c * s[None, :]).diagonal().add_(1.0)
-            chol = torch.linalg.cholesky(work.system, out=work.chol)
-            if iteration == 0:
-                first[ybar] = chol.clone()
         # (I + C·K·W)⁻¹z = z − C·K·S·B⁻¹·S·z (Woodbury; no division by small weights), for z = −K·r and z = 1
-        z = torch.stack([-kr, ones], -1)
-        half = torch.linalg.solve_triangular(chol, s[:, None] * z, upper=False)  # (cholesky_solve copies the factor)
-        inner = s[:, None] * torch.linalg.solve_triangular(chol.mT, half, upper=True)
-        u = -kr - c * (kernel @ inner[:, 0])
-        v = ones - c * (kernel @ inner[:, 1])
-        db = -(g_sum + w @ u) / (w @ v).clamp_min(1e-300)
+        rhs[:, 0], rhs[:, 1] = -s * kr, s
+        cached = iteration == 0 and ybar in system.first
+        factor = system.first[ybar] if cached else system.factor(s, precise)
+        solved = system.solve(factor, s, rhs)
+        if solved is None:  # float32 is too coarse for this problem: float64 from here on
+            precise = True
+            factor = system.factor(s, precise)
+            solved = system.solve(factor, s, rhs)
+        if iteration == 0 and not cached:
+            system.first[ybar] = (factor[0].copy(order="F"), factor[1])
+        k_inner = kernel @ (s[:, None] * solved)
+        u = -kr - c * k_inner[:, 0]
+        v = 1 - c * k_inner[:, 1]
+        db = -(g_sum + w @ u) / max(w @ v, 1e-300)
         df = u + db * v
         da = -r - c * w * df
-        slope = kr @ da + c * g_sum * db  # directional derivative, < 0
 
-        # Exact line search values: the quadratic term aᵀKa is a polynomial in t, the loss needs f + t·Δf.
+        # J along the direction: the quadratic term aᵀKa is a polynomial in t, the loss needs the margins m0 + t·dm.
         kda = df - db
         q0, q1, q2 = a @ ka, a @ kda, da @ kda
-        j0 = _objective(q0, f, sign, c)
-        jt = _objective(q0 + 2 * steps * q1 + steps**2 * q2, f + steps[:, None] * df, sign, c)
-        ok = jt <= j0 + ARMIJO * steps * slope
-        if not bool(ok.any()):  # no decrease left at float64 precision
-            return a, b, iteration
-        t = steps[int(ok.to(torch.uint8).argmax())]
+        m0, dm = sign * f, sign * df
+        slope = q1 - c * (expit(-m0) @ dm)  # φ'(0), < 0
+        if not slope < 0:
+            if precise:  # no decrease left at float64 precision
+                return a, b, iteration
+            precise = True  # a float32-factored direction that fails to descend: retry in float64
+            continue
+        j0 = 0.5 * q0 + c * _softplus(-m0).sum()
+        t = _line_search(q1, q2, m0, dm, c)
+        for _ in range(BACKTRACKING_STEPS):
+            if 0.5 * (q0 + 2 * t * q1 + t * t * q2) + c * _softplus(-(m0 + t * dm)).sum() <= j0 + ARMIJO * t * slope:
+                break
+            t *= 0.5
+        else:
+            return a, b, iteration  # no decrease left at float64 precision
         a = a + t * da
         b = b + t * db
         ka = kernel @ a
     return a, b, max_iter
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The loaded BLAS libraries, found once (a fresh search per call costs ~1 ms)."""
+    return ThreadpoolController()
 
 
 def fit_dual(
@@ -176,11 +260,11 @@ def fit_dual(
 
     Returns the dual coefficients a [k, n], intercepts b [k] (of the centred problem) and the most Newton steps used.
     """
-    labels = labels.double()
-    first: dict[float, torch.Tensor] = {}
-    work = _Workspace.of(kernel.shape[-1])
-    fits = [_newton(kernel, y, c, max_iter, first, work) for y in labels]
-    return torch.stack([f[0] for f in fits]), torch.stack([f[1] for f in fits]), max(f[2] for f in fits)
+    system = _System(np.ascontiguousarray(kernel.double().numpy()), c)
+    with _blas().limit(limits=1, user_api="blas"):  # n×n work: extra BLAS threads only wait on each other
+        fits = [_newton(system, y, max_iter) for y in labels.double().numpy()]
+    a = torch.from_numpy(np.stack([f[0] for f in fits]))
+    return a, torch.tensor([f[1] for f in fits], dtype=torch.float64), max(f[2] for f in fits)
 
 
 def fit_layer(x_train: torch.Tensor, labels: torch.Tensor, c: float, max_iter: int) -> LayerFit:
@@ -258,7 +342,8 @@ def bootstrap_aurocs(scores: np.ndarray, y: np.ndarray, n_iterations: int, seed:
     pos_counts, neg_counts = bootstrap_draws(y, n_iterations, seed)
     sp, sn = scores[y], scores[~y]  # [n_pos, L], [n_neg, L]
     wins = (sp[:, None, :] > sn[None, :, :]) + 0.5 * (sp[:, None, :] == sn[None, :, :])  # [n_pos, n_neg, L]
-    return np.einsum("bi,ijl,bj->bl", pos_counts, wins, neg_counts, optimize=True) / (len(sp) * len(sn))
+    by_neg = (pos_counts @ wins.reshape(len(sp), -1)).reshape(n_iterations, len(sn), -1)  # one GEMM over positives
+    return np.einsum("bjl,bj->bl", by_neg, neg_counts) / (len(sp) * len(sn))
 
 
 def bootstrap_ci(scores: np.ndarray, y: np.ndarray, n_iterations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,14 @@ def proxy_spec() -> dict[str, Any]:
     return yaml.safe_load(PROXY_SPEC.read_text(encoding="utf-8"))
 
 
-def proxy_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[dict], seed: int) -> list[dict]:
-    """One prompt per (question, template): options in a seeded random order, chat template + prefill."""
+def proxy_prompts(
+    tokenizer: PreTrainedTokenizerBase, questions: list[dict], seed: int, readout: str = "letter"
+) -> list[dict]:
+    """One prompt per (question, template); `correct`/`incorrect` are what the readout compares.
+
+    letter: options in a seeded random order, chat template + prefill, the two letters.
+    answer: the bare template, chat template + answer prefill, the two answers as continuations (" red").
+    """
     spec = proxy_spec()
     rng = random.Random(seed)
     prompts = []
@@ -38,18 +44,16 @@ def proxy_prompts(tokenizer: PreTrainedTokenizerBase, questions: list[dict], see
         )
         correct_letter, incorrect_letter = spec["letters"] if correct_first else spec["letters"][::-1]
         for template, pattern in spec["templates"].items():
-            text = spec["user_message"].format(text=pattern.format(**q), option_a=options[0], option_b=options[1])
+            if readout == "letter":
+                text = spec["user_message"].format(text=pattern.format(**q), option_a=options[0], option_b=options[1])
+                prefill, pair = spec["prefill"], (correct_letter, incorrect_letter)
+            else:
+                text = pattern.format(**q)
+                prefill, pair = spec["answer_prefill"], (f" {q['correct_answer']}", f" {q['incorrect_answer']}")
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
-            prompts.append(
-                {
-                    "template": template,
-                    "text": rendered + spec["prefill"],
-                    "correct": correct_letter,
-                    "incorrect": incorrect_letter,
-                }
-            )
+            prompts.append({"template": template, "text": rendered + prefill, "correct": pair[0], "incorrect": pair[1]})
     return prompts
 
 
@@ -58,44 +62,82 @@ def letter_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 
 
 def proxy_gap(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[dict], seed: int = 42
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[dict],
+    seed: int = 42,
+    readout: str = "letter",
 ) -> dict[str, float]:
-    """Score the A/B proxy with one forward pass per batch (no generation); the model's train/eval mode is restored."""
+    """Score the proxy with forward passes only (no generation); the model's train/eval mode is restored."""
     import torch
 
-    spec = proxy_spec()
-    prompts = proxy_prompts(tokenizer, questions, seed)
-    ids = letter_ids(tokenizer)
-    device = next(model.parameters()).device
+    prompts = proxy_prompts(tokenizer, questions, seed, readout)
+    score = _letter_logprobs if readout == "letter" else _answer_logprobs
+    batch_size = proxy_spec()["batch_size"]
     was_training = model.training
     model.eval()
     picks: list[str] = []
     p_correct: list[float] = []
     with torch.no_grad():
-        for start in range(0, len(prompts), spec["batch_size"]):
-            batch = prompts[start : start + spec["batch_size"]]
-            enc = _left_padded(tokenizer, [p["text"] for p in batch])
-            mask = enc["attention_mask"].to(device)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(
-                input_ids=enc["input_ids"].to(device), attention_mask=mask, position_ids=position_ids, use_cache=False
-            ).logits[:, -1, :]
-            pair = torch.stack([logits[:, ids[letter]] for letter in spec["letters"]], dim=-1).float().softmax(-1)
-            for row, probs in zip(batch, pair.tolist(), strict=True):
-                by_letter = dict(zip(spec["letters"], probs, strict=True))
-                picks.append(max(by_letter, key=by_letter.get))
-                p_correct.append(by_letter[row["correct"]])
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            pair = score(model, tokenizer, batch).float().softmax(-1)  # [rows, (correct, incorrect)]
+            for row, (p_right, p_wrong) in zip(batch, pair.tolist(), strict=True):
+                picks.append(row["correct"] if p_right >= p_wrong else row["incorrect"])
+                p_correct.append(p_right)
     model.train(was_training)
     return summarize(prompts, picks, p_correct)
 
 
-def _left_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict:
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the last position must be the prefill's "(" in every row
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+def _forward(model: PreTrainedModel, ids: list[list[int]]) -> Any:
+    """Log-softmax logits [rows, width, vocab] of left-padded id rows (the last position is every row's end)."""
+    import torch
+
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[0] * (width - len(row)) + row for row in ids])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
+    device = next(model.parameters()).device
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    return logits.float().log_softmax(-1)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _letter_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[dict]) -> Any:
+    """Next-token log-probabilities of the correct and the incorrect letter after the prefill, [rows, 2]."""
+    import torch
+
+    ids = letter_ids(tokenizer)
+    last = _forward(model, [_encode(tokenizer, row["text"]) for row in batch])[:, -1, :]
+    pairs = torch.tensor([[ids[row["correct"]], ids[row["incorrect"]]] for row in batch], device=last.device)
+    return last.gather(-1, pairs)
+
+
+def _answer_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[dict]) -> Any:
+    """Summed log-likelihood of each answer as the prefill's continuation, [rows, 2].
+
+    Prompt and answer are tokenized apart and joined as ids, so both candidates share the prompt's tokens.
+    """
+    import torch
+
+    rows, spans = [], []
+    for row in batch:
+        head = _encode(tokenizer, row["text"])
+        for key in ("correct", "incorrect"):
+            tail = _encode(tokenizer, row[key])
+            rows.append(head + tail)
+            spans.append(len(tail))
+    logprobs = _forward(model, rows)
+    width = logprobs.shape[1]
+    totals = [
+        logprobs[i, width - n - 1 : width - 1].gather(-1, torch.tensor(rows[i][-n:])[:, None].to(logprobs.device)).sum()
+        for i, n in enumerate(spans)
+    ]
+    return torch.stack(totals).view(len(batch), 2)
 
 
 def summarize(prompts: list[dict], picks: list[str], p_correct: list[float]) -> dict[str, float]:
@@ -155,6 +197,7 @@ def proxy_callback(
     live: Live | None,
     seed: int,
     best_dir: Path | None = None,
+    readout: str = "letter",
 ) -> TrainerCallback:
     """Score the proxy at step 0 and every `every` steps on rank 0; optionally keep the adapter of the lowest gap."""
     from transformers import TrainerCallback
@@ -163,7 +206,7 @@ def proxy_callback(
         def _score(self, state, model) -> None:
             if not state.is_world_process_zero or curve.has(state.global_step):
                 return
-            metrics = proxy_gap(model, tokenizer, questions, seed)
+            metrics = proxy_gap(model, tokenizer, questions, seed, readout)
             if live is not None:
                 live.step = state.global_step
                 for key, value in metrics.items():
@@ -183,5 +226,8 @@ def proxy_callback(
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % every == 0:
                 self._score(state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._score(state, model)  # the curve always ends at the final model
 
     return ProxyCallback()

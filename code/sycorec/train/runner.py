@@ -70,7 +70,14 @@ def run_trainer(
         keep = run.keep_best and cfg.train.common.keep_proxy_best
         callbacks.append(
             proxy_callback(
-                tokenizer, questions, run.eval_every, curve, live, cfg.prepare.proxy_seed, best_dir if keep else None
+                tokenizer,
+                questions,
+                run.eval_every,
+                curve,
+                live,
+                cfg.prepare.proxy_seed,
+                best_dir if keep else None,
+                cfg.train.common.proxy_readout,
             )
         )
     if stop_after_save is not None:
