@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,7 @@ def test_cli_missing_sft_is_one_line_error(tmp_path, monkeypatch):
 
     root = make_run_root(tmp_path / "r")
     monkeypatch.chdir(root)
+    monkeypatch.setitem(sys.modules, "vllm", sys.modules.get("vllm"))  # the train group hides vLLM; undo after
     result = CliRunner().invoke(main, ["--profile", "tiny", "train", "dpo"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]

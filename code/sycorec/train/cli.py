@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -13,6 +14,9 @@ from sycorec.clikit import Config, pass_config, timed
 @click.group()
 def train() -> None:
     """Training stages: pretrain-tiny, sft, dpo, simpo, ipo, rm, rm-calibrate, grpo, relearn."""
+    # TRL 0.29.1 imports vLLM's weight loader at import time to patch vLLM < 0.11.1 (trl/_compat.py): 5 s per stage
+    # on CPU. Training never runs vLLM (GRPO use_vllm=False, as in the study), so a training process hides it.
+    sys.modules.setdefault("vllm", None)
 
 
 def _echo(obj: dict) -> None:
