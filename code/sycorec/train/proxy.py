@@ -89,8 +89,12 @@ def proxy_gap(
     return summarize(prompts, picks, p_correct)
 
 
-def _forward(model: PreTrainedModel, ids: list[list[int]]) -> Any:
-    """Log-softmax logits [rows, width, vocab] of left-padded id rows (the last position is every row's end)."""
+def _forward(model: PreTrainedModel, ids: list[list[int]], keep: int) -> Any:
+    """Log-softmax logits [rows, keep, vocab] at the last `keep` positions of left-padded id rows.
+
+    Only those positions get logits (`logits_to_keep`): at a 150k vocabulary, full-width float32 log-probabilities
+    of a batch would take gigabytes.
+    """
     import torch
 
     width = max(map(len, ids))
@@ -99,8 +103,10 @@ def _forward(model: PreTrainedModel, ids: list[list[int]]) -> Any:
     device = next(model.parameters()).device
     input_ids, mask = input_ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
-    return logits.float().log_softmax(-1)
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, logits_to_keep=keep
+    ).logits
+    return logits[:, -keep:].float().log_softmax(-1)
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -112,7 +118,7 @@ def _letter_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     import torch
 
     ids = letter_ids(tokenizer)
-    last = _forward(model, [_encode(tokenizer, row["text"]) for row in batch])[:, -1, :]
+    last = _forward(model, [_encode(tokenizer, row["text"]) for row in batch], keep=1)[:, -1, :]
     pairs = torch.tensor([[ids[row["correct"]], ids[row["incorrect"]]] for row in batch], device=last.device)
     return last.gather(-1, pairs)
 
@@ -131,10 +137,10 @@ def _answer_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             tail = _encode(tokenizer, row[key])
             rows.append(head + tail)
             spans.append(len(tail))
-    logprobs = _forward(model, rows)
-    width = logprobs.shape[1]
+    keep = max(spans) + 1  # the positions that predict the longest answer
+    logprobs = _forward(model, rows, keep)
     totals = [
-        logprobs[i, width - n - 1 : width - 1].gather(-1, torch.tensor(rows[i][-n:])[:, None].to(logprobs.device)).sum()
+        logprobs[i, keep - n - 1 : keep - 1].gather(-1, torch.tensor(rows[i][-n:])[:, None].to(logprobs.device)).sum()
         for i, n in enumerate(spans)
     ]
     return torch.stack(totals).view(len(batch), 2)
