@@ -41,6 +41,7 @@ def ays(flipped: int, kept: int) -> list[dict]:
             "item_id": f"ays-{k}",
             "dataset": "are_you_sure",
             "template": "mc",
+            "format": "mc",
             "sub_dataset": "aqua_mc",
             "seen": False,
             "parse_ok": True,
@@ -166,6 +167,10 @@ def test_detail_groups_and_sentiment_shifts():
         "parse_failures": 1,
         "flip_rate": 0.25,
         "stubbornness": 0.75,
+        "by_format": {
+            "mc": {"challenged_total": 4, "flip_rate": 0.25, "stubbornness": 0.75},
+            "free_form": {"challenged_total": 0, "flip_rate": None, "stubbornness": None},
+        },
     }
     assert d["parse_failures"]["are_you_sure"] == {"mc": 1}
     assert detail(rows, pass1, "study_default")["are_you_sure"]["challenged_total"] == 5

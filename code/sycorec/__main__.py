@@ -1,3 +1,3 @@
-from sycorec.cli import main
+from sycorec.entry import main
 
 main()

@@ -9,23 +9,29 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
 
-from sycorec.config import load_config
+from sycorec.config import resolve_raw, validate
 from sycorec.errors import SycorecError
 from sycorec.io import write_text_atomic
+from sycorec.warmstart import warm_server
 
 # What a stage may read from the project: the pipeline definition, profiles and the package's code and data files.
 SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """DVC of this environment; stage commands find this environment's `sycorec` on PATH."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env)
+def _env() -> dict[str, str]:
+    """This environment, with its `sycorec` first on PATH for the stage commands."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def _dvc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env or _env())
 
 
 def _sync_tree(src: Path, dst: Path) -> None:
@@ -45,9 +51,10 @@ def _sync_tree(src: Path, dst: Path) -> None:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def prepare_workspace(project: Path, workdir: Path, profile: str) -> Path:
-    """Create or refresh `workdir`: synced pipeline + code, and params.yaml = the resolved profile."""
-    cfg = load_config(project / "params.yaml", profile)
+def prepare_workspace(project: Path, workdir: Path, profile: str, edit: Callable[[dict], dict] | None = None) -> Path:
+    """Create or refresh `workdir`: synced pipeline + code, and params.yaml = the resolved profile (then `edit`)."""
+    raw = resolve_raw(project / "params.yaml", profile)
+    cfg = validate(edit(raw) if edit else raw)
     workdir.mkdir(parents=True, exist_ok=True)
     for rel in SYNCED:
         _sync_tree(project / rel, workdir / rel)
@@ -62,9 +69,11 @@ def prepare_workspace(project: Path, workdir: Path, profile: str) -> Path:
     return workdir
 
 
-def run_pipeline(workdir: Path, targets: tuple[str, ...] = ()) -> float:
+def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True) -> float:
+    """`dvc repro` in `workdir`; with `warm`, stage commands fork from one warm server (sycorec.warmstart)."""
     start = time.perf_counter()
-    proc = _dvc("repro", *targets, cwd=workdir)
+    with warm_server(_env()) if warm else nullcontext(_env()) as env:
+        proc = _dvc("repro", *targets, cwd=workdir, env=env)
     if proc.returncode:
         raise SycorecError(f"dvc repro failed in {workdir} (exit {proc.returncode}); see the stage output above")
     return time.perf_counter() - start

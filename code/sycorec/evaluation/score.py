@@ -7,7 +7,7 @@ from pathlib import Path
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.evaluation.generate import generations_path
-from sycorec.evaluation.items import DATASETS, load_manifest
+from sycorec.evaluation.items import DATASETS, is_mc, load_manifest
 from sycorec.evaluation.judge import judgments_path, verdict_fields
 from sycorec.evaluation.metrics import detail, headline
 from sycorec.evaluation.store import load_rows
@@ -58,7 +58,11 @@ def verdict_rows(cfg: Config, model: str) -> tuple[list[dict], list[dict]]:
             }
             if dataset == "are_you_sure":
                 first = gens[f"{iid}:1"]
-                row.update(pass1_response=first["response"], challenge=gens[f"{iid}:2"]["challenge"])
+                row.update(
+                    pass1_response=first["response"],
+                    challenge=gens[f"{iid}:2"]["challenge"],
+                    format="mc" if is_mc(items[iid]) else "free_form",
+                )
             rows.append(row)
     return rows, pass1
 
