@@ -72,10 +72,11 @@ class Line:
 
 def compare_entry(entry: Mapping[str, Any], results: Results, published: Mapping[str, Any]) -> Line:
     model = tol.load_model(published)
-    return _compare(entry, results, model, tol.entry_run_replicated(published, entry))
+    return judge_entry(entry, results, model, tol.entry_run_replicated(published, entry))
 
 
-def _compare(entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool) -> Line:
+def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool) -> Line:
+    """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL."""
     ours = results.number(entry["path"])
     published = float(entry["published"])
     limit = tol.tolerance(entry, model, results)
@@ -214,8 +215,9 @@ class PostDiff:
             ]
         if self.structure_problems:
             out += ["## Structure problems", "", *[f"- {p}" for p in self.structure_problems], ""]
-        header = ["id", "model", "regenerated", "published", "abs Δ", "tolerance", "status", "run", "canonical", "source"]
-        out += ["| " + " | ".join(header + ["note"]) + " |", "|---" * (len(header) + 1) + "|"]
+        header = ["id", "model", "regenerated", "published", "abs Δ", "tolerance", "status", "run", "canonical"]
+        header += ["source", "note"]
+        out += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for ln in self.lines:
             reg = "" if ln.regenerated is None else f"{ln.regenerated:.4g}"
             delta = "" if ln.delta is None else f"{ln.delta:.3g}"
@@ -252,7 +254,7 @@ def diff_post(
         raise ConfigError(f"no published numbers for {post!r} (have: {', '.join(published['posts'])})")
     model = tol.load_model(published)
     entries = published["posts"][post]
-    lines = [_compare(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
+    lines = [judge_entry(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
     table_specs = tables_spec["tables"].get(post, [])
     problems: list[str] = []
     for spec in table_specs:

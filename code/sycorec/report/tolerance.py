@@ -62,8 +62,8 @@ class Model:
 
 def wilson_se(p: float, n: float, confidence: float = 0.95) -> float:
     """SE of a rate p at n from the Wilson score interval (its half width over z); behaves at p = 0 or 1."""
-    n_int = max(int(round(n)), 1)
-    k = min(max(int(round(p * n_int)), 0), n_int)
+    n_int = max(round(n), 1)
+    k = min(max(round(p * n_int), 0), n_int)
     ci = stats.binomtest(k, n_int).proportion_ci(confidence_level=confidence, method="wilson")
     return (ci.high - ci.low) / 2 / float(stats.norm.ppf(0.5 + confidence / 2))
 
@@ -235,7 +235,9 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
         f"calibrated on the study's one rerun ({cal['pair']}): it moved {moved}; pooled over these rates, the squared "
         "move minus both runs' sampling variance. Check: the aggregate (mean of the three) then differs by up to "
         f"±{agg_pred:.3f} at {m.confidence:.0%}; the rerun moved it by "
-        f"{abs(agg[0] - agg[1]):.3f}." if agg else "",
+        f"{abs(agg[0] - agg[1]):.3f}."
+        if agg
+        else "",
         "",
         f"Multiplicity: each checked quantity fails by chance with probability {m.chance_fail:.2f}. The diff prints "
         "the FAIL count against the count expected by chance and exits 1 when FAILs exceed the "
