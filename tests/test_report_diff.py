@@ -321,3 +321,11 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert bad.exit_code == 1
     assert "STRUCTURE" in bad.output and "cosine.csv: missing" in bad.output
     assert "p4.control_floor" in bad.output and "MISSING" in bad.output
+
+
+def test_reproduce_rebuilds_the_report_before_the_diff() -> None:
+    out = CliRunner().invoke(main, ["reproduce", "--post", "1", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    repro, build, diff = out.output.splitlines()
+    assert repro.startswith("dvc repro ") and "score@sft" in repro
+    assert (build, diff) == ("sycorec report build", "sycorec report diff --post 1")
