@@ -17,7 +17,7 @@ from sycorec.config import load_config
 from sycorec.errors import ConfigError
 from sycorec.report import tolerance as tol
 from sycorec.report.build import build_report
-from sycorec.report.diff import POSTS, compare_entry, diff_post, judge_entry, load_published, published_path
+from sycorec.report.diff import POSTS, Line, diff_post, judge_entry, load_published, published_path
 from sycorec.report.results import Results, load_results
 from sycorec.report.tables import load_spec
 
@@ -59,6 +59,10 @@ class Fed(Results):
 
 def replicated(e: dict) -> bool:
     return PUBLISHED["runs"][e["run"]]["replicated"]
+
+
+def judge(e: dict, results: Results) -> Line:
+    return judge_entry(e, results, MODEL, replicated(e))
 
 
 def canonical_values() -> dict[str, float]:
@@ -111,17 +115,17 @@ def test_this_runs_own_counts_replace_the_studys_for_its_draw() -> None:
     assert tol.tolerance(e, MODEL, Results({"probing": probe})).value < tol.tolerance(e, MODEL).value
 
 
-def test_compare_entry_statuses() -> None:
-    assert compare_entry(entry(), results_with(0.52), PUBLISHED).status == "PASS"
-    failed = compare_entry(entry(), results_with(0.65), PUBLISHED)
+def test_judge_entry_statuses() -> None:
+    assert judge(entry(), results_with(0.52)).status == "PASS"
+    failed = judge(entry(), results_with(0.65))
     assert (failed.status, failed.delta) == ("FAIL", pytest.approx(0.15))
     assert failed.tolerance == tol.tolerance(entry(), MODEL).text
-    assert compare_entry(entry(), results_with(None), PUBLISHED).status == "MISSING"
-    assert compare_entry(entry(), results_with(float("nan")), PUBLISHED).status == "MISSING"
-    assert compare_entry(entry(), Results({}), PUBLISHED).status == "MISSING"
-    assert compare_entry(entry(check=False), results_with(0.9), PUBLISHED).status == "SKIP"
-    assert compare_entry(entry(kind="p_value", published=0.154), results_with(0.025), PUBLISHED).status == "CONTEXT"
-    other = compare_entry(entry(run="R5", canonical=0.4, errata=9), results_with(0.9), PUBLISHED)
+    assert judge(entry(), results_with(None)).status == "MISSING"
+    assert judge(entry(), results_with(float("nan"))).status == "MISSING"
+    assert judge(entry(), Results({})).status == "MISSING"
+    assert judge(entry(check=False), results_with(0.9)).status == "SKIP"
+    assert judge(entry(kind="p_value", published=0.154), results_with(0.025)).status == "CONTEXT"
+    other = judge(entry(run="R5", canonical=0.4, errata=9), results_with(0.9))
     assert (other.status, other.canonical, other.errata, other.tolerance) == ("OTHER-RUN", 0.4, 9, "")
 
 
@@ -189,7 +193,7 @@ def test_perturbing_a_canonical_value_beyond_its_tolerance_fails_exactly_that_en
             judged += 1
             for factor, status in ((1.01, "FAIL"), (-1.01, "FAIL"), (0.99, "PASS")):
                 moved = e["published"] + factor * limit.value + (1e-6 if factor > 0 else -1e-6) * (status == "FAIL")
-                line = judge_entry(e, Fed(values | {e["path"]: moved}), MODEL, replicated=True)
+                line = judge(e, Fed(values | {e["path"]: moved}))
                 assert line.status == status, (e["id"], factor, line)
     assert judged > 150
     # in a whole post: one quantity moved, exactly its entry fails, and one FAIL is within chance

@@ -52,7 +52,7 @@ def diff(cfg: Config, post: str, exit_zero: bool) -> None:
             delta = "—" if line.delta is None else f"{line.delta:.3g}"
             click.echo(
                 f"{line.status:8s} {line.id:40s} regenerated {reg:>8s}  published {line.published:<8g} "
-                f"|Δ| {delta:>7s}  tol {line.tolerance}" + _other_run(line)
+                f"|Δ| {delta:>7s}  tol {line.tolerance or '—'}" + _other_run(line)
             )
         for problem in result.structure_problems:
             click.echo(f"STRUCTURE {problem}")

@@ -70,11 +70,6 @@ class Line:
     note: str = ""
 
 
-def compare_entry(entry: Mapping[str, Any], results: Results, published: Mapping[str, Any]) -> Line:
-    model = tol.load_model(published)
-    return judge_entry(entry, results, model, tol.entry_run_replicated(published, entry))
-
-
 def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool) -> Line:
     """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL."""
     ours = results.number(entry["path"])
