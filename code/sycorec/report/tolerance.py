@@ -127,7 +127,9 @@ def run_counts(kind: Mapping[str, Any], entry: Mapping[str, Any], results: Resul
     return {}
 
 
-def _sampling_se(kind: Mapping[str, Any], value: float, at: Mapping[str, Any], counts: Mapping[str, float], m: Model):
+def _sampling_se(
+    kind: Mapping[str, Any], value: float, at: Mapping[str, Any], counts: Mapping[str, float], m: Model
+) -> float:
     se = kind["se"]
     if se == "proportion":
         scale = float(kind.get("scale", 1))
@@ -187,7 +189,7 @@ def allowed_fails(n_checked: int, m: Model) -> int:
 # --------------------------------------------------------------------------- README table
 
 
-def _kind_rule(name: str, kind: Mapping[str, Any], m: Model) -> str:
+def _kind_rule(kind: Mapping[str, Any], m: Model) -> str:
     if "relative" in kind:
         return f"±{kind['relative']:.0%} of the value (convention)"
     if "abs" in kind:
@@ -256,7 +258,7 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
         else:
             lo, hi = min(values), max(values)
             span = f"±{lo:.3g}" if math.isclose(lo, hi, abs_tol=5e-4) else f"±{lo:.3g} – ±{hi:.3g}"
-        out.append(f"| {name} | {_kind_rule(name, kind, m)} | {span} | {kind['why']} |")
+        out.append(f"| {name} | {_kind_rule(kind, m)} | {span} | {kind['why']} |")
     return "\n".join(out) + "\n"
 
 
