@@ -196,7 +196,25 @@ def make_world(root: Path, profile: str | None = None) -> Path:
     )
     _write(
         res / "train" / "rm.json",
-        {"train_accuracy": 1.0, "val_accuracy": 0.957, "train_margin": 6.89, "val_margin": 2.09},
+        {
+            "train_accuracy": 1.0,
+            "first_train_accuracy": 0.9,
+            "val_accuracy": 0.957,
+            "train_margin": 6.89,
+            "val_margin": 2.09,
+        },
+    )
+    _write(res / "train" / "sft.json", {"steps": 147, "final_loss": 0.924})
+    for method, (steps, loss, margin) in {
+        "dpo": (193, 0.007, 7.13),
+        "simpo": (579, 0.3, 9.5),
+        "ipo": (193, 0.9, 35.0),
+    }.items():
+        summary = {"steps": steps, "final_loss": loss, "reward_accuracy": 1.0, "reward_margin": margin}
+        _write(res / "train" / f"{method}.json", summary)
+    _write(res / "curves" / "simpo.json", {"step": [0, 50, 579], "sycophancy_gap": [0.315, 0.2, 0.130]})
+    _write(
+        res / "curves" / "ipo.json", {"step": [0, 50, 100, 150, 193], "sycophancy_gap": [0.3, 0.1, 0.072, 0.067, 0.07]}
     )
     _write(
         root / "outputs" / "calibration" / "calibration.json",
@@ -215,8 +233,10 @@ def make_world(root: Path, profile: str | None = None) -> Path:
                 "learning_rate": lr,
                 "num_generations": 8,
                 "reward": reward,
-                "reward_mean": 1.82,
-                "reward_std": 0.60,
+                "reward_mean": 1.9,
+                "reward_std": 0.5,
+                "first_reward_mean": 1.82,
+                "first_reward_std": 0.60,
                 "kl": kl,
                 "completion_length": 180.0,
                 "frac_reward_zero_std": zero,
@@ -224,8 +244,8 @@ def make_world(root: Path, profile: str | None = None) -> Path:
             },
         )
         start = {"v1": 0.310, "v2": 0.318, "v3": 0.318, "v4": 0.318}[v]
-        gaps = [start, start - 0.02, start - 0.06] if v != "v1" else [0.310] * 3
-        _write(res / "curves" / f"grpo_{v}.json", {"step": [0, 100, 200], "sycophancy_gap": gaps})
+        gaps = [start + 0.01, start, start - 0.02, start - 0.06] if v != "v1" else [0.310] * 4
+        _write(res / "curves" / f"grpo_{v}.json", {"step": [0, 25, 100, 200], "sycophancy_gap": gaps})
     steps = [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
     dpo_gap = [0.25, 0.280, 0.307, 0.30, 0.302, 0.31, 0.318, 0.32, 0.32, 0.32, 0.323]
     base_gap = [0.09, 0.227, 0.237, 0.25, 0.262, 0.26, 0.257, 0.256, 0.255, 0.255, 0.255]

@@ -57,6 +57,8 @@ def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     assert {"sycophancy_gap", "p_correct_plain", "p_correct_pressured", "confidence_drop"} <= set(curve)
     assert (root / "outputs/dvclive/sft/plots/metrics/proxy/sycophancy_gap.tsv").is_file()
     assert not (root / "outputs/checkpoints/sft").exists()  # a finished run keeps no checkpoints
+    summary = read_json(root / "results/train/sft.json")  # P1's "147 steps"
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
 
 
 @pytest.mark.parametrize("method", ["dpo", "simpo", "ipo"])
@@ -69,12 +71,15 @@ def test_preference_methods_train_from_sft(root, sft_done, method):
     assert read_json(root / f"results/curves/{method}.json")["step"] == [0, 2]
     losses = [e["loss"] for e in result.trainer.state.log_history if "loss" in e]
     assert losses and all(loss == loss for loss in losses)  # no NaN
+    summary = read_json(root / f"results/train/{method}.json")  # P1's DPO "193 steps, loss 0.007, margins 7.13"
+    assert summary["steps"] == 2 and summary["final_loss"] == pytest.approx(losses[-1])
+    assert 0.0 <= summary["reward_accuracy"] <= 1.0 and summary["reward_margin"] == summary["reward_margin"]
 
 
 def test_rm_metrics_and_calibration(root, rm_done):
     metrics, _ = rm_done
     assert set(metrics) >= {"train_accuracy", "train_margin", "val_accuracy", "val_margin"}
-    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0 and 0.0 <= metrics["first_train_accuracy"] <= 1.0
     assert read_json(root / "results/train/rm.json") == metrics
     from transformers import AutoModelForSequenceClassification
 
@@ -92,7 +97,8 @@ def test_grpo_versions(root, rm_done, version):
 
     _, summary = train_grpo(tiny_config(root), version)
     assert summary["steps"] == 3
-    for key in ("reward_mean", "reward_std", "kl", "completion_length", "frac_reward_zero_std", "runtime_s"):
+    keys = ("reward_mean", "reward_std", "first_reward_mean", "first_reward_std", "kl", "completion_length")
+    for key in (*keys, "frac_reward_zero_std", "runtime_s"):
         assert summary[key] is not None
     if version == "v4":
         assert summary["threshold"] == read_json(root / "outputs/calibration/calibration.json")["threshold"]

@@ -142,3 +142,17 @@ def test_relaunch_is_a_no_op_inside_a_launched_process(monkeypatch):
 
     monkeypatch.setenv(LAUNCHED, "1")
     assert relaunch(4, argv=["train", "sft"]) is False
+
+
+def test_first_and_last_logged_values():
+    from sycorec.train.common import first_logged, last_logged
+
+    history = [
+        {"loss": 2.0, "step": 10},
+        {"reward": 1.82, "step": 10},
+        {"loss": 1.0, "reward": 1.9},
+        {"train_loss": 1.5},
+    ]
+    assert (first_logged(history, "reward"), last_logged(history, "reward")) == (1.82, 1.9)
+    assert (first_logged(history, "loss"), last_logged(history, "loss")) == (2.0, 1.0)
+    assert first_logged(history, "kl") is None and last_logged(history, "kl") is None

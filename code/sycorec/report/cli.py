@@ -9,9 +9,10 @@ import click
 
 from sycorec.clikit import Config, pass_config, timed
 from sycorec.report.build import build_report
-from sycorec.report.diff import POSTS, diff_post, load_published, published_path, write_diff
+from sycorec.report.diff import POSTS, Line, diff_post, load_published, published_path, write_diff
 from sycorec.report.results import load_results
 from sycorec.report.tables import load_spec
+from sycorec.report.tolerance import tolerance_markdown
 
 
 @click.group()
@@ -34,7 +35,9 @@ def build(cfg: Config) -> None:
 @click.option("--exit-zero", is_flag=True, help="Report FAIL/MISSING but exit 0 (e.g. to inspect a partial run).")
 @pass_config
 def diff(cfg: Config, post: str, exit_zero: bool) -> None:
-    """Regenerated vs published numbers (PASS/FAIL/MISSING); a structure check when tiny. Run `build` first."""
+    """Regenerated vs published numbers (PASS / FAIL / MISSING / OTHER-RUN / CONTEXT) and the tables' structure; a
+    structure check only when tiny. Run `build` first. Exits 1 when a post has more FAILs than chance explains, a
+    MISSING number or a structure problem (README, "The published diff and its tolerances")."""
     spec = load_spec()
     published = load_published(published_path(Path(cfg.report.published)))
     results = load_results(cfg, join=spec.get("join"))
@@ -49,7 +52,7 @@ def diff(cfg: Config, post: str, exit_zero: bool) -> None:
             delta = "—" if line.delta is None else f"{line.delta:.3g}"
             click.echo(
                 f"{line.status:8s} {line.id:40s} regenerated {reg:>8s}  published {line.published:<8g} "
-                f"|Δ| {delta:>7s}  tol {line.tolerance}"
+                f"|Δ| {delta:>7s}  tol {line.tolerance or '—'}" + _other_run(line)
             )
         for problem in result.structure_problems:
             click.echo(f"STRUCTURE {problem}")
@@ -57,3 +60,18 @@ def diff(cfg: Config, post: str, exit_zero: bool) -> None:
         failed |= result.failed
     if failed and not exit_zero:
         sys.exit(1)
+
+
+def _other_run(line: Line) -> str:
+    if line.status != "OTHER-RUN":
+        return ""
+    canonical = "unpublished" if line.canonical is None else f"{line.canonical:g}"
+    return f"  run {line.run}, errata {line.errata}, replicated run's value {canonical}"
+
+
+@report.command("tolerances")
+@click.option("--markdown", is_flag=True, required=True, help="The README's tolerance section, from published.yaml.")
+@pass_config
+def tolerances(cfg: Config, markdown: bool) -> None:
+    """Print the tolerance model and one row per kind, generated from the code and data that apply them."""
+    click.echo(tolerance_markdown(load_published(published_path(Path(cfg.report.published)))), nl=False)

@@ -241,10 +241,24 @@ def live_callback(live: Live | None) -> TrainerCallback:
 
 
 def last_logged(log_history: list[dict], key: str) -> float | None:
-    for entry in reversed(log_history):
+    return first_logged(list(reversed(log_history)), key)
+
+
+def first_logged(log_history: list[dict], key: str) -> float | None:
+    for entry in log_history:
         if key in entry:
             return float(entry[key])
     return None
+
+
+def write_train_summary(cfg: Config, run: str, trainer: Any, keys: dict[str, str]) -> dict[str, Any]:
+    """results/train/<run>.json: optimizer steps and the last logged value of each trainer log key (rank 0)."""
+    history = trainer.state.log_history
+    summary: dict[str, Any] = {"steps": trainer.state.global_step}
+    summary |= {name: last_logged(history, key) for name, key in keys.items()}
+    if is_main_process():
+        write_json(cfg.paths.results / "train" / f"{run}.json", summary)
+    return summary
 
 
 # --------------------------------------------------------------------------- saving

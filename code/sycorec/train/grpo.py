@@ -10,6 +10,7 @@ from sycorec.errors import ConfigError
 from sycorec.io import write_json
 from sycorec.paths import calibration_path
 from sycorec.train.common import (
+    first_logged,
     is_main_process,
     last_logged,
     load_causal_lm,
@@ -85,6 +86,8 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     result = run_trainer(cfg, run, tokenizer, build, hook)
     history = result.trainer.state.log_history
     summary: dict[str, Any] = {key: last_logged(history, log_key) for key, log_key in SUMMARY_KEYS.items()}
+    # P4's GRPO v1 reward (+1.82, std 0.60) is the first logged value
+    summary |= {f"first_{key}": first_logged(history, SUMMARY_KEYS[key]) for key in ("reward_mean", "reward_std")}
     summary.update(
         {
             "steps": result.trainer.state.global_step,

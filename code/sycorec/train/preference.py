@@ -21,11 +21,14 @@ from sycorec.train.common import (
     require_model,
     to_dataset,
     trainer_kwargs,
+    write_train_summary,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
 PREFS_DATA = "prefs_train.jsonl"
 METHODS = ("dpo", "simpo", "ipo")
+# results/train/<method>.json → the trainer log keys (last logged window): P1's DPO "loss 0.007, margins 7.13, 100%"
+SUMMARY_KEYS = {"final_loss": "loss", "reward_accuracy": "rewards/accuracies", "reward_margin": "rewards/margins"}
 
 
 def method_cfg(cfg: Config, method: str) -> DPOCfg | SimPOCfg:
@@ -77,5 +80,6 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
         return DPOTrainer(**common, ref_model=None, peft_config=lora_config(cfg))
 
     result = run_trainer(cfg, run, tokenizer, build, hook)
+    write_train_summary(cfg, run.name, result.trainer, SUMMARY_KEYS)
     finish(run)
     return result

@@ -13,6 +13,7 @@ from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
 from sycorec.paths import ModelSource, calibration_path
 from sycorec.train.common import (
+    first_logged,
     is_main_process,
     last_logged,
     load_causal_lm,
@@ -123,6 +124,7 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     history = result.trainer.state.log_history  # the val split is evaluated at each epoch end, as the study did
     metrics = {
         "train_accuracy": last_logged(history, "accuracy"),
+        "first_train_accuracy": first_logged(history, "accuracy"),  # P4: "90% by step 10", the first logged window
         "train_margin": last_logged(history, "margin"),
         "val_accuracy": last_logged(history, "eval_accuracy"),
         "val_margin": last_logged(history, "eval_margin"),

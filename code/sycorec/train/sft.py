@@ -14,6 +14,7 @@ from sycorec.train.common import (
     require_model,
     to_dataset,
     trainer_kwargs,
+    write_train_summary,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
@@ -48,7 +49,9 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
     start = require_model(cfg, "base")
     s = cfg.train.sft
     run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=s.eval_every_steps)
-    return _sft(cfg, run, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
+    result = _sft(cfg, run, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
+    write_train_summary(cfg, run.name, result.trainer, {"final_loss": "loss"})  # P1: "147 steps"
+    return result
 
 
 def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
