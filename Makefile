@@ -51,6 +51,7 @@ image:  ## Build the Docker image (needs a Docker daemon)
 sif:  ## Build the Apptainer image (needs apptainer); the .sha256 beside it spares each job hashing the image
 	apptainer build --build-arg GIT_SHA=$(GIT_SHA) $(SIF) apptainer.def
 	sha256sum $(SIF) > $(SIF).sha256
+	echo $(GIT_SHA) > $(SIF).commit  # the preflight of `sycorec slurm submit` compares it with HEAD
 
 smoke-gpu: setup  ## GPU check (one H100, no network): tiny train → generate → probe on CUDA in bf16 + 8B LoRA step MFU
 	bench/gpu_smoke.sh
