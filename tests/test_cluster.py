@@ -19,7 +19,7 @@ from sycorec import hub
 from sycorec.cli import main
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
-from sycorec.errors import MissingInputError, SycorecError
+from sycorec.errors import MissingInputError
 from sycorec.paths import ModelSource, model_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,9 +188,12 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "#SBATCH --requeue",
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --partition=gengpu",
-        "srun --kill-on-bad-exit=1",
+        f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={8 * cfg.train.grpo.versions['v3'].num_gpus}",
         "apptainer exec --nv --cleanenv",
-        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$DVC_CACHE:/cache/dvc"',
+        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub,$DVC_CACHE:/cache/dvc"',
+        "HF_HUB=/scratch/hf/hub",
+        "--env HF_HUB_CACHE=/cache/hf/hub",
+        "#SBATCH --kill-on-invalid-dep=yes",
         "SIF=/images/sycorec.sif",
         "HF_CACHE=/scratch/hf",
         "DVC_CACHE=/scratch/dvc",
@@ -198,13 +201,16 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "--env PYTHONNOUSERSITE=1",
         "--env HF_HUB_OFFLINE=1",
         "scontrol requeue",
-        "dvc repro --single-item train_grpo@v3",
+        "dvc --wait-for-lock repro --single-item train_grpo@v3",
     ):
         assert needle in script, needle
 
 
 def test_rendering_is_deterministic_and_valid_bash(run_root):
-    first, second = invoke("slurm", "render", "judge", *SITE).output, invoke("slurm", "render", "judge", *SITE).output
+    first, second = (
+        invoke("slurm", "render", "judge@sft", *SITE).output,
+        invoke("slurm", "render", "judge@sft", *SITE).output,
+    )
     assert first == second
     assert subprocess.run(["bash", "-n"], input=first, text=True, capture_output=True).returncode == 0
 
@@ -215,7 +221,9 @@ def test_gpu_counts_follow_params(cfg):
     assert jobs.stage_job("train_pref@simpo", cfg, stage_map).gpus == cfg.train.common.num_gpus
     assert jobs.stage_job("train_grpo@v4", cfg, stage_map).gpus == cfg.train.grpo.versions["v4"].num_gpus == 2
     assert jobs.stage_job("generate@dpo", cfg, stage_map).gpus == cfg.generation.tensor_parallel_size
-    assert jobs.stage_job("judge", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
+    assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
+    assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).serial
+    assert jobs.stage_job("probe_analyze", cfg, stage_map).gpus == 0  # it uses none
     report = jobs.stage_job("report", cfg, stage_map)
     assert (report.gpus, report.group) == (0, "report")
 
@@ -226,10 +234,17 @@ def test_every_dvc_stage_has_a_slurm_job(run_root, cfg):
         pytest.skip("no dvc.yaml yet")
     site = jobs.Site(run_root, run_root / "s.sif", run_root / "hf", run_root / "dvc", run_root / "logs")
     assert names
+    stage_map = jobs.load_stage_map()
     for stage in sorted(names):
         script = jobs.render(stage, cfg, site)
-        assert f"dvc repro --single-item {stage}" in script
+        job = jobs.stage_job(stage, cfg, stage_map)
+        assert f"dvc --wait-for-lock repro --single-item {stage}" in script
         assert ("--nv" in script) == ("--gres=gpu:" in script)
+        assert f"#SBATCH --cpus-per-task={job.cpus}" in script
+        assert f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={job.cpus} " in script
+        assert "#SBATCH --kill-on-invalid-dep=yes" in script
+        assert "$HF_HUB:/cache/hf/hub" in script and f"HF_HUB={run_root / 'hf' / 'hub'}" in script
+        assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0
 
 
 def test_cpu_stage_gets_no_gpu(run_root):
@@ -245,10 +260,10 @@ def test_unknown_stage_is_one_line_error(run_root):
 
 
 def test_submit_dry_run_prints_every_script_in_order_and_writes_nothing(run_root):
-    result = invoke("slurm", "submit", "--stages", "train_sft,generate@sft,judge", "--dry-run", *SITE)
+    result = invoke("slurm", "submit", "--stages", "train_sft,generate@sft,judge@sft", "--dry-run", *SITE)
     assert result.exit_code == 0
     out = result.output
-    positions = [out.index(f"dvc repro --single-item {s}") for s in ("train_sft", "generate@sft", "judge")]
+    positions = [out.index(f"repro --single-item {s}") for s in ("train_sft", "generate@sft", "judge@sft")]
     assert positions == sorted(positions)
     assert out.count("#!/bin/bash") == 3
     assert "==> outputs/slurm/generate-sft.sbatch <==" in out
@@ -281,49 +296,6 @@ def test_plan_runs_upstream_stages_first_and_skips_up_to_date_ones(run_root):
     assert jobs.plan(run_root, ["c"], skip_up_to_date=False) == ["a", "b", "c"]
     (run_root / "a.txt").write_text("changed\n")  # a re-runs, so everything downstream of it does too
     assert jobs.plan(run_root, ["c", "other"]) == ["a", "b", "c", "other"]
-
-
-class FakeSlurm:
-    """Stands in for sbatch/sacct: job N exits with codes[N]; sacct replays `states` for a job whose sbatch failed."""
-
-    def __init__(self, codes: list[int], states: list[str] | None = None):
-        self.codes, self.states, self.calls = codes, list(states or []), []
-
-    def __call__(self, cmd, **_):
-        self.calls.append(cmd)
-        if cmd[0] == "sbatch":
-            n = sum(1 for c in self.calls if c[0] == "sbatch")
-            assert Path(cmd[-1]).is_file(), "the script is written before it is submitted"
-            return subprocess.CompletedProcess(cmd, self.codes[n - 1], stdout=f"{100 + n}\n", stderr="")
-        return subprocess.CompletedProcess(cmd, 0, stdout=(self.states.pop(0) if self.states else "") + "\n")
-
-
-def _site(root: Path) -> jobs.Site:
-    return jobs.Site(root, root / "s.sif", root / "hf", root / "dvc", root / "logs")
-
-
-def test_submit_runs_jobs_in_order_with_sbatch_wait(run_root):
-    fake = FakeSlurm([0, 0])
-    ids = jobs.submit([("train_sft", "#!/bin/bash\n"), ("generate@sft", "#!/bin/bash\n")], _site(run_root), runner=fake)
-    assert ids == ["101", "102"]
-    assert [c[:3] for c in fake.calls] == [["sbatch", "--parsable", "--wait"]] * 2
-    assert [Path(c[-1]).name for c in fake.calls] == ["train_sft.sbatch", "generate-sft.sbatch"]
-    assert (run_root / "logs").is_dir()
-
-
-def test_submit_stops_at_the_first_failed_stage(run_root):
-    fake = FakeSlurm([0, 1, 0], states=["FAILED"])
-    scripts = [("train_sft", "a\n"), ("train_pref@dpo", "b\n"), ("generate@dpo", "c\n")]
-    with pytest.raises(SycorecError, match="stage train_pref@dpo: job 102 ended FAILED"):
-        jobs.submit(scripts, _site(run_root), runner=fake, poll_s=0)
-    assert sum(1 for c in fake.calls if c[0] == "sbatch") == 2
-
-
-def test_submit_waits_out_a_requeued_job(run_root):
-    fake = FakeSlurm([1, 0], states=["REQUEUED", "PENDING", "RUNNING", "COMPLETED"])
-    ids = jobs.submit([("train_sft", "a\n"), ("train_pref@dpo", "b\n")], _site(run_root), runner=fake, poll_s=0)
-    assert ids == ["101", "102"]
-    assert sum(1 for c in fake.calls if c[0] == "sacct") == 4
 
 
 # ---- benchmark scripts -------------------------------------------------------------------------------------------
