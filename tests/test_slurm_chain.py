@@ -294,6 +294,19 @@ def test_image_must_match_head_or_share_its_lock(tmp_path):
 # ---- rendering: requeue and quoting -----------------------------------------------------------------------------
 
 
+def test_sft_dpo_ipo_checkpoint_well_before_they_end(run_root):
+    """A preemption must not restart them from zero: the study's save_steps 200 exceeded their step counts."""
+    import yaml
+
+    cfg = load_config(run_root / "params.yaml")
+    posts = yaml.safe_load((ROOT / "code/sycorec/report/published.yaml").read_text())["posts"]
+    logged = {row["id"]: row["published"] for row in posts["post1"]}
+    # IPO ran DPO's batch configuration on the same pairs for one epoch, so DPO's logged step count is IPO's too
+    steps = {"sft": logged["p1.sft.steps"], "dpo": logged["p1.dpo.steps"], "ipo": logged["p1.dpo.steps"]}
+    for name in steps:
+        assert getattr(cfg.train, name).save_steps * 2 <= steps[name], name
+
+
 def test_requeue_is_requested_before_the_step_is_stopped_and_capped(run_root):
     cfg = load_config(run_root / "params.yaml")
     script = jobs.render("train_sft", cfg, site(run_root))
@@ -355,7 +368,7 @@ def test_crafted_values_cannot_run_in_the_script(run_root):
 # ---- the plan --------------------------------------------------------------------------------------------------
 
 
-def test_plan_of_all_posts_prints_every_stage_and_the_total(tmp_path, monkeypatch):
+def test_plan_prints_each_post_s_stages_and_the_total(tmp_path, monkeypatch):
     root = tmp_path / "copy"
     root.mkdir()
     for rel in ("dvc.yaml", "params.yaml"):
@@ -364,16 +377,39 @@ def test_plan_of_all_posts_prints_every_stage_and_the_total(tmp_path, monkeypatc
         shutil.copytree(ROOT / rel, root / rel)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
     monkeypatch.chdir(root)
-    result = CliRunner().invoke(main, ["reproduce", "--post", "all", "--plan"], catch_exceptions=False)
-    assert result.exit_code == 0
-    rows = [line.split(None, 4) for line in result.output.splitlines()[1:-1]]
-    gpu_rows = [r for r in rows if int(r[1])]
-    assert gpu_rows and all(r[4].split(":")[0] in {"study", "derived", "estimate"} for r in gpu_rows)
-    printed = float(re.search(r"on GPUs: ([0-9.]+) GPU-hours in total$", result.output.strip()).group(1))
-    assert printed == pytest.approx(sum(float(r[3]) for r in rows), abs=0.05 + 0.005 * len(rows))
+    plans = {}
+    for post in ("1", "all"):
+        result = CliRunner().invoke(main, ["reproduce", "--post", post, "--plan"], catch_exceptions=False)
+        assert result.exit_code == 0
+        plans[post] = result.output
+        rows = [line.split(None, 4) for line in result.output.splitlines()[1:-1]]
+        gpu_rows = [r for r in rows if int(r[1])]
+        assert gpu_rows and all(r[4].split(":")[0] in {"study", "derived", "estimate"} for r in gpu_rows)
+        printed = float(re.search(r"on GPUs: ([0-9.]+) GPU-hours in total$", result.output.strip()).group(1))
+        assert printed == pytest.approx(sum(float(r[3]) for r in rows), abs=0.05 + 0.005 * len(rows))
     for stage in ("train_grpo@v4", "judge@grpo_v4", "probe_analyze", "train_rm", "rm_calibrate"):
-        assert re.search(rf"^{re.escape(stage)} ", result.output, flags=re.MULTILINE), stage
+        assert re.search(rf"^{re.escape(stage)} ", plans["all"], flags=re.MULTILINE), stage
+    # post 1 judges, scores and trains no model it neither reports nor probes
+    cfg = load_config(root / "params.yaml")
+    for model in set(cfg.models) - {"base", "sft", "dpo"} - set(cfg.probing.models):
+        assert f"@{model} " not in plans["1"] and f"@{model.removeprefix('grpo_')} " not in plans["1"], model
     assert not (root / "outputs").exists()
+
+
+def test_probe_prompts_depends_on_exactly_the_probed_models_verdicts():
+    import yaml
+
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["probe_prompts"]["deps"]
+    verdicts = [d for d in deps if d.startswith("results/verdicts")]
+    for profile in (None, "tiny"):
+        models = load_config(ROOT / "params.yaml", profile).probing.models
+        assert verdicts == [f"results/verdicts/${{probing.models[{i}]}}.jsonl" for i in range(len(models))]
+
+
+def test_stage_commands_import_no_torch_until_they_need_it():
+    """Each judge@<model> is its own DVC stage: with the rule judge (the demo) it must start cheaply."""
+    code = "import sys, sycorec.cli, sycorec.evaluation.judge; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # ---- DVC's repo lock: two stage jobs at once in one workspace ----------------------------------------------------
@@ -413,3 +449,38 @@ def test_two_stage_jobs_at_once_in_one_workspace_both_land_in_dvc_lock(tmp_path)
     assert [p.returncode for p in procs] == [0, 0], outputs
     lock = (tmp_path / "dvc.lock").read_text()
     assert "\n  a:\n" in lock and "\n  b:\n" in lock
+
+
+# ---- what runs inside a job --------------------------------------------------------------------------------------
+
+
+def test_ddp_relaunch_takes_a_free_port_not_accelerate_s_fixed_one(monkeypatch):
+    import socket
+
+    import torch
+
+    from sycorec.train import launch
+
+    calls = []
+    monkeypatch.delenv(launch.LAUNCHED, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(
+        launch.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
+    monkeypatch.chdir(ROOT)
+    assert launch.relaunch(4, ["train", "sft"])
+    cmd = calls[0]
+    port = int(cmd[cmd.index("--main_process_port") + 1])
+    assert port != 29500 and cmd[cmd.index("--num_processes") + 1] == "4"
+    with socket.socket() as sock:  # it was free when chosen (and released for accelerate to take)
+        sock.bind(("127.0.0.1", port))
+
+
+def test_provenance_records_which_copy_of_the_code_ran(tmp_path):
+    from sycorec import provenance
+
+    here = provenance.code_origin(ROOT / "code")
+    assert here["from_checkout"] is True and here["package_dir"].endswith("sycorec")
+    assert provenance.code_origin(tmp_path)["from_checkout"] is False
+    assert "code" in provenance.environment_block(ROOT)
