@@ -140,6 +140,8 @@ def test_prefetch_records_resolved_commits(run_root, fake_hub):
         ("dataset", "JNK789/sycophancy-recovery-data", "main"),
     }
     assert all(len(i["commit"]) == 40 and Path(i["snapshot"]).name == i["commit"] for i in items)
+    base = next(i for i in items if i["repo_id"] == "Qwen/Qwen3-8B")
+    assert f"pin it: base_model.revision: {base['commit']}" in result.output  # branch names are refused at full scale
     # Downloads go by the configured revision (so refs/main is cached for offline lookups), models without code.
     assert all(revision == "main" for _, _, revision, _ in fake_hub)
     model_patterns = [patterns for _, kind, _, patterns in fake_hub if kind == "model"]

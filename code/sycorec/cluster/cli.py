@@ -44,6 +44,9 @@ def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) 
     for record in document["items"]:
         if (record["repo_type"], record["repo_id"]) in fetched:
             click.echo(f"{record['repo_type']:<8} {record['repo_id']}@{record['revision']} -> {record['commit']}")
+            if record["revision"] != record["commit"]:
+                key = fetching.PARAM_KEYS[record["role"]]
+                click.echo(f"         pin it: {key}: {record['commit']}  (full scale refuses a branch name)")
     click.echo(f"manifest: {manifest}")
 
 

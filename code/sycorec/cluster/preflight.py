@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sycorec.cluster import slurm as jobs
-from sycorec.cluster.prefetch import HubItem
+from sycorec.cluster.prefetch import PARAM_KEYS, HubItem
 from sycorec.config import Config
 from sycorec.errors import SycorecError
 from sycorec.hub import prefetch_command
@@ -115,9 +115,8 @@ def pin_problems(items: Sequence[HubItem], cfg: Config) -> list[str]:
     """At full scale every hub input is pinned to a commit: a branch name moves under a week-long run."""
     if cfg.is_tiny:
         return []
-    keys = {"base_model": "base_model.revision", "judge": "judge.revision"}
     return [
-        f"{keys.get(item.role, item.role)} is {item.revision!r}, not a commit: pin {item.repo_id} to the 40-hex commit "
+        f"{PARAM_KEYS[item.role]} is {item.revision!r}, not a commit: pin {item.repo_id} to the 40-hex commit "
         f"`{prefetch_command(item.repo_id)}` records in outputs/prefetch_manifest.json"
         for item in items
         if not COMMIT.fullmatch(item.revision)
