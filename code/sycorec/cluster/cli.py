@@ -147,7 +147,9 @@ def planned_stages(targets: list[str], upstream: bool, run_all: bool, root: Path
     help="How many jobs of the chain may run at once (independent stages run side by side, one node each).",
 )
 @click.option("--wait", is_flag=True, help="Then poll sacct until every job completed (interrupt and re-run freely).")
-@click.option("--dry-run", is_flag=True, help="Print the rendered scripts; check, submit and write nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the rendered scripts only: no preflight, nothing submitted or written."
+)
 @site_options
 @pass_config
 def submit(
