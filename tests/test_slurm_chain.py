@@ -352,13 +352,28 @@ def test_requeue_handler_runs_in_order_and_respects_the_cap(run_root, tmp_path):
             assert events.index("requeue 55") < events.index("step-term")
 
 
-def test_crafted_values_cannot_run_in_the_script(run_root):
+def test_crafted_values_cannot_run_in_the_script(run_root, tmp_path):
     cfg = load_config(run_root / "params.yaml")
     evil = site(run_root)
     evil = jobs.Site(run_root, Path("/images/$(touch pwned)`id`.sif"), evil.hf_cache, evil.dvc_cache, evil.log_dir)
     script = jobs.render("train_sft", cfg, evil)
     assert "SIF='/images/$(touch pwned)`id`.sif'" in script
     assert jobs.render("train_sft", cfg, site(run_root)).count("{{") == 0
+    crafted = jobs.render("generate@x$(touch pwned)", cfg, site(run_root))  # a model name from params
+    assert "STAGE='generate@x$(touch pwned)'" in crafted
+    assert "\"$SIF\" dvc --wait-for-lock repro --single-item 'generate@x$(touch pwned)' &" in crafted
+    assert "#SBATCH --job-name='sycorec-generate-x$(touch pwned)'" in crafted
+    code = "\n".join(line for line in crafted.splitlines() if not line.startswith("#"))  # bash runs no comment
+    assert "$(touch pwned)" not in code.replace("'generate@x$(touch pwned)'", "")
+    fake = tmp_path / "fakebin"  # run it: srun and sha256sum stand in, nothing else may execute
+    fake.mkdir()
+    for name in ("srun", "sha256sum"):
+        (fake / name).write_text('#!/bin/bash\necho "$@" > /dev/null\n')
+        (fake / name).chmod(0o755)
+    (run_root / "s.sif").write_text("image")
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    assert subprocess.run(["bash", "-c", crafted], cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    assert not (tmp_path / "pwned").exists() and not (run_root / "pwned").exists()
     with pytest.raises(ConfigError, match="control characters"):
         jobs.render("train_sft", cfg, site(run_root, extra_sbatch=("--qos=high\necho pwned",)))
     with pytest.raises(ConfigError, match="control characters"):
