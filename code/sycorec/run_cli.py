@@ -62,8 +62,8 @@ def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_paralle
     targets = post_targets(post)
     root = Path.cwd()
     stages = jobs.plan(root, targets) if jobs.has_pipeline(root) else list(targets)
+    click.echo(format_plan(plan_costs(stages, cfg)))  # what is about to run, and its cost, before anything runs
     if show_plan:
-        click.echo(format_plan(plan_costs(stages, cfg)))
         return
     if cluster == "slurm":
         cmd = ["sycorec", "slurm", "submit", "--stages", ",".join(targets), "--max-parallel", str(max_parallel)]
