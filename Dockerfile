@@ -33,8 +33,9 @@ LABEL org.opencontainers.image.title="sycorec" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.revision="${GIT_SHA}"
 # git: DVC reads the repository's history; safe.directory because the bind-mounted repo belongs to the host user.
+# gcc + libc6-dev: Triton compiles its launcher with `cc` at run time (vLLM's torch.compile, xgrammar's bitmask).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && git config --system --add safe.directory /work \
     && useradd --create-home --uid 1000 --shell /bin/bash sycorec \
@@ -43,6 +44,9 @@ RUN apt-get update \
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
 COPY docker/dvc/config /opt/sycorec/dvc/config
+# HOME and the compile caches (Triton, Inductor, vLLM) point at /tmp, writable under any `docker run --user`.
+# PYTHONPATH=/work/code: with the checkout bind-mounted at /work, jobs run its code (what DVC hashes), not the copy
+# baked in at build time; the baked copy only serves when nothing is mounted.
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONNOUSERSITE=1 \
@@ -51,6 +55,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     HF_HUB_DISABLE_TELEMETRY=1 \
     DVC_SYSTEM_CONFIG_DIR=/opt/sycorec/dvc \
     DVC_NO_ANALYTICS=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TRITON_CACHE_DIR=/tmp/.cache/triton \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/.cache/inductor \
+    VLLM_CACHE_ROOT=/tmp/.cache/vllm \
+    PYTHONPATH=/work/code \
     SYCOREC_GIT_SHA=${GIT_SHA}
 USER sycorec
 WORKDIR /work

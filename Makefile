@@ -12,6 +12,7 @@ DEMO_PROFILE ?= tiny
 IMAGE ?= sycorec:latest
 SIF ?= sycorec.sif
 CLUSTER ?= local
+MAX_PARALLEL ?= 1
 GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
 .PHONY: help setup test lint demo data image sif smoke-gpu reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4 reproduce-all clean-demo
@@ -51,12 +52,13 @@ image:  ## Build the Docker image (needs a Docker daemon)
 sif:  ## Build the Apptainer image (needs apptainer); the .sha256 beside it spares each job hashing the image
 	apptainer build --build-arg GIT_SHA=$(GIT_SHA) $(SIF) apptainer.def
 	sha256sum $(SIF) > $(SIF).sha256
+	echo $(GIT_SHA) > $(SIF).commit  # the preflight of `sycorec slurm submit` compares it with HEAD
 
 smoke-gpu: setup  ## GPU check (one H100, no network): tiny train → generate → probe on CUDA in bf16 + 8B LoRA step MFU
 	bench/gpu_smoke.sh
 
 reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4: reproduce-post%: setup  ## Rebuild one post at full scale and diff it against the published numbers
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec reproduce --post $* --cluster $(CLUSTER)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec reproduce --post $* --cluster $(CLUSTER) --max-parallel $(MAX_PARALLEL)
 
 reproduce-all: setup  ## Every post
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec reproduce --post all --cluster $(CLUSTER)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec reproduce --post all --cluster $(CLUSTER) --max-parallel $(MAX_PARALLEL)

@@ -2,7 +2,10 @@
 # GPU smoke test (one GPU, no network, a few minutes): the tiny profile's train -> generate -> probe stages on CUDA in
 # bf16, then step time and MFU of one LoRA SFT step of a random-init Qwen3-8B-shaped model at sequence length 1024.
 #
-#   bench/gpu_smoke.sh [OUT_DIR]      (default: a new temporary directory; results land in OUT_DIR/smoke.json)
+#   bench/gpu_smoke.sh [OUT_DIR]             (default: a new temporary directory; results land in OUT_DIR/smoke.json)
+#   bench/gpu_smoke.sh --mfu-only [OUT_DIR]  only the LoRA-step MFU (OUT_DIR/sft_step_mfu.json): needs torch plus the
+#                                            wheels in bench/mfu_wheels.txt, not sycorec, DVC or the tiny DAG; on a
+#                                            bare box: pip install --no-index --no-deps WHEEL... then run this
 #
 # The tiny stages run in a scratch workspace like the demo's (params.yaml = the tiny profile with bf16 switched on),
 # so the checkout's outputs and dvc.lock are never touched. probe_extract@sft needs every model's verdicts, so it
@@ -11,6 +14,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+mfu_only=0
+if [[ "${1:-}" == "--mfu-only" ]]; then mfu_only=1; shift; fi
 out=${1:-$(mktemp -d -t sycorec-smoke-XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -28,6 +33,11 @@ if not torch.cuda.is_available():
     sys.exit("error: gpu_smoke.sh needs a CUDA GPU")
 print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 PY
+
+if ((mfu_only)); then
+  python bench/sft_step_mfu.py --seq-len 1024 --batch 1 --steps 5 --json "$out/sft_step_mfu.json"
+  exit 0
+fi
 
 # 1. The tiny DAG's stages on CUDA in bf16.
 # shellcheck disable=SC2086  # targets is a word list on purpose

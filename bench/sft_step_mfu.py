@@ -1,13 +1,19 @@
 """Step time and MFU of one LoRA SFT step on a random-init, Qwen3-8B-shaped model (no download, no network).
 
-    python bench/sft_step_mfu.py                      # Qwen3-8B shape, seq 1024, bf16, on CUDA
+    python bench/sft_step_mfu.py                      # Qwen3-8B shape, seq 1024, bf16 weights + bf16 autocast, CUDA
     python bench/sft_step_mfu.py --cpu                # tiny shape, CPU, float32 (tests/CI); shape flags override
+
+Needs only torch, transformers, peft, accelerate and safetensors (bench/mfu_wheels.txt lists the exact wheels besides
+torch), not the sycorec package: `bench/gpu_smoke.sh --mfu-only` runs it alone on a bare GPU box.
+The step runs under torch.autocast(bfloat16) as the HF Trainer does with `bf16: true` (PEFT keeps the LoRA weights
+in float32). The peak FLOP/s comes from the device name (PEAK_BF16_DENSE_TFLOPS); an unknown device is refused
+unless --peak-tflops gives its peak.
 
 Accounting (model FLOPs, gradient-checkpointing recompute not counted), T = tokens per step:
   frozen matmuls:   forward 2·N_frozen·T + backward input-gradients 2·N_frozen·T   = 4·N_frozen·T
   LoRA matmuls:     forward + input and weight gradients                           = 6·N_lora·T
   attention scores: QKᵀ and AV, forward 4·L·s·d_attn per token, backward twice that = 12·L·s·d_attn·T
-  MFU = FLOPs / step_time / peak, peak = H100 SXM bf16 dense 989 TFLOP/s unless --peak-tflops says otherwise.
+  MFU = FLOPs / step_time / peak, peak = the device's dense bf16 tensor-core peak.
 N counts matmul weights (every nn.Linear incl. lm_head; the embedding lookup is not a matmul). The full-finetune
 convention 6·N·T is printed too, for comparison with reports that use it.
 """
@@ -16,13 +22,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-H100_BF16_DENSE_TFLOPS = 989.0
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets (they print the 2:4-sparse figure, twice these), matched on
+# torch.cuda.get_device_name(). H100 NVL, H200 NVL and the rest are refused rather than guessed.
+PEAK_BF16_DENSE_TFLOPS = {
+    "H100 SXM": (re.compile(r"^NVIDIA H100 (80GB HBM3|SXM5?( 80GB)?)$"), 989.4),
+    "H100 PCIe": (re.compile(r"^NVIDIA H100 PCIe$"), 756.0),
+    "H200": (re.compile(r"^NVIDIA H200$"), 989.4),
+}
+CPU_REFERENCE = "H100 SXM"  # --cpu: the arithmetic only, against the H100 SXM peak
+
+
+def device_peak(name: str) -> tuple[str, float]:
+    """(which GPU, its dense bf16 peak in TFLOP/s) for a CUDA device name; SystemExit for an unknown device."""
+    for label, (pattern, tflops) in PEAK_BF16_DENSE_TFLOPS.items():
+        if pattern.match(name):
+            return label, tflops
+    known = ", ".join(PEAK_BF16_DENSE_TFLOPS)
+    raise SystemExit(f"error: no peak FLOP/s known for {name!r} (known: {known}); pass --peak-tflops")
+
+
 # Qwen/Qwen3-8B's config.json, and a tiny shape of the same family for CPU runs.
 QWEN3_8B = {
     "layers": 36,
@@ -63,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True, help="as the study trained")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    p.add_argument("--peak-tflops", type=float, default=None, help="override the device table (unknown devices)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", dest="json_path", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -124,12 +149,18 @@ def step_flops(n_frozen: int, n_lora: int, layers: int, seq: int, d_attn: int, t
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.cpu:
-        device, dtype = torch.device("cpu"), torch.float32
+        device, dtype, name = torch.device("cpu"), torch.float32, "cpu"
         torch.set_num_threads(1)
+    elif torch.cuda.is_available():
+        device, dtype, name = torch.device("cuda"), torch.bfloat16, torch.cuda.get_device_name(0)
     else:
-        if not torch.cuda.is_available():
-            raise SystemExit("error: no CUDA device (use --cpu for the tiny CPU variant)")
-        device, dtype = torch.device("cuda"), torch.bfloat16
+        raise SystemExit("error: no CUDA device (use --cpu for the tiny CPU variant)")
+    if args.peak_tflops:
+        peak_label, peak_tflops = "--peak-tflops", args.peak_tflops
+    elif args.cpu:
+        peak_label, peak_tflops = CPU_REFERENCE, PEAK_BF16_DENSE_TFLOPS[CPU_REFERENCE][1]
+    else:
+        peak_label, peak_tflops = device_peak(name)  # before building 8B parameters
 
     model = build_model(args, device, dtype)
     model.train()
@@ -142,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = model(input_ids=batch, labels=batch).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -159,10 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = args.batch * args.seq_len
     d_attn = args.heads * args.head_dim
     flops = step_flops(n_frozen, n_lora, args.layers, args.seq_len, d_attn, tokens)
-    peak = args.peak_tflops * 1e12
+    peak = peak_tflops * 1e12
     result = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "device": name,
         "dtype": str(dtype).removeprefix("torch."),
+        "autocast": "bfloat16" if device.type == "cuda" else None,
         "shape": {
             "layers": args.layers,
             "hidden": args.hidden,
@@ -178,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         "step_time_s": step_time,
         "tokens_per_s": tokens / step_time,
         "model_tflops_per_step": flops / 1e12,
-        "peak_tflops": args.peak_tflops,
+        "peak_tflops": peak_tflops,
+        "peak_of": peak_label,
         "mfu": flops / step_time / peak,
         "mfu_6nt": 6 * (n_frozen + n_lora) * tokens / step_time / peak,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
@@ -186,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device {result['device']} ({result['dtype']}), batch {args.batch} x seq {args.seq_len}")
     print(f"matmul params: frozen {n_frozen / 1e6:.2f} M, LoRA {n_lora / 1e6:.3f} M")
     print(f"step time: {step_time * 1e3:.1f} ms (median of {args.steps}), {result['tokens_per_s']:.0f} tokens/s")
-    print(f"MFU (LoRA accounting): {result['mfu'] * 100:.3g}% of {args.peak_tflops:g} TFLOP/s")
+    print(f"MFU (LoRA accounting): {result['mfu'] * 100:.3g}% of {peak_tflops:g} TFLOP/s ({peak_label})")
     print(f"MFU (6·N·T convention): {result['mfu_6nt'] * 100:.3g}%")
     if result["peak_memory_gib"] is not None:
         print(f"peak GPU memory: {result['peak_memory_gib']:.1f} GiB")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from sycorec import hub
 from sycorec.cli import main
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
-from sycorec.errors import MissingInputError, SycorecError
+from sycorec.errors import MissingInputError
 from sycorec.paths import ModelSource, model_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,8 @@ def test_prefetch_records_resolved_commits(run_root, fake_hub):
         ("dataset", "JNK789/sycophancy-recovery-data", "main"),
     }
     assert all(len(i["commit"]) == 40 and Path(i["snapshot"]).name == i["commit"] for i in items)
+    base = next(i for i in items if i["repo_id"] == "Qwen/Qwen3-8B")
+    assert f"pin it: base_model.revision: {base['commit']}" in result.output  # branch names are refused at full scale
     # Downloads go by the configured revision (so refs/main is cached for offline lookups), models without code.
     assert all(revision == "main" for _, _, revision, _ in fake_hub)
     model_patterns = [patterns for _, kind, _, patterns in fake_hub if kind == "model"]
@@ -188,9 +192,12 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "#SBATCH --requeue",
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --partition=gengpu",
-        "srun --kill-on-bad-exit=1",
+        f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={8 * cfg.train.grpo.versions['v3'].num_gpus}",
         "apptainer exec --nv --cleanenv",
-        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$DVC_CACHE:/cache/dvc"',
+        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub,$DVC_CACHE:/cache/dvc"',
+        "HF_HUB=/scratch/hf/hub",
+        "--env HF_HUB_CACHE=/cache/hf/hub",
+        "#SBATCH --kill-on-invalid-dep=yes",
         "SIF=/images/sycorec.sif",
         "HF_CACHE=/scratch/hf",
         "DVC_CACHE=/scratch/dvc",
@@ -198,13 +205,16 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "--env PYTHONNOUSERSITE=1",
         "--env HF_HUB_OFFLINE=1",
         "scontrol requeue",
-        "dvc repro --single-item train_grpo@v3",
+        "dvc --wait-for-lock repro --single-item train_grpo@v3",
     ):
         assert needle in script, needle
 
 
 def test_rendering_is_deterministic_and_valid_bash(run_root):
-    first, second = invoke("slurm", "render", "judge", *SITE).output, invoke("slurm", "render", "judge", *SITE).output
+    first, second = (
+        invoke("slurm", "render", "judge@sft", *SITE).output,
+        invoke("slurm", "render", "judge@sft", *SITE).output,
+    )
     assert first == second
     assert subprocess.run(["bash", "-n"], input=first, text=True, capture_output=True).returncode == 0
 
@@ -215,7 +225,9 @@ def test_gpu_counts_follow_params(cfg):
     assert jobs.stage_job("train_pref@simpo", cfg, stage_map).gpus == cfg.train.common.num_gpus
     assert jobs.stage_job("train_grpo@v4", cfg, stage_map).gpus == cfg.train.grpo.versions["v4"].num_gpus == 2
     assert jobs.stage_job("generate@dpo", cfg, stage_map).gpus == cfg.generation.tensor_parallel_size
-    assert jobs.stage_job("judge", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
+    assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
+    assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).serial
+    assert jobs.stage_job("probe_analyze", cfg, stage_map).gpus == 0  # it uses none
     report = jobs.stage_job("report", cfg, stage_map)
     assert (report.gpus, report.group) == (0, "report")
 
@@ -226,10 +238,17 @@ def test_every_dvc_stage_has_a_slurm_job(run_root, cfg):
         pytest.skip("no dvc.yaml yet")
     site = jobs.Site(run_root, run_root / "s.sif", run_root / "hf", run_root / "dvc", run_root / "logs")
     assert names
+    stage_map = jobs.load_stage_map()
     for stage in sorted(names):
         script = jobs.render(stage, cfg, site)
-        assert f"dvc repro --single-item {stage}" in script
+        job = jobs.stage_job(stage, cfg, stage_map)
+        assert f"dvc --wait-for-lock repro --single-item {stage}" in script
         assert ("--nv" in script) == ("--gres=gpu:" in script)
+        assert f"#SBATCH --cpus-per-task={job.cpus}" in script
+        assert f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={job.cpus} " in script
+        assert "#SBATCH --kill-on-invalid-dep=yes" in script
+        assert "$HF_HUB:/cache/hf/hub" in script and f"HF_HUB={run_root / 'hf' / 'hub'}" in script
+        assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0
 
 
 def test_cpu_stage_gets_no_gpu(run_root):
@@ -245,10 +264,10 @@ def test_unknown_stage_is_one_line_error(run_root):
 
 
 def test_submit_dry_run_prints_every_script_in_order_and_writes_nothing(run_root):
-    result = invoke("slurm", "submit", "--stages", "train_sft,generate@sft,judge", "--dry-run", *SITE)
+    result = invoke("slurm", "submit", "--stages", "train_sft,generate@sft,judge@sft", "--dry-run", *SITE)
     assert result.exit_code == 0
     out = result.output
-    positions = [out.index(f"dvc repro --single-item {s}") for s in ("train_sft", "generate@sft", "judge")]
+    positions = [out.index(f"repro --single-item {s}") for s in ("train_sft", "generate@sft", "judge@sft")]
     assert positions == sorted(positions)
     assert out.count("#!/bin/bash") == 3
     assert "==> outputs/slurm/generate-sft.sbatch <==" in out
@@ -283,49 +302,6 @@ def test_plan_runs_upstream_stages_first_and_skips_up_to_date_ones(run_root):
     assert jobs.plan(run_root, ["c", "other"]) == ["a", "b", "c", "other"]
 
 
-class FakeSlurm:
-    """Stands in for sbatch/sacct: job N exits with codes[N]; sacct replays `states` for a job whose sbatch failed."""
-
-    def __init__(self, codes: list[int], states: list[str] | None = None):
-        self.codes, self.states, self.calls = codes, list(states or []), []
-
-    def __call__(self, cmd, **_):
-        self.calls.append(cmd)
-        if cmd[0] == "sbatch":
-            n = sum(1 for c in self.calls if c[0] == "sbatch")
-            assert Path(cmd[-1]).is_file(), "the script is written before it is submitted"
-            return subprocess.CompletedProcess(cmd, self.codes[n - 1], stdout=f"{100 + n}\n", stderr="")
-        return subprocess.CompletedProcess(cmd, 0, stdout=(self.states.pop(0) if self.states else "") + "\n")
-
-
-def _site(root: Path) -> jobs.Site:
-    return jobs.Site(root, root / "s.sif", root / "hf", root / "dvc", root / "logs")
-
-
-def test_submit_runs_jobs_in_order_with_sbatch_wait(run_root):
-    fake = FakeSlurm([0, 0])
-    ids = jobs.submit([("train_sft", "#!/bin/bash\n"), ("generate@sft", "#!/bin/bash\n")], _site(run_root), runner=fake)
-    assert ids == ["101", "102"]
-    assert [c[:3] for c in fake.calls] == [["sbatch", "--parsable", "--wait"]] * 2
-    assert [Path(c[-1]).name for c in fake.calls] == ["train_sft.sbatch", "generate-sft.sbatch"]
-    assert (run_root / "logs").is_dir()
-
-
-def test_submit_stops_at_the_first_failed_stage(run_root):
-    fake = FakeSlurm([0, 1, 0], states=["FAILED"])
-    scripts = [("train_sft", "a\n"), ("train_pref@dpo", "b\n"), ("generate@dpo", "c\n")]
-    with pytest.raises(SycorecError, match="stage train_pref@dpo: job 102 ended FAILED"):
-        jobs.submit(scripts, _site(run_root), runner=fake, poll_s=0)
-    assert sum(1 for c in fake.calls if c[0] == "sbatch") == 2
-
-
-def test_submit_waits_out_a_requeued_job(run_root):
-    fake = FakeSlurm([1, 0], states=["REQUEUED", "PENDING", "RUNNING", "COMPLETED"])
-    ids = jobs.submit([("train_sft", "a\n"), ("train_pref@dpo", "b\n")], _site(run_root), runner=fake, poll_s=0)
-    assert ids == ["101", "102"]
-    assert sum(1 for c in fake.calls if c[0] == "sacct") == 4
-
-
 # ---- benchmark scripts -------------------------------------------------------------------------------------------
 
 
@@ -357,3 +333,75 @@ def test_sft_step_mfu_runs_on_cpu(tmp_path):
 
 def test_gpu_smoke_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", str(ROOT / "bench/gpu_smoke.sh")], capture_output=True).returncode == 0
+
+
+def _mfu_module():
+    spec = importlib.util.spec_from_file_location("sft_step_mfu", ROOT / "bench/sft_step_mfu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+        ("NVIDIA H200", "H200", 989.4),
+    ],
+)
+def test_mfu_peak_comes_from_the_device_name(name, label, tflops):
+    assert _mfu_module().device_peak(name) == (label, tflops)
+
+
+@pytest.mark.parametrize("name", ["NVIDIA H100 NVL", "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "Tesla T4"])
+def test_mfu_refuses_an_unknown_device(name):
+    with pytest.raises(SystemExit, match="no peak FLOP/s known"):
+        _mfu_module().device_peak(name)
+
+
+def test_mfu_script_imports_nothing_beyond_its_wheels():
+    source = (ROOT / "bench/sft_step_mfu.py").read_text()
+    imported = set(re.findall(r"^(?:from|import) (\w+)", source, flags=re.MULTILINE))
+    assert imported - set(sys.stdlib_module_names) == {"torch", "peft", "transformers"}
+
+
+def _closure(names: list[str]) -> set[str]:
+    """Installed distributions `names` need (markers evaluated here, extras left out)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for spec in metadata.requires(name) or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def test_mfu_wheel_list_is_the_dependency_closure_at_the_locked_versions():
+    from packaging.utils import canonicalize_name
+
+    def pins(path: Path) -> dict[str, str]:
+        lines = [line.split()[0] for line in path.read_text().splitlines() if line and line[0].isalnum()]
+        return {canonicalize_name(n): v for n, v in (line.split("==") for line in lines if "==" in line)}
+
+    wheels, lock = pins(ROOT / "bench/mfu_wheels.txt"), pins(ROOT / "requirements/cluster.lock")
+    needed = _closure(["transformers", "peft", "accelerate", "safetensors"]) - _closure(["torch"])
+    assert set(wheels) == needed
+    assert {name: lock[name] for name in wheels} == wheels
+
+
+def test_gpu_smoke_has_an_mfu_only_mode_without_sycorec():
+    script = (ROOT / "bench/gpu_smoke.sh").read_text()
+    mode = script[script.index("if ((mfu_only)); then") : script.index("exit 0", script.index("if ((mfu_only))"))]
+    assert "bench/sft_step_mfu.py" in mode and "sycorec" not in mode
+    assert script.index("if ((mfu_only)); then") < script.index("from sycorec")

@@ -135,6 +135,43 @@ def test_environment_is_identical_in_both_recipes():
     assert docker["PATH"].startswith("/opt/venv/bin:")
 
 
+def apt_packages(text: str) -> set[str]:
+    return {
+        word
+        for call in re.findall(r"apt-get install ([^\n&;]*)", text)
+        for word in call.split()
+        if not word.startswith("-")
+    }
+
+
+def test_both_recipes_install_the_same_system_packages_with_a_c_compiler():
+    docker = apt_packages(" ".join(line for line in docker_final_stage() if line.startswith("RUN ")))
+    assert docker == apt_packages(apptainer_sections()["post"])
+    # Triton compiles its launcher with `cc` at run time (vLLM's torch.compile, xgrammar): compiler + libc headers
+    assert {"gcc", "libc6-dev"} <= docker
+
+
+def test_home_and_compile_caches_are_writable_for_any_user():
+    env = docker_env()
+    for var in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT"):
+        assert env[var] == "/tmp" or env[var].startswith("/tmp/"), var  # /tmp is world-writable in the base image
+
+
+def test_jobs_run_the_checked_out_code():
+    """The checkout (what DVC hashes) is bind-mounted at /work; its code goes before the image's baked copy."""
+    assert docker_env()["PYTHONPATH"] == "/work/code"
+    assert "/work" in [line.split()[1] for line in docker_final_stage() if line.startswith("WORKDIR ")]
+
+
+def test_build_leftovers_stay_out_of_the_image():
+    ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert {"**/__pycache__", "**/*.egg-info"} <= set(ignore)
+    post = apptainer_sections()["post"]
+    cleanup = next(line for line in post.splitlines() if "__pycache__" in line)
+    assert "*.egg-info" in cleanup and "rm -rf" in cleanup
+    assert post.index(cleanup) < post.index("--project /build/src")
+
+
 def test_dvc_cache_of_the_image_is_the_documented_mount():
     env = docker_env()
     config = ConfigObj(str(ROOT / "docker/dvc/config"))

@@ -31,6 +31,18 @@ def git_state() -> dict[str, Any]:
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
+def code_origin(root: Path = Path(".")) -> dict[str, Any]:
+    """Which copy of sycorec is running: the checkout (what git/DVC hash) or an installed one (e.g. the image's)."""
+    import sycorec
+
+    package = Path(sycorec.__file__).resolve().parent
+    return {
+        "package_dir": str(package),
+        "from_checkout": package.is_relative_to(root.resolve()),
+        "image_git_sha": os.environ.get("SYCOREC_GIT_SHA"),
+    }
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -77,6 +89,7 @@ def params_hash(slice_: Any) -> str:
 def environment_block(root: Path = Path(".")) -> dict[str, Any]:
     return {
         "git": git_state(),
+        "code": code_origin(root),
         "lock_sha256": lock_hash(root),
         "versions": package_versions(),
         "hardware": hardware(),

@@ -8,6 +8,10 @@ from pathlib import Path
 import click
 import yaml
 
+from sycorec.clikit import Config, pass_config
+from sycorec.cluster import preflight
+from sycorec.cluster import slurm as jobs
+from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.errors import SycorecError
 from sycorec.workspace import prepare_workspace, run_pipeline
 
@@ -67,13 +71,32 @@ def post_targets(post: str) -> list[str]:
 @click.command()
 @click.option("--post", required=True, help="1, 2, 3, 4 or all.")
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
-@click.option("--dry-run", is_flag=True, help="Print what would run.")
-def reproduce(post: str, cluster: str, dry_run: bool) -> None:
+@click.option("--plan", "show_plan", is_flag=True, help="List the stages and their GPU-hours; run none.")
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="SLURM: how many stage jobs may run at once.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the commands that would run.")
+@pass_config
+def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_parallel: int, dry_run: bool) -> None:
     """Rebuild a post at full scale (committed params.yaml), its tables and figures, then diff them against the
-    published numbers."""
+    published numbers.
+
+    Before the first stage a preflight checks data, pinned snapshots in the cache and GPUs (SLURM: also the image and
+    the partition limits) and stops with one line per missing thing.
+    """
     targets = post_targets(post)
+    root = Path.cwd()
+    stages = jobs.plan(root, targets) if jobs.has_pipeline(root) else list(targets)
+    click.echo(format_plan(plan_costs(stages, cfg)))  # what is about to run, and its cost, before anything runs
+    if show_plan:
+        return
     if cluster == "slurm":
-        cmd = ["sycorec", "slurm", "submit", "--stages", ",".join(targets)] + (["--dry-run"] if dry_run else [])
+        cmd = ["sycorec", "slurm", "submit", "--stages", ",".join(targets), "--max-parallel", str(max_parallel)]
+        cmd += ["--dry-run"] if dry_run else ["--wait"]
     else:
         cmd = ["dvc", "repro", *targets]
     # the report stage's command itself: `dvc repro report` would first rebuild every model of every post
@@ -83,6 +106,8 @@ def reproduce(post: str, cluster: str, dry_run: bool) -> None:
         for step in (cmd, report, diff):
             click.echo(" ".join(step))
         return
+    if cluster == "local" and stages:
+        preflight.check_local(stages, cfg)  # the SLURM submit runs its own, against the site's cache
     if subprocess.run(cmd).returncode:
         raise SycorecError(f"{' '.join(cmd[:2])} failed for post {post}")
     if subprocess.run(report).returncode:

@@ -9,6 +9,7 @@ import click
 
 from sycorec.clikit import pass_config
 from sycorec.cluster import prefetch as fetching
+from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
 from sycorec.config import Config
 from sycorec.errors import SycorecError
@@ -43,6 +44,9 @@ def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) 
     for record in document["items"]:
         if (record["repo_type"], record["repo_id"]) in fetched:
             click.echo(f"{record['repo_type']:<8} {record['repo_id']}@{record['revision']} -> {record['commit']}")
+            if record["revision"] != record["commit"]:
+                key = fetching.PARAM_KEYS[record["role"]]
+                click.echo(f"         pin it: {key}: {record['commit']}  (full scale refuses a branch name)")
     click.echo(f"manifest: {manifest}")
 
 
@@ -56,6 +60,13 @@ def site_options(func):
             default=str(Path("~/.cache/huggingface").expanduser()),
             show_default="$HF_HOME or ~/.cache/huggingface",
             help="Host HF cache, bound at /cache/hf (fill it with `sycorec prefetch`).",
+        ),
+        click.option(
+            "--hf-hub-cache",
+            envvar="HF_HUB_CACHE",
+            default=None,
+            show_default="$HF_HUB_CACHE or <hf-cache>/hub",
+            help="Host HF hub cache, bound at /cache/hf/hub (set when it lives apart from $HF_HOME).",
         ),
         click.option(
             "--dvc-cache",
@@ -74,7 +85,9 @@ def site_options(func):
     return func
 
 
-def _site(sif: str, hf_cache: str, dvc_cache: str, log_dir: str, partition, account, extra) -> jobs.Site:
+def _site(
+    sif: str, hf_cache: str, hf_hub_cache: str | None, dvc_cache: str, log_dir: str, partition, account, extra
+) -> jobs.Site:
     repo = Path.cwd().resolve()
 
     def absolute(value: str) -> Path:
@@ -85,6 +98,7 @@ def _site(sif: str, hf_cache: str, dvc_cache: str, log_dir: str, partition, acco
         repo=repo,
         sif=absolute(sif),
         hf_cache=absolute(hf_cache),
+        hf_hub_cache=absolute(hf_hub_cache) if hf_hub_cache else None,
         dvc_cache=absolute(dvc_cache),
         log_dir=absolute(log_dir),
         partition=partition,
@@ -108,6 +122,14 @@ def render(cfg: Config, stage: str, **site) -> None:
     click.echo(jobs.render(stage, cfg, _site(**site)), nl=False)
 
 
+def planned_stages(targets: list[str], upstream: bool, run_all: bool, root: Path) -> list[tuple[str, list[str]]]:
+    """(stage, planned stages it needs) in run order: the targets' upstream closure as `dvc repro` would run it."""
+    jobs.check_stages(targets, root)
+    if upstream and jobs.has_pipeline(root):
+        return jobs.plan_graph(root, targets, skip_up_to_date=not run_all)
+    return [(name, []) for name in targets]
+
+
 @slurm.command("submit")
 @click.option("--stages", required=True, help="Comma-separated DVC stage names (targets).")
 @click.option(
@@ -117,25 +139,54 @@ def render(cfg: Config, stage: str, **site) -> None:
     help="Also run the stages the targets depend on, dependencies first (as `dvc repro` would).",
 )
 @click.option("--all", "run_all", is_flag=True, help="Submit up-to-date stages too (default: skip them).")
-@click.option("--dry-run", is_flag=True, help="Print the rendered scripts; submit and write nothing.")
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many jobs of the chain may run at once (independent stages run side by side, one node each).",
+)
+@click.option("--wait", is_flag=True, help="Then poll sacct until every job completed (interrupt and re-run freely).")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the rendered scripts only: no preflight, nothing submitted or written."
+)
 @site_options
 @pass_config
-def submit(cfg: Config, stages: str, upstream: bool, run_all: bool, dry_run: bool, **site) -> None:
-    """Submit one blocking `sbatch --wait` job per DVC stage, in order; stop at the first failure."""
+def submit(
+    cfg: Config, stages: str, upstream: bool, run_all: bool, max_parallel: int, wait: bool, dry_run: bool, **site
+) -> None:
+    """Check everything the stages need, then submit one job per DVC stage as a chain of SLURM dependencies.
+
+    Stages whose job is already queued or running are not submitted again; the login node only submits.
+    """
     targets = [name.strip() for name in stages.split(",") if name.strip()]
     if not targets:
         raise SycorecError("--stages: no stage names given")
     root = Path.cwd()
-    jobs.check_stages(targets, root)
-    names = jobs.plan(root, targets, skip_up_to_date=not run_all) if upstream and jobs.has_pipeline(root) else targets
-    if not names:
+    order = planned_stages(targets, upstream, run_all, root)
+    if not order:
         click.echo("every stage is up to date: nothing to submit")
         return
     where = _site(**site)
-    scripts = [(name, jobs.render(name, cfg, where)) for name in names]
+    stage_map = jobs.load_stage_map()
+    planned = [
+        jobs.Planned(name, tuple(ups), jobs.render(name, cfg, where), jobs.stage_job(name, cfg, stage_map).serial)
+        for name, ups in order
+    ]
     if dry_run:
-        for name, text in scripts:
-            click.echo(f"==> {jobs.SCRIPT_DIR / (jobs.job_name(name) + '.sbatch')} <==")
-            click.echo(text)
+        for job in planned:
+            after = f"  (after {', '.join(job.upstream)})" if job.upstream else ""
+            click.echo(f"==> {jobs.SCRIPT_DIR / (jobs.job_name(job.stage) + '.sbatch')} <=={after}")
+            click.echo(job.script)
         return
-    jobs.submit(scripts, where, on_done=lambda name, job_id: click.echo(f"{name}: job {job_id} completed"))
+    preflight.check_slurm([job.stage for job in planned], cfg, where, root)
+
+    def report(job: jobs.Submitted) -> None:
+        if not job.new:
+            click.echo(f"{job.stage}: job {job.job_id} already queued or running, not submitted again")
+        else:
+            click.echo(f"{job.stage}: job {job.job_id}" + (f" after {','.join(job.after)}" if job.after else ""))
+
+    submitted = jobs.submit(planned, where, max_parallel=max_parallel, on_submit=report)
+    if wait:
+        jobs.wait(submitted, where, on_done=lambda job, state: click.echo(f"{job.stage}: job {job.job_id} {state}"))

@@ -16,6 +16,13 @@ from sycorec.hub import DATASET_PATTERNS, MODEL_PATTERNS
 from sycorec.io import read_json, write_json
 
 MANIFEST = Path("outputs/prefetch_manifest.json")
+# The params key that pins each role's revision (full scale refuses a branch name there).
+PARAM_KEYS = {
+    "base_model": "base_model.revision",
+    "judge": "judge.revision",
+    "truthfulqa": "data.truthfulqa.hf_revision",
+    "training_data": "data.training_data.hf_revision",
+}
 
 
 @dataclass(frozen=True)

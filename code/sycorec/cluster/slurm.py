@@ -1,7 +1,10 @@
-"""One sbatch job per DVC stage: render it from slurm/<group>.sbatch.j2, submit the jobs in order with `sbatch --wait`.
+"""One sbatch job per DVC stage, submitted as a chain of SLURM dependencies; the login node only submits.
 
-One stage per blocking job means only one `dvc repro` holds the repo lock at a time. Which template and how many
-GPUs a stage gets comes from slurm/stages.yaml; GPU counts may point at params keys so they follow the config.
+Each stage renders from slurm/<group>.sbatch.j2 (template and GPU count from slurm/stages.yaml; GPU counts may point
+at params keys so they follow the config) and runs `dvc --wait-for-lock repro --single-item <stage>`: DVC holds its
+repo lock only while it collects stages and commits results, so concurrent stage jobs in one workspace wait for it
+instead of failing. A job starts when the jobs of its upstream stages completed (`afterok`), at most `max_parallel`
+jobs of the chain at once; a stage whose job is already queued or running is not submitted again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ STAGES_FILE = "stages.yaml"
 SCRIPT_DIR = Path("outputs/slurm")
 LOG_DIR = SCRIPT_DIR / "logs"
 # sacct states after which a job will not run again; anything else (PENDING, RUNNING, REQUEUED, ...) is still going.
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+# PREEMPTED is final: a requeued job shows REQUEUED/PENDING, so PREEMPTED means the cluster cancelled it.
+FINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"
+}  # fmt: skip
+JOB_PREFIX = "sycorec-"
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,11 @@ class Site:
     partition: str | None = None
     account: str | None = None
     extra_sbatch: tuple[str, ...] = ()
+    hf_hub_cache: Path | None = None  # $HF_HUB_CACHE when it is set apart from $HF_HOME/hub
+
+    @property
+    def hub_cache(self) -> Path:
+        return self.hf_hub_cache or self.hf_cache / "hub"
 
     def sbatch_lines(self) -> list[str]:
         lines = [f"--partition={self.partition}"] if self.partition else []
@@ -57,6 +69,7 @@ class StageJob:
     cpus: int
     mem_gb: int
     time: str
+    serial: bool = False  # jobs of this family never run at once (they append to one shared cache)
 
 
 def load_stage_map(slurm_dir: Path = SLURM_DIR) -> dict[str, Any]:
@@ -95,22 +108,33 @@ def stage_job(stage: str, cfg: Config, stage_map: dict[str, Any]) -> StageJob:
         cpus, mem_gb = group["cpus_per_gpu"] * gpus, group["mem_per_gpu_gb"] * gpus
     else:
         cpus, mem_gb = group.get("cpus", 8), group.get("mem_gb", 32)
-    return StageJob(stage, entry["group"], group["template"], gpus, cpus, mem_gb, group["time"])
+    return StageJob(
+        stage, entry["group"], group["template"], gpus, cpus, mem_gb, group["time"], bool(entry.get("serial"))
+    )
 
 
 def stage_command(stage: str) -> list[str]:
-    return ["dvc", "repro", "--single-item", stage]
+    return ["dvc", "--wait-for-lock", "repro", "--single-item", stage]
 
 
 def job_name(stage: str) -> str:
     return stage.replace("@", "-")
 
 
+def _one_line(name: str, value: object) -> object:
+    """Refuse values that could break out of a `#SBATCH` line or a comment (shell contexts are quoted as well)."""
+    text = str(value)
+    if not text.isprintable():  # newlines, NUL and other control characters
+        raise ConfigError(f"{name} {text!r}: control characters cannot go into an sbatch script")
+    return value
+
+
 def render(stage: str, cfg: Config, site: Site, slurm_dir: Path = SLURM_DIR) -> str:
     """The sbatch script of one DVC stage. Deterministic: same inputs, same bytes."""
     import jinja2
 
-    job = stage_job(stage, cfg, load_stage_map(slurm_dir))
+    stage_map = load_stage_map(slurm_dir)
+    job = stage_job(stage, cfg, stage_map)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(slurm_dir)),
         undefined=jinja2.StrictUndefined,
@@ -118,22 +142,30 @@ def render(stage: str, cfg: Config, site: Site, slurm_dir: Path = SLURM_DIR) -> 
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
-    return env.get_template(job.template).render(
-        stage=stage,
-        group=job.group,
-        job_name=job_name(stage),
-        gpus=job.gpus,
-        cpus=job.cpus,
-        mem=f"{job.mem_gb}G",
-        time=job.time,
-        log_dir=site.log_dir,
-        extra_sbatch=site.sbatch_lines(),
-        repo=site.repo,
-        sif=site.sif,
-        hf_cache=site.hf_cache,
-        dvc_cache=site.dvc_cache,
-        command=shlex.join(stage_command(stage)),
-    )
+    requeue = stage_map["requeue"]
+    values = {
+        "stage": stage,
+        "group": job.group,
+        "job_name": JOB_PREFIX + job_name(stage),
+        "gpus": job.gpus,
+        "cpus": job.cpus,
+        "mem": f"{job.mem_gb}G",
+        "time": job.time,
+        "log_dir": site.log_dir,
+        "extra_sbatch": [_one_line("sbatch option", line) for line in site.sbatch_lines()],
+        "repo": site.repo,
+        "sif": site.sif,
+        "hf_cache": site.hf_cache,
+        "hf_hub_cache": site.hub_cache,
+        "dvc_cache": site.dvc_cache,
+        "command": shlex.join(stage_command(stage)),
+        "max_restarts": int(requeue["max_restarts"]),
+        "stop_grace_s": int(requeue["stop_grace_s"]),
+    }
+    for name, value in values.items():
+        if not isinstance(value, list):
+            _one_line(name, value)
+    return env.get_template(job.template).render(**values)
 
 
 def has_pipeline(root: Path) -> bool:
@@ -151,9 +183,10 @@ def dvc_stage_names(root: Path) -> set[str] | None:
         return {stage.name for stage in repo.index.stages if isinstance(stage, PipelineStage)}
 
 
-def plan(root: Path, targets: Sequence[str], skip_up_to_date: bool = True) -> list[str]:
-    """The stages `dvc repro targets` would run, dependencies first: the targets' upstream closure in DVC's order,
-    without stages that are up to date and have no re-running stage upstream (when `skip_up_to_date`)."""
+def plan_graph(root: Path, targets: Sequence[str], skip_up_to_date: bool = True) -> list[tuple[str, list[str]]]:
+    """The stages `dvc repro targets` would run, dependencies first, each with the planned stages it directly needs:
+    the targets' upstream closure in DVC's order, without stages that are up to date and have no re-running stage
+    upstream (when `skip_up_to_date`)."""
     from dvc.repo import Repo
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
     from dvc.stage import PipelineStage
@@ -165,7 +198,15 @@ def plan(root: Path, targets: Sequence[str], skip_up_to_date: bool = True) -> li
         for stage in order:
             if not skip_up_to_date or chosen.intersection(graph.successors(stage)) or stage.changed():
                 chosen.add(stage)
-        return [stage.name for stage in order if stage in chosen]
+        return [
+            (stage.name, sorted(up.name for up in graph.successors(stage) if up in chosen))
+            for stage in order
+            if stage in chosen
+        ]
+
+
+def plan(root: Path, targets: Sequence[str], skip_up_to_date: bool = True) -> list[str]:
+    return [name for name, _ in plan_graph(root, targets, skip_up_to_date)]
 
 
 def check_stages(stages: Sequence[str], root: Path) -> None:
@@ -180,47 +221,126 @@ def check_stages(stages: Sequence[str], root: Path) -> None:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def _job_state(job_id: str, runner: Runner) -> str | None:
+def _slurm(cmd: list[str], runner: Runner) -> subprocess.CompletedProcess:
     try:
-        out = runner(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)
-    except OSError:
-        return None
-    first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
-    return first.split()[0] if first else None
+        done = runner(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SycorecError(f"{cmd[0]} not found: run `sycorec slurm submit` on a SLURM login node") from None
+    if done.returncode:
+        raise SycorecError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip() or 'no output'}")
+    return done
 
 
-def wait_final(job_id: str, runner: Runner, poll_s: float = 60.0) -> str | None:
-    """A requeued job makes `sbatch --wait` return early; keep polling sacct until the job is really over."""
-    while (state := _job_state(job_id, runner)) is not None and state not in FINAL_STATES:
-        time.sleep(poll_s)
-    return state
+def active_jobs(runner: Runner = subprocess.run) -> dict[str, str]:
+    """Job name -> job id of this user's queued or running jobs (what a re-run must not submit again)."""
+    out = _slurm(["squeue", "--me", "--noheader", "--format=%i|%j|%T"], runner).stdout
+    jobs = {}
+    for line in out.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        name = rest.rpartition("|")[0]
+        if name.startswith(JOB_PREFIX):
+            jobs[name] = job_id.split("_")[0]
+    return jobs
+
+
+@dataclass(frozen=True)
+class Planned:
+    stage: str
+    upstream: tuple[str, ...]  # planned stages it needs
+    script: str
+    serial: bool = False
+
+
+@dataclass(frozen=True)
+class Submitted:
+    stage: str
+    job_id: str
+    new: bool  # False: the stage's job was already queued or running
+    after: tuple[str, ...]  # job ids it waits for
 
 
 def submit(
-    scripts: Sequence[tuple[str, str]],
+    planned: Sequence[Planned],
     site: Site,
     script_dir: Path = SCRIPT_DIR,
     runner: Runner = subprocess.run,
-    poll_s: float = 60.0,
-    on_done: Callable[[str, str], None] = lambda stage, job_id: None,
-) -> list[str]:
-    """Write and submit each (stage, script) in order, each blocking until its job is over; stop at a failure."""
+    max_parallel: int = 1,
+    on_submit: Callable[[Submitted], None] = lambda job: None,
+) -> list[Submitted]:
+    """Submit the planned stages in order as a dependency chain and return at once.
+
+    A job waits for its upstream stages' jobs (`afterok`; `--kill-on-invalid-dep` cancels it when one fails), for
+    the job `max_parallel` places before it in the order, so at most `max_parallel` of the chain run at a time (1: one
+    after another), and, when serial, for the previous serial job. A stage whose job is already queued or running
+    (same job name) keeps that job and is not submitted again.
+    """
+    if max_parallel < 1:
+        raise SycorecError("--max-parallel must be at least 1")
+    active = active_jobs(runner)
     site.log_dir.mkdir(parents=True, exist_ok=True)
-    job_ids = []
-    for stage, text in scripts:
-        path = script_dir / f"{job_name(stage)}.sbatch"
-        write_text_atomic(path, text)
-        try:
-            done = runner(["sbatch", "--parsable", "--wait", str(path)], capture_output=True, text=True)
-        except FileNotFoundError:
-            raise SycorecError("sbatch not found: run `sycorec slurm submit` on a SLURM login node") from None
-        job_id = done.stdout.strip().splitlines()[0].split(";")[0] if done.stdout.strip() else ""
-        if not job_id:
-            raise SycorecError(f"stage {stage}: sbatch did not submit ({done.stderr.strip() or 'no output'})")
-        state = "COMPLETED" if done.returncode == 0 else wait_final(job_id, runner, poll_s)
-        if state != "COMPLETED":
-            log = site.log_dir / f"sycorec-{job_name(stage)}-{job_id}.out"
-            raise SycorecError(f"stage {stage}: job {job_id} ended {state or 'with an error'}; see {log}")
-        on_done(stage, job_id)
-        job_ids.append(job_id)
-    return job_ids
+    ids: dict[str, str] = {}
+    chain: list[str] = []
+    serial: list[str] = []
+    done: list[Submitted] = []
+    for item in planned:
+        stage = item.stage
+        name = JOB_PREFIX + job_name(stage)
+        after = [ids[up] for up in item.upstream if up in ids]
+        if len(chain) >= max_parallel:
+            after.append(chain[-max_parallel])
+        if item.serial and serial:
+            after.append(serial[-1])
+        after = list(dict.fromkeys(after))
+        if name in active:
+            job = Submitted(stage, active[name], False, ())
+        else:
+            path = script_dir / f"{job_name(stage)}.sbatch"
+            write_text_atomic(path, item.script)
+            cmd = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(after)}"] if after else [])
+            out = _slurm([*cmd, str(path)], runner).stdout.strip()
+            job_id = out.splitlines()[0].split(";")[0] if out else ""
+            if not job_id:
+                raise SycorecError(f"stage {stage}: sbatch printed no job id")
+            job = Submitted(stage, job_id, True, tuple(after))
+        ids[stage] = job.job_id
+        chain.append(job.job_id)
+        if item.serial:
+            serial.append(job.job_id)
+        done.append(job)
+        on_submit(job)
+    return done
+
+
+def job_states(job_ids: Sequence[str], runner: Runner = subprocess.run) -> dict[str, str]:
+    """sacct's state of each job (jobs sacct does not know yet are left out)."""
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]
+    states = {}
+    for line in _slurm(cmd, runner).stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in job_ids and state:
+            states[job_id] = state.split()[0]  # "CANCELLED by 123" -> CANCELLED
+    return states
+
+
+def wait(
+    jobs: Sequence[Submitted],
+    site: Site,
+    runner: Runner = subprocess.run,
+    poll_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+    on_done: Callable[[Submitted, str], None] = lambda job, state: None,
+) -> None:
+    """Poll sacct until every job completed; stop at the first job that ended otherwise (its dependents are
+    cancelled by SLURM). A requeued job is not over until sacct says so."""
+    pending = {job.job_id: job for job in jobs}
+    while pending:
+        for job_id, state in job_states(list(pending), runner).items():
+            if state not in FINAL_STATES:
+                continue
+            job = pending.pop(job_id)
+            if state != "COMPLETED":
+                log = site.log_dir / f"{JOB_PREFIX}{job_name(job.stage)}-{job_id}.out"
+                raise SycorecError(f"stage {job.stage}: job {job_id} ended {state}; see {log}")
+            on_done(job, state)
+        if pending:
+            sleep(poll_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ from sycorec.train.common import HardwareError
 
 ACCELERATE_CONFIG = Path("configs/accelerate/ddp_4gpu.yaml")
 LAUNCHED = "SYCOREC_LAUNCHED"
+
+
+def free_port() -> int:
+    """A TCP port free on this node now: two DDP jobs sharing a node must not both take accelerate's fixed 29500."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def relaunch(num_gpus: int, argv: list[str] | None = None) -> bool:
@@ -36,7 +44,8 @@ def relaunch(num_gpus: int, argv: list[str] | None = None) -> bool:
         if not ACCELERATE_CONFIG.is_file():
             raise HardwareError(f"{ACCELERATE_CONFIG} not found (run from the repository root)")
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG)]
-        cmd = [*launcher, "--num_processes", str(num_gpus), "-m", "sycorec", *args]
+        cmd = [*launcher, "--num_processes", str(num_gpus)]
+        cmd += ["--main_process_port", str(free_port()), "-m", "sycorec", *args]
     else:
         cmd = [sys.executable, "-m", "sycorec", *args]
     code = subprocess.run(cmd, env=env, check=False).returncode
