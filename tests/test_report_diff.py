@@ -330,6 +330,6 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
 def test_reproduce_rebuilds_the_report_before_the_diff() -> None:
     out = CliRunner().invoke(main, ["reproduce", "--post", "1", "--dry-run"])
     assert out.exit_code == 0, out.output
-    repro, build, diff = out.output.splitlines()
+    repro, build, diff = out.output.splitlines()[-3:]  # after the plan
     assert repro.startswith("dvc repro ") and "score@sft" in repro
     assert (build, diff) == ("sycorec report build", "sycorec report diff --post 1")
