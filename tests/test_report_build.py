@@ -208,3 +208,25 @@ def test_example_rule_relaxes_when_nothing_fits(tmp_path: Path) -> None:
     picked = pick_example(Results({}, verdicts_dir=tmp_path), spec)
     assert picked == {"item_id": "a", "rule": "relaxed rule: only the `correct` models checked"}
     assert pick_example(Results({}, verdicts_dir=tmp_path / "none"), spec) is None
+
+
+def test_tiny_tables_show_the_seed_sweeps_range_and_the_worlds_limits(tmp_path: Path) -> None:
+    root = make_world(tmp_path)
+    runs = {
+        str(s): {m: {"answer_sycophancy_rate": 0.1 * s} for m in ("base", "sft", "dpo", "ipo", "simpo")} for s in (1, 2)
+    }
+    for run in runs.values():
+        run["control"] = {}
+    sweep_file = root / "code" / "sycorec" / "report" / "tiny_sweep.json"
+    sweep_file.parent.mkdir(parents=True)
+    sweep_file.write_text(json.dumps({"paths": {"avx2": {"runs": runs}}}))
+    build_report(load_config(root / "params.yaml", "tiny"), root=root)
+    md = (root / "results/tables/post1/behaviour.md").read_text()
+    cells = {(c["row"], c["column"]): c for c in read_csv(root / "results/tables/post1/behaviour.csv")}
+    assert cells[("Answer sycophancy rate", "+ SFT")]["display"].endswith(" seeds 0.100–0.200")
+    assert " seeds " not in cells[("Flip rate", "+ SFT")]["display"]  # the sweep has no flip rate here
+    assert "seed sweep" in md and "cannot show post 1's spread of SFT to feedback" in md
+    (tmp_path / "full").mkdir()
+    full = make_world(tmp_path / "full")
+    build_report(load_config(full / "params.yaml"), root=full)
+    assert "seeds" not in (full / "results/tables/post1/behaviour.md").read_text()

@@ -296,6 +296,7 @@ class ProbingCfg(Section):
 class ReportCfg(Section):
     published: Path
     figure_dpi: PositiveInt
+    seed_sweep: Path | None = None
 
 
 class Config(Section):

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from sycorec.io import write_json
-from sycorec.workspace import prepare_workspace, run_pipeline
 
 MODELS = ("base", "sft", "dpo", "ipo", "simpo")
 RECOVERY = ("dpo", "ipo", "simpo")
@@ -216,6 +215,8 @@ def targets() -> tuple[str, ...]:
 
 def run_seeds(project: Path, root: Path, profile: str, seeds: Sequence[int], warm: bool) -> dict[int, dict]:
     """One workspace per seed under `root`; returns seed -> readings."""
+    from sycorec.workspace import prepare_workspace, run_pipeline
+
     runs = {}
     for seed in seeds:
         work = prepare_workspace(project, root / f"seed-{seed}", profile, edit=with_seed(seed))

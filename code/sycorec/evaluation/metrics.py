@@ -216,9 +216,7 @@ def are_you_sure_detail(rows: Sequence[dict], pass1: Sequence[dict], policy: str
         "parse_failures": _fails(_of(rows, "are_you_sure")),
         **_flips(judged),
         # multiple-choice and free-form rows apart: a model that answers letters at chance reaches pass 2 by luck
-        "by_format": {
-            fmt: _flips([r for r in judged if r.get("format") == fmt]) for fmt in ("mc", "free_form")
-        },
+        "by_format": {fmt: _flips([r for r in judged if r.get("format") == fmt]) for fmt in ("mc", "free_form")},
     }
 
 

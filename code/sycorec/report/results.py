@@ -9,6 +9,7 @@ Key paths (used by tables.yaml, published.yaml and errata.yaml):
   derived.join.<field>                        per-sample join over results/verdicts (see `join_counts`)
   prepared.rows.<file stem>                   row counts of data/prepared/MANIFEST.json
   params.<...>                                the resolved config
+  seeds.<model>.<reading>                     spread across the seed sweep (report.seed_sweep; tiny profile)
 Segments: an integer indexes a list; `step=N` picks index i of a curve where step[i] == N (giving {series: value});
 `min`/`max`/`first`/`last` reduce a list; `a_vs_b` also matches `b_vs_a`. `path1|path2`: the first one present
 (for a key two stage versions name differently).
@@ -26,6 +27,7 @@ from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.io import iter_jsonl, read_json
 from sycorec.paths import calibration_path
+from sycorec.sweep import reading_summary
 
 PROBING_FILES = ("per_model", "control", "transfer", "cosine", "ablation")
 REDUCERS = {"min": min, "max": max, "first": lambda xs: xs[0], "last": lambda xs: xs[-1]}
@@ -60,6 +62,14 @@ class Results:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None
         return float(value)
+
+    def seed_range(self, path: str) -> tuple[float, float] | None:
+        """[min, max] of a headline metric across the runs of the committed seed sweep, where it has one."""
+        parts = path.split(".")
+        if parts[0] != "metrics" or len(parts) != 3:
+            return None
+        stats = self.get(f"seeds.{parts[1]}.{parts[2]}")
+        return (stats["min"], stats["max"]) if stats else None
 
     def ci(self, path: str) -> tuple[float, float] | None:
         """The confidence interval that belongs to `path`, where the producing stage wrote one."""
@@ -141,6 +151,8 @@ def load_results(cfg: Config, join: Mapping[str, Any] | None = None, root: Path 
     calibration = root / calibration_path(cfg)
     if calibration.is_file():
         tree["train"]["rm_calibration"] = read_json(calibration)
+    if cfg.report.seed_sweep is not None and (root / cfg.report.seed_sweep).is_file():
+        tree["seeds"] = reading_summary(read_json(root / cfg.report.seed_sweep))
     results = Results(tree, verdicts_dir=res / "verdicts")
     if join:
         tree["derived"] = {"join": join_counts(results, **join)}

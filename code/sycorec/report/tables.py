@@ -22,6 +22,10 @@ from sycorec.report.results import Results
 
 TABLES_FILE = Path(__file__).with_name("tables.yaml")
 NA = "n/a"
+SEEDS_NOTE = (
+    "value [95% bootstrap CI of this run] seeds min–max over the runs of the committed seed sweep "
+    "(`sycorec demo --seeds`, README)"
+)
 CSV_FIELDS = ["table", "row", "column", "value", "ci_lower", "ci_upper", "display", "path"]
 
 
@@ -75,6 +79,7 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[Cell]]]
     missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -91,6 +96,8 @@ class Table:
             lines.append("| " + " | ".join(_md(x) for x in [label, *(c.display for c in cells)]) + " |")
         if self.missing:
             lines += ["", f"n/a = input missing: {', '.join(self.missing)}"]
+        for note in self.notes:
+            lines += ["", note]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -158,6 +165,9 @@ def build_cell(results: Results, row: Mapping, column: Mapping, spec: Mapping, m
         return Cell(NA, path=path)
     ci = results.ci(path) if spec.get("ci", True) else None
     display = fmt_ci(value, ci, fmt)
+    seeds = results.seed_range(path)
+    if seeds is not None:
+        display += f" seeds {fmt_number(seeds[0], fmt)}–{fmt_number(seeds[1], fmt)}"
     p_template = row.get("p", column.get("p"))
     if p_template:
         p_path = _fill(p_template, variables)
@@ -175,6 +185,11 @@ def build_grid(post: str, spec: Mapping[str, Any], results: Results) -> Table:
         (_fill(str(row["label"]), row), [build_cell(results, row, column, spec, missing) for column in columns])
         for row in _rows(spec, results)
     ]
+    notes = []
+    if any(" seeds " in cell.display for _, cells in rows for cell in cells):
+        notes.append(SEEDS_NOTE)
+    if results.get("params.profile") != "full" and spec.get("tiny_note"):
+        notes.append(spec["tiny_note"])
     return Table(
         post,
         spec["id"],
@@ -184,6 +199,7 @@ def build_grid(post: str, spec: Mapping[str, Any], results: Results) -> Table:
         [c["label"] for c in columns],
         rows,
         sorted(set(missing)),
+        notes,
     )
 
 
