@@ -96,3 +96,12 @@ def test_read_run_takes_base_proxy_from_step_zero_of_sft(tmp_path):
     assert run["base"]["proxy_gap"] == 0.0 and run["dpo"]["proxy_gap"] == pytest.approx(0.1)
     assert run["sft"]["answer_sycophancy_rate"] == pytest.approx(0.1)
     assert run["simpo"]["flip_rate_free_form"] == pytest.approx(0.2)
+
+
+def test_readme_shows_the_committed_record():
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "code" / "sycorec" / "report" / "tiny_sweep.json").read_text())
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- sweep:begin -->\n", 1)[1].split("<!-- sweep:end -->", 1)[0]
+    assert block == sweep.markdown(record)
+    assert sweep.margins(record), "the record asserts no direction"
