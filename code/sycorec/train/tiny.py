@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,8 +20,17 @@ from sycorec.clikit import Config, pass_config, timed
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
-from sycorec.io import iter_jsonl, write_json
+from sycorec.io import iter_jsonl, read_json, write_json
 from sycorec.paths import model_dir, raw_dir
+from sycorec.train.common import (
+    CHECKPOINTS,
+    TRAINER_STATE,
+    fingerprint,
+    finish_checkpoints,
+    keep_epoch_when_skipping,
+    live_callback,
+    prepare_checkpoints,
+)
 
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 # Qwen3 keeps <think>/</think> as added (non-special) tokens, so they survive decoding with skip_special_tokens.
@@ -231,19 +238,81 @@ def message_texts(corpus: Iterable[dict]) -> Iterable[str]:
             yield f"{msg['role']}\n{msg['content']}"
 
 
-def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: Path) -> dict[str, Any]:
-    """Train tokenizer and model on the corpus, check held-out plain accuracy, then install `out` as a whole."""
+def replayable_order(trainer_cls: type, lengths: list[int], batch_size: int) -> tuple[Any, Any]:
+    """A Trainer class whose length-grouped sampler can replay an epoch's order, and the callback that saves it.
+
+    Upstream's `LengthGroupedSampler` draws each epoch's order from the global torch RNG when the epoch starts. A
+    mid-epoch resume skips the batches already trained on but draws the order from the RNG as it stands after loading
+    (the Trainer restores the checkpoint's RNG only after skipping), so from the second epoch on it would read other
+    rows. This sampler draws the same order as upstream and remembers the RNG state it drew from; the callback stores
+    that state in trainer_state.json, and a resume in the same epoch draws from it again.
+    """
+    import base64
+
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class ReplayableLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.epoch = 0
+            self.drawn: dict[str, Any] = {}  # {"epoch", "rng"}: the draw of the current epoch
+            self.replay: dict[str, Any] = {}  # a resumed run's saved draw
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = None
+            if self.replay.get("epoch") == self.epoch:
+                generator = torch.Generator()
+                saved = bytearray(base64.b64decode(self.replay["rng"]))
+                generator.set_state(torch.frombuffer(saved, dtype=torch.uint8))
+            rng = torch.get_rng_state() if generator is None else generator.get_state()
+            self.drawn = {"epoch": self.epoch, "rng": base64.b64encode(rng.numpy().tobytes()).decode("ascii")}
+            self.replay = {}
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    sampler = ReplayableLengthGroupedSampler()
+
+    class EpochOrder(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            return {"args": {}, "attributes": sampler.drawn}
+
+    class Pretrainer(trainer_cls):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return sampler
+
+    return Pretrainer, EpochOrder(), sampler
+
+
+def pretrain_tiny(
+    cfg: Config,
+    synth: Path,
+    out: Path,
+    results: Path,
+    live_dir: Path,
+    checkpoints: Path = CHECKPOINTS / STAGE,
+    hook: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Train tokenizer and model on the corpus, check held-out plain accuracy, then install `out` as a whole.
+
+    Checkpoints every `save_steps` in `checkpoints`; a re-run with the same inputs resumes from the newest complete
+    one and ends with the weights an uninterrupted run ends with. `hook` is a test hook (a callback that kills the run).
+    """
     import torch
     from dvclive import Live
     from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.integrations import DVCLiveCallback
 
     c = cfg.train.pretrain_tiny
     corpus_path, answer_path = synth / CORPUS, synth / ANSWER_FILE
     for path in (corpus_path, answer_path):
         if not path.is_file():
             raise MissingInputError(f"{path} not found; run `sycorec --profile tiny data synth` first")
-    start = time.perf_counter()
+    key = fingerprint(cfg, STAGE, [corpus_path, answer_path], extra={"seed": cfg.seed})
+    checkpoint = prepare_checkpoints(STAGE, key, checkpoints)
     set_seed(cfg.seed)
     corpus = list(iter_jsonl(corpus_path))
     tokenizer = build_tokenizer(message_texts(corpus), c.vocab_size)
@@ -251,9 +320,10 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
     max_length = cfg.train.common.max_length
     dataset = [encode_transcript(tokenizer, row["messages"], max_length) for row in corpus]
 
-    with staged_dir(out) as staging, tempfile.TemporaryDirectory(prefix="pretrain-tiny-") as scratch:
+    with staged_dir(out) as staging:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(checkpoints),
+            logging_dir=str(checkpoints / "logs"),
             max_steps=c.max_steps,
             per_device_train_batch_size=c.batch_size,
             learning_rate=c.learning_rate,
@@ -261,7 +331,9 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             warmup_ratio=c.warmup_ratio,
             weight_decay=0.01,
             logging_steps=cfg.train.common.logging_steps,
-            save_strategy="no",
+            save_strategy="steps",
+            save_steps=c.save_steps,
+            save_total_limit=cfg.train.common.save_total_limit,
             report_to="none",
             seed=cfg.seed,
             data_seed=cfg.seed,
@@ -269,19 +341,27 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             dataloader_num_workers=0,
             group_by_length=True,  # batches of similar length: less padding, faster steps on CPU
         )
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-        trainer = Trainer(
+        # lengths and megabatch size as upstream's own group_by_length sampler takes them
+        lengths = [len(row["input_ids"]) for row in dataset]
+        step_rows = args.train_batch_size * args.gradient_accumulation_steps
+        trainer_cls, epoch_order, sampler = replayable_order(Trainer, lengths, step_rows)
+        if checkpoint is not None:
+            saved = read_json(checkpoint / TRAINER_STATE).get("stateful_callbacks", {})
+            sampler.replay = saved.get(type(epoch_order).__name__, {}).get("attributes", {})
+        live = Live(dir=str(live_dir), resume=checkpoint is not None, save_dvc_exp=False, dvcyaml=None)
+        trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=dataset,
             data_collator=_collate(tokenizer.pad_token_id),
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[live_callback(live), epoch_order, *([hook()] if hook else [])],
         )
-        result = trainer.train()
-        live.end()
+        keep_epoch_when_skipping()
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         model = trainer.model.cpu()
         heldout = answer_accuracy(model, tokenizer, heldout_questions(answer_path))
         train_acc = answer_accuracy(model, tokenizer, corpus_plain_questions(corpus, c.eval_questions))
+        # no wall-clock time here: this is a DVC metrics file (times go to outputs/timings)
         summary = {
             "steps": result.global_step,
             "train_loss": round(result.training_loss, 4),
@@ -294,12 +374,12 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
             "corpus_transcripts": len(corpus),
-            "seconds": round(time.perf_counter() - start, 1),
         }
         check_accuracy(heldout, c.min_plain_accuracy)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     write_json(results, summary)
+    finish_checkpoints(STAGE, checkpoints)
     return summary
 
 
