@@ -16,9 +16,10 @@ from train_support import make_run_root, tiny_config
 
 torch = pytest.importorskip("torch")
 
-# 16 rows in batches of 4: 4 steps an epoch, 8 in all, a checkpoint every 3 steps. A kill after the save at step 6
-# stops the run two steps into its second epoch, where the data order is that epoch's shuffle, not the first one's.
-MID_EPOCH = {"train": {"sft": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "save_steps": 3}}}
+# 16 rows in batches of 4: 4 steps an epoch, 8 in all, a checkpoint every 2 steps. A kill after the save at step 6
+# stops the run two steps into its second epoch, where the data order is that epoch's shuffle, not the first one's;
+# with checkpoint-6 torn, the run resumes from checkpoint-4, at the epoch boundary.
+MID_EPOCH = {"train": {"sft": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "save_steps": 2}}}
 STEPS, KILL_AT = 8, 6
 
 
@@ -125,7 +126,7 @@ def test_torn_checkpoint_is_skipped_for_the_newest_complete_one(reference, tmp_p
     result = train_sft_in(root)
     log = capfd.readouterr().err
     assert f"sft: skipping outputs/checkpoints/sft/checkpoint-{KILL_AT} ({why}" in log
-    assert f"resuming from outputs/checkpoints/sft/checkpoint-3 at step 3 of {STEPS}" in log
+    assert f"resuming from outputs/checkpoints/sft/checkpoint-4 at step 4 of {STEPS}" in log
     assert result.trainer.state.global_step == STEPS
     assert_same_weights(reference / "outputs/models/sft", root / "outputs/models/sft")
 
@@ -141,6 +142,10 @@ def test_same_inputs_give_the_same_model_directory_hash(reference, tmp_path):
     ]
     assert differing == []
     assert dvc_hash(first) == dvc_hash(second)
+    # PEFT writes target_modules in per-process set order; one process cannot show that, the sorted list can
+    for config in first.rglob("adapter_config.json"):
+        modules = json.loads(config.read_text())["target_modules"]
+        assert modules == sorted(modules) and len(modules) > 1
 
 
 # --------------------------------------------------------------------------- units

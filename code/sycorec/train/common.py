@@ -330,6 +330,20 @@ def live_callback(live: Live | None) -> TrainerCallback:
     return LiveCallback()
 
 
+def log_at_save() -> TrainerCallback:
+    from transformers import TrainerCallback
+
+    class LogAtSave(TrainerCallback):
+        """Log at every checkpoint (before it is saved): the Trainer averages the loss since the last log, so a run
+        resumed between two logs would log another mean than the uninterrupted run. The final save needs no log."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and not control.should_training_stop:
+                control.should_log = True
+
+    return LogAtSave()
+
+
 def last_logged(log_history: list[dict], key: str) -> float | None:
     for entry in reversed(log_history):
         if key in entry:

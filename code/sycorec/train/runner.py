@@ -18,6 +18,7 @@ from sycorec.train.common import (
     keep_epoch_when_skipping,
     live_callback,
     load_rows,
+    log_at_save,
     open_live,
     prepare_checkpoints,
     save_merged,
@@ -62,7 +63,7 @@ def run_trainer(
     """
     checkpoint = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.inputs, run.start, run.extra))
     live = open_live(run.name, checkpoint is not None)
-    callbacks = [live_callback(live)]
+    callbacks = [live_callback(live), log_at_save()]
     curve = None
     best_dir = CHECKPOINTS / run.name / "proxy-best"
     if run.eval_every:

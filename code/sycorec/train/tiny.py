@@ -29,6 +29,7 @@ from sycorec.train.common import (
     finish_checkpoints,
     keep_epoch_when_skipping,
     live_callback,
+    log_at_save,
     prepare_checkpoints,
 )
 
@@ -238,28 +239,30 @@ def message_texts(corpus: Iterable[dict]) -> Iterable[str]:
             yield f"{msg['role']}\n{msg['content']}"
 
 
-def replayable_order(trainer_cls: type, lengths: list[int], batch_size: int) -> tuple[Any, Any]:
-    """A Trainer class whose length-grouped sampler can replay an epoch's order, and the callback that saves it.
+def resumable_trainer() -> type:
+    """A Trainer whose mid-epoch resume ends where the uninterrupted run ends, as the Trainer alone does not here.
 
-    Upstream's `LengthGroupedSampler` draws each epoch's order from the global torch RNG when the epoch starts. A
-    mid-epoch resume skips the batches already trained on but draws the order from the RNG as it stands after loading
-    (the Trainer restores the checkpoint's RNG only after skipping), so from the second epoch on it would read other
-    rows. This sampler draws the same order as upstream and remembers the RNG state it drew from; the callback stores
-    that state in trainer_state.json, and a resume in the same epoch draws from it again.
+    Data order: upstream's `LengthGroupedSampler` draws each epoch's order from the global torch RNG when the epoch
+    starts, and a mid-epoch resume draws it from the RNG as it stands after loading (the Trainer restores the
+    checkpoint's RNG only after skipping the batches already trained on): from the second epoch on it would read other
+    rows. This sampler draws the same order and remembers the RNG state it drew from, and a resume in the same epoch
+    draws from it again. Training loss: the Trainer averages the losses it summed in this process, so a resumed run
+    would report the mean of its resumed steps only; the running sum is carried over too. Both travel in
+    trainer_state.json (a stateful callback), which the Trainer writes last in a checkpoint.
     """
     import base64
 
     import torch
-    from transformers import TrainerCallback
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_callback import ExportableState
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
     class ReplayableLengthGroupedSampler(LengthGroupedSampler):
-        def __init__(self) -> None:
+        def __init__(self, batch_size: int, lengths: list[int]) -> None:
             super().__init__(batch_size, lengths=lengths)
             self.epoch = 0
-            self.drawn: dict[str, Any] = {}  # {"epoch", "rng"}: the draw of the current epoch
-            self.replay: dict[str, Any] = {}  # a resumed run's saved draw
+            self.drawn: dict[str, Any] = {}  # {"epoch", "rng"} of the current epoch's draw
+            self.replay: dict[str, Any] = {}  # the saved draw a resumed run starts with
 
         def set_epoch(self, epoch: int) -> None:
             self.epoch = epoch
@@ -275,17 +278,42 @@ def replayable_order(trainer_cls: type, lengths: list[int], batch_size: int) -> 
             self.replay = {}
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
-    sampler = ReplayableLengthGroupedSampler()
+    class ResumeState(TrainerCallback, ExportableState):
+        def __init__(self, trainer: Any = None) -> None:
+            self.trainer = trainer
+            self.total_loss = 0.0
 
-    class EpochOrder(TrainerCallback, ExportableState):
         def state(self) -> dict:
-            return {"args": {}, "attributes": sampler.drawn}
+            if self.trainer is None:  # the Trainer asks while it is being built
+                return {"args": {}, "attributes": {}}
+            # every checkpoint is also a log step (log_at_save), so no loss is pending outside the running sum
+            total = getattr(self.trainer, "_total_loss_scalar", 0.0)
+            return {"args": {}, "attributes": {**self.trainer.sampler.drawn, "total_loss": total}}
 
-    class Pretrainer(trainer_cls):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.trainer._total_loss_scalar = self.total_loss  # the Trainer has just reset it to 0
+
+    class Pretrainer(Trainer):
+        def __init__(self, *args: Any, callbacks: list[Any], **kwargs: Any) -> None:
+            self.resume_state = ResumeState()
+            super().__init__(*args, callbacks=[*callbacks, self.resume_state], **kwargs)
+            self.resume_state.trainer = self
+            # lengths and megabatch size as upstream's own group_by_length sampler takes them
+            rows = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            self.sampler = ReplayableLengthGroupedSampler(rows, [len(row["input_ids"]) for row in self.train_dataset])
+
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return sampler
+            return self.sampler
 
-    return Pretrainer, EpochOrder(), sampler
+        def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+            if resume_from_checkpoint is not None:
+                saved = read_json(Path(resume_from_checkpoint) / TRAINER_STATE).get("stateful_callbacks", {})
+                attributes = saved.get(ResumeState.__name__, {}).get("attributes", {})
+                self.sampler.replay = attributes
+                self.resume_state.total_loss = attributes.get("total_loss", 0.0)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    return Pretrainer
 
 
 def pretrain_tiny(
@@ -304,7 +332,7 @@ def pretrain_tiny(
     """
     import torch
     from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     c = cfg.train.pretrain_tiny
     corpus_path, answer_path = synth / CORPUS, synth / ANSWER_FILE
@@ -341,20 +369,13 @@ def pretrain_tiny(
             dataloader_num_workers=0,
             group_by_length=True,  # batches of similar length: less padding, faster steps on CPU
         )
-        # lengths and megabatch size as upstream's own group_by_length sampler takes them
-        lengths = [len(row["input_ids"]) for row in dataset]
-        step_rows = args.train_batch_size * args.gradient_accumulation_steps
-        trainer_cls, epoch_order, sampler = replayable_order(Trainer, lengths, step_rows)
-        if checkpoint is not None:
-            saved = read_json(checkpoint / TRAINER_STATE).get("stateful_callbacks", {})
-            sampler.replay = saved.get(type(epoch_order).__name__, {}).get("attributes", {})
         live = Live(dir=str(live_dir), resume=checkpoint is not None, save_dvc_exp=False, dvcyaml=None)
-        trainer = trainer_cls(
+        trainer = resumable_trainer()(
             model=model,
             args=args,
             train_dataset=dataset,
             data_collator=_collate(tokenizer.pad_token_id),
-            callbacks=[live_callback(live), epoch_order, *([hook()] if hook else [])],
+            callbacks=[live_callback(live), log_at_save(), *([hook()] if hook else [])],
         )
         keep_epoch_when_skipping()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
