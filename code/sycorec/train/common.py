@@ -210,10 +210,11 @@ def checkpoint_problem(path: Path) -> str | None:
 
     state = path / TRAINER_STATE
     if not state.is_file():
-        return f"no {TRAINER_STATE} (saving was interrupted)"
+        return f"no {TRAINER_STATE}: saving was cut off"
     try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        if "global_step" not in json.loads(state.read_text(encoding="utf-8")):
+            return f"torn {TRAINER_STATE}"
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
         return f"torn {TRAINER_STATE}"
     for file in sorted(path.iterdir()):
         try:
@@ -227,8 +228,10 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def _step(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
+def checkpoints_of(directory: Path) -> list[Path]:
+    """The Trainer's `checkpoint-<step>` directories, oldest first."""
+    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
 def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Path | None:
@@ -249,14 +252,14 @@ def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Pa
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
         write_json(run_file, {"fingerprint": key})
-        for checkpoint in sorted(directory.glob("checkpoint-*"), key=lambda p: _step(p.name), reverse=True):
+        for checkpoint in reversed(checkpoints_of(directory)):
             problem = checkpoint_problem(checkpoint)
             if problem is None:
                 break
-            say(f"{run}: skipping {checkpoint} ({problem}); removed")
+            say(f"{run}: skipping {checkpoint} ({problem}); removed it")
             shutil.rmtree(checkpoint)
     barrier()
-    complete = sorted(directory.glob("checkpoint-*"), key=lambda p: _step(p.name))
+    complete = checkpoints_of(directory)
     if not complete:
         return None
     newest = complete[-1]
