@@ -240,7 +240,6 @@ def make_world(root: Path, profile: str | None = None) -> Path:
                 "kl": kl,
                 "completion_length": 180.0,
                 "frac_reward_zero_std": zero,
-                "runtime_s": 3600.0,
             },
         )
         start = {"v1": 0.310, "v2": 0.318, "v3": 0.318, "v4": 0.318}[v]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sycorec.config import Config, SynthCfg, load_config
 from sycorec.data.synth import synthesize
 from sycorec.train.tiny import (
+    ANSWER_FILE,
+    CORPUS,
     PretrainError,
     build_model,
     build_tokenizer,
@@ -109,9 +113,11 @@ def test_pretrain_smoke_writes_model_results_and_curves(small_world: Path, tmp_p
 
     cfg = tiny_cfg(max_steps=3, min_plain_accuracy=0.0, eval_questions=5)
     out, results, live = tmp_path / "models/base", tmp_path / "results/pretrain_tiny.json", tmp_path / "dvclive"
-    summary = pretrain_tiny(cfg, small_world, out, results, live)
+    summary = pretrain_tiny(cfg, small_world, out, results, live, tmp_path / "checkpoints")
     assert summary["steps"] == 3
     assert json.loads(results.read_text()) == summary
+    assert not any("second" in key or "time" in key for key in summary)  # a DVC metrics file: no wall-clock times
+    assert not (tmp_path / "checkpoints").exists()  # a finished run keeps no checkpoints
     assert 0.0 <= summary["heldout_accuracy"] <= 1.0
     assert any(live.rglob("*.tsv"))  # training curves for `dvc plots`
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -126,7 +132,75 @@ def test_pretrain_below_minimum_fails_and_leaves_nothing(small_world: Path, tmp_
     cfg = tiny_cfg(max_steps=1, min_plain_accuracy=1.0, eval_questions=5)
     out, results = tmp_path / "models/base", tmp_path / "results/pretrain_tiny.json"
     with pytest.raises(PretrainError, match="min_plain_accuracy"):
-        pretrain_tiny(cfg, small_world, out, results, tmp_path / "dvclive")
+        pretrain_tiny(cfg, small_world, out, results, tmp_path / "dvclive", tmp_path / "checkpoints")
     assert not out.exists() and not results.exists()
     models = tmp_path / "models"
     assert not models.exists() or not any(models.iterdir())  # no staging leftovers either
+
+
+# 48 transcripts in batches of 8: 6 steps an epoch; a kill after the save at step 8 is two steps into the second epoch.
+SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+RESUME = {**SMALL, "vocab_size": 300, "batch_size": 8, "max_steps": 14, "save_steps": 4}
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_after_saving(step: int):
+    def hook():
+        from transformers import TrainerCallback
+
+        class KillAfterSave(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise Killed(f"killed after saving step {step}")
+
+        return KillAfterSave()
+
+    return hook
+
+
+@pytest.fixture(scope="module")
+def short_world(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("short") / "synth"
+    for name in (CORPUS, ANSWER_FILE):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+    lines = (small_world / CORPUS).read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / CORPUS).write_text("".join(lines[:48]), encoding="utf-8")
+    shutil.copy(small_world / ANSWER_FILE, out / ANSWER_FILE)
+    return out
+
+
+def test_pretrain_killed_mid_epoch_resumes_bit_identical(short_world: Path, tmp_path: Path, capfd) -> None:
+    cfg = tiny_cfg(**RESUME, min_plain_accuracy=0.0, eval_questions=5)
+
+    def run(name: str, hook=None) -> dict:
+        root = tmp_path / name
+        paths = (root / "models/base", root / "base.json", root / "dvclive", root / "checkpoints")
+        return pretrain_tiny(cfg, short_world, *paths, hook=hook)
+
+    reference = run("reference")
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed/base.json").write_text('{"from": "the previous run"}')
+    with pytest.raises(Killed):
+        run("resumed", _kill_after_saving(8))
+    assert (tmp_path / "resumed/base.json").read_text() == '{"from": "the previous run"}'  # a kill deletes nothing
+    assert not (tmp_path / "resumed/models/base").exists()
+    capfd.readouterr()
+    resumed = run("resumed")
+    log = capfd.readouterr().err
+    assert "pretrain_tiny: resuming from" in log and "checkpoint-8 at step 8 of 14 (6 steps left)" in log
+    assert resumed == reference
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tmp_path / "reference/models/base" / name).read_bytes() == (
+            tmp_path / "resumed/models/base" / name
+        ).read_bytes(), name
+
+
+def test_train_base_metrics_survive_a_killed_dvc_run() -> None:
+    """DVC deletes a stage's outputs before it runs, and cannot restore an uncached one: persist keeps it."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_base"]
+    for entry in stage["metrics"]:
+        (path, options), *_ = entry.items()
+        assert options == {"cache": False, "persist": True}, path

@@ -19,7 +19,7 @@ from sycorec.config import load_config
 from sycorec.probe import synthetic
 from sycorec.probe.analysis import Settings, analyze
 from sycorec.probe.extract import TENSOR, activations_path
-from sycorec.probe.figures import STEMS
+from sycorec.probe.figures import STEMS, plot_all
 from sycorec.probe.prompts import PromptSplit, grouped_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +157,15 @@ def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
     for stem in STEMS:
         for ext in ("png", "pdf"):
             assert (run_root / "results/figures/probing" / f"{stem}.{ext}").stat().st_size > 0
+
+
+def test_probe_figures_are_the_same_bytes_for_the_same_results(results: dict, tmp_path: Path) -> None:
+    first, second = plot_all(results, tmp_path / "a", 40), plot_all(results, tmp_path / "b", 40)
+    assert [p.name for p in first] == [p.name for p in second]
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    pdfs = [p for p in first if p.suffix == ".pdf"]
+    assert pdfs and not any(b"/CreationDate" in p.read_bytes() for p in pdfs)  # no date: a later run is the same bytes
 
 
 def test_analyze_rejects_stale_activations(run_root: Path) -> None:

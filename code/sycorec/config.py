@@ -127,6 +127,7 @@ class PretrainTinyCfg(Section):
     batch_size: PositiveInt
     min_plain_accuracy: float = Field(ge=0, le=1)
     eval_questions: PositiveInt  # corpus plain questions re-asked to report training-set accuracy
+    save_steps: PositiveInt  # checkpoint cadence: a killed run resumes from the last checkpoint
 
 
 class OptimCfg(Section):

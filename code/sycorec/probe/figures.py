@@ -20,7 +20,9 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str, dpi: int) -> list[Path]:
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi, bbox_inches="tight")
+            # no creation date in the PDF, so the same results draw the same bytes
+            metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     return paths
 

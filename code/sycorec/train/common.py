@@ -9,10 +9,13 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import click
 
 from sycorec.config import Config, OptimCfg
 from sycorec.errors import MissingInputError, SycorecError
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 CHECKPOINTS = Path("outputs/checkpoints")
 DVCLIVE = Path("outputs/dvclive")
 RUN_FILE = "run.json"
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last in a checkpoint
 # One-off totals the Trainer logs at the end of train(); they are not curves.
 RUN_TOTALS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 
@@ -136,6 +140,8 @@ def trainer_kwargs(cfg: Config, run: str, optim: OptimCfg | Any, **overrides: An
     common = cfg.train.common
     kwargs: dict[str, Any] = {
         "output_dir": str(CHECKPOINTS / run),
+        # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
+        "logging_dir": str(CHECKPOINTS / run / "logs"),
         "seed": common.seed,
         "bf16": common.bf16,
         "gradient_checkpointing": common.gradient_checkpointing,
@@ -166,42 +172,129 @@ def trainer_kwargs(cfg: Config, run: str, optim: OptimCfg | Any, **overrides: An
 # --------------------------------------------------------------------------- resume
 
 
-def fingerprint(cfg: Config, run: str, start: ModelSource, inputs: list[Path], extra: dict | None = None) -> str:
+def fingerprint(
+    cfg: Config, run: str, inputs: list[Path], start: ModelSource | None = None, extra: dict | None = None
+) -> str:
     """What a run's checkpoints depend on; a changed param or input makes old checkpoints stale."""
-    start_path = Path(start.path)
-    start_id = sha256_file(start_path / "config.json") if (start_path / "config.json").is_file() else start.path
+    start_ids: list[str | None] = []
+    if start is not None:
+        start_path = Path(start.path)
+        config = start_path / "config.json"
+        start_ids = [start.path, start.revision, sha256_file(config) if config.is_file() else start.path]
     blob = {
         "run": run,
         "train": cfg.train.model_dump(mode="json"),
         "lora": cfg.lora.model_dump(mode="json"),
         "base_model": cfg.base_model.model_dump(mode="json"),
-        "start": [start.path, start.revision, start_id],
+        "start": start_ids,
         "inputs": {str(p): sha256_file(p) for p in inputs},
         "extra": extra or {},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def prepare_checkpoints(run: str, key: str) -> bool:
-    """Keep the run's checkpoints only if they were made with the same fingerprint; True when one can be resumed."""
-    directory = CHECKPOINTS / run
+def say(message: str) -> None:
+    """A stage's progress note, on stderr and rank 0 only (stdout carries the stage's JSON summary)."""
+    if is_main_process():
+        click.echo(message, err=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed, or None when it is complete.
+
+    The Trainer writes trainer_state.json last, so a checkpoint without it was cut off while saving (a kill, a full
+    disk). Every torch-saved file (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) is a zip archive whose
+    directory is written last, and a safetensors file states its own length: a truncated one fails to open.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    state = path / TRAINER_STATE
+    if not state.is_file():
+        return f"no {TRAINER_STATE}: saving was cut off"
+    try:
+        if "global_step" not in json.loads(state.read_text(encoding="utf-8")):
+            return f"torn {TRAINER_STATE}"
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return f"torn {TRAINER_STATE}"
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix in {".pt", ".pth", ".bin"}:
+                zipfile.ZipFile(file).close()
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt"):
+                    pass
+        except (zipfile.BadZipFile, SafetensorError, OSError) as exc:
+            return f"torn {file.name} ({type(exc).__name__})"
+    return None
+
+
+def checkpoints_of(directory: Path) -> list[Path]:
+    """The Trainer's `checkpoint-<step>` directories, oldest first."""
+    found = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Path | None:
+    """The newest complete checkpoint of `run` to resume from, or None to start afresh.
+
+    Checkpoints made with another fingerprint are stale and removed; so are torn ones (newer than the one resumed),
+    each with a note saying why, so that a re-run never dies on a half-written checkpoint.
+    """
+    directory = CHECKPOINTS / run if directory is None else directory
     run_file = directory / RUN_FILE
     if directory.exists():
         stale = not run_file.is_file() or json.loads(run_file.read_text()).get("fingerprint") != key
         if stale and is_main_process():
+            if any(directory.glob("checkpoint-*")):
+                say(f"{run}: params or inputs changed since its checkpoints were saved; starting from step 0")
             shutil.rmtree(directory)
     barrier()
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
         write_json(run_file, {"fingerprint": key})
+        for checkpoint in reversed(checkpoints_of(directory)):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                break
+            say(f"{run}: skipping {checkpoint} ({problem}); removed it")
+            shutil.rmtree(checkpoint)
     barrier()
-    return any(directory.glob("checkpoint-*"))
+    complete = checkpoints_of(directory)
+    if not complete:
+        return None
+    newest = complete[-1]
+    state = json.loads((newest / TRAINER_STATE).read_text(encoding="utf-8"))
+    done, total = state["global_step"], state["max_steps"]
+    say(f"{run}: resuming from {newest} at step {done} of {total} ({total - done} steps left)")
+    return newest
 
 
-def finish_checkpoints(run: str) -> None:
+def finish_checkpoints(run: str, directory: Path | None = None) -> None:
     """A finished run needs no checkpoints: a re-run with the same inputs is a DVC no-op."""
     if is_main_process():
-        shutil.rmtree(CHECKPOINTS / run, ignore_errors=True)
+        shutil.rmtree(CHECKPOINTS / run if directory is None else directory, ignore_errors=True)
+
+
+def keep_epoch_when_skipping() -> None:
+    """Make a mid-epoch resume read the data in the order the uninterrupted run read it.
+
+    The Trainer sets the dataloader's epoch and then skips the batches already trained on with accelerate's
+    `skip_first_batches`, whose new loader starts at iteration 0 and so resets the sampler to epoch 0's shuffle
+    (fixed upstream in accelerate PR 4071). Carry the epoch over; harmless where accelerate already does.
+    """
+    import transformers.trainer as hf_trainer
+    from accelerate import skip_first_batches
+
+    if hf_trainer.skip_first_batches is not skip_first_batches:
+        return
+
+    def skip_keeping_epoch(dataloader: Any, num_batches: int = 0) -> Any:
+        skipped = skip_first_batches(dataloader, num_batches)
+        if hasattr(dataloader, "iteration") and hasattr(skipped, "set_epoch"):
+            skipped.set_epoch(dataloader.iteration)
+        return skipped
+
+    hf_trainer.skip_first_batches = skip_keeping_epoch
 
 
 # --------------------------------------------------------------------------- dvclive
@@ -238,6 +331,20 @@ def live_callback(live: Live | None) -> TrainerCallback:
                 live.end()
 
     return LiveCallback()
+
+
+def log_at_save() -> TrainerCallback:
+    from transformers import TrainerCallback
+
+    class LogAtSave(TrainerCallback):
+        """Log at every checkpoint (before it is saved): the Trainer averages the loss since the last log, so a run
+        resumed between two logs would log another mean than the uninterrupted run. The final save needs no log."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and not control.should_training_stop:
+                control.should_log = True
+
+    return LogAtSave()
 
 
 def last_logged(log_history: list[dict], key: str) -> float | None:
@@ -314,8 +421,20 @@ def save_merged(
             for sub, src in (extra_dirs or {}).items():
                 if src.exists():
                     shutil.copytree(src, staging / sub)
+            for config in staging.rglob("adapter_config.json"):
+                sort_adapter_config(config)
     barrier()
     return out
+
+
+def sort_adapter_config(path: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in this process's string-hash order: sort it, so the same
+    adapter is the same bytes in every run (PEFT's own layout: indent 2, sorted keys)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def load_start(cfg: Config, start: ModelSource, kind: str) -> PreTrainedModel:

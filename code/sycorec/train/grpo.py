@@ -91,7 +91,6 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     summary.update(
         {
             "steps": result.trainer.state.global_step,
-            "runtime_s": round(result.runtime_s, 2),
             "reward": v.reward,
             "threshold": reward.threshold,
         }

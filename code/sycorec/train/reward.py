@@ -130,7 +130,6 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
         "val_margin": last_logged(history, "eval_margin"),
         "val_mean_reward": last_logged(history, "eval_mean_reward"),
         "steps": result.trainer.state.global_step,
-        "runtime_s": round(result.runtime_s, 2),
     }
     if is_main_process():
         write_json(cfg.paths.results / "train" / "rm.json", metrics)

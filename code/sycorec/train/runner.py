@@ -15,8 +15,10 @@ from sycorec.train.common import (
     fingerprint,
     finish_checkpoints,
     is_main_process,
+    keep_epoch_when_skipping,
     live_callback,
     load_rows,
+    log_at_save,
     open_live,
     prepare_checkpoints,
     save_merged,
@@ -55,13 +57,13 @@ def run_trainer(
     build: Callable[[list[Any]], Any],
     stop_after_save: Callable[[], Any] | None = None,
 ) -> Result:
-    """Build the trainer with our callbacks, train (resuming from the last checkpoint), save the final model.
+    """Build the trainer with our callbacks, train (resuming from the newest complete checkpoint), save the model.
 
     `build(callbacks)` returns a TRL trainer; `stop_after_save` is a test hook (a callback that kills the run).
     """
-    resume = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.start, run.inputs, run.extra))
-    live = open_live(run.name, resume)
-    callbacks = [live_callback(live)]
+    checkpoint = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.inputs, run.start, run.extra))
+    live = open_live(run.name, checkpoint is not None)
+    callbacks = [live_callback(live), log_at_save()]
     curve = None
     best_dir = CHECKPOINTS / run.name / "proxy-best"
     if run.eval_every:
@@ -87,8 +89,9 @@ def run_trainer(
     # TRL applies LoRA (random A matrices) before the Trainer seeds itself: seed first, or every run differs.
     set_seed(cfg.train.common.seed)
     trainer = build(callbacks)
+    keep_epoch_when_skipping()
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     runtime = time.perf_counter() - start
     out = save_merged(
         cfg, trainer, run.start, run.name, tokenizer, run.kind, run.merge, extra_dirs={"proxy_best": best_dir}

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,8 +20,18 @@ from sycorec.clikit import Config, pass_config, timed
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
-from sycorec.io import iter_jsonl, write_json
+from sycorec.io import iter_jsonl, read_json, write_json
 from sycorec.paths import model_dir, raw_dir
+from sycorec.train.common import (
+    CHECKPOINTS,
+    TRAINER_STATE,
+    fingerprint,
+    finish_checkpoints,
+    keep_epoch_when_skipping,
+    live_callback,
+    log_at_save,
+    prepare_checkpoints,
+)
 
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 # Qwen3 keeps <think>/</think> as added (non-special) tokens, so they survive decoding with skip_special_tokens.
@@ -231,19 +239,108 @@ def message_texts(corpus: Iterable[dict]) -> Iterable[str]:
             yield f"{msg['role']}\n{msg['content']}"
 
 
-def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: Path) -> dict[str, Any]:
-    """Train tokenizer and model on the corpus, check held-out plain accuracy, then install `out` as a whole."""
+def resumable_trainer() -> type:
+    """A Trainer whose mid-epoch resume ends where the uninterrupted run ends, as the Trainer alone does not here.
+
+    Data order: upstream's `LengthGroupedSampler` draws each epoch's order from the global torch RNG when the epoch
+    starts, and a mid-epoch resume draws it from the RNG as it stands after loading (the Trainer restores the
+    checkpoint's RNG only after skipping the batches already trained on): from the second epoch on it would read other
+    rows. This sampler draws the same order and remembers the RNG state it drew from, and a resume in the same epoch
+    draws from it again. Training loss: the Trainer averages the losses it summed in this process, so a resumed run
+    would report the mean of its resumed steps only; the running sum is carried over too. Both travel in
+    trainer_state.json (a stateful callback), which the Trainer writes last in a checkpoint.
+    """
+    import base64
+
+    import torch
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class ReplayableLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int]) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.epoch = 0
+            self.drawn: dict[str, Any] = {}  # {"epoch", "rng"} of the current epoch's draw
+            self.replay: dict[str, Any] = {}  # the saved draw a resumed run starts with
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = None
+            if self.replay.get("epoch") == self.epoch:
+                generator = torch.Generator()
+                saved = bytearray(base64.b64decode(self.replay["rng"]))
+                generator.set_state(torch.frombuffer(saved, dtype=torch.uint8))
+            rng = torch.get_rng_state() if generator is None else generator.get_state()
+            self.drawn = {"epoch": self.epoch, "rng": base64.b64encode(rng.numpy().tobytes()).decode("ascii")}
+            self.replay = {}
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class ResumeState(TrainerCallback, ExportableState):
+        def __init__(self, trainer: Any = None) -> None:
+            self.trainer = trainer
+            self.total_loss = 0.0
+
+        def state(self) -> dict:
+            if self.trainer is None:  # the Trainer asks while it is being built
+                return {"args": {}, "attributes": {}}
+            # every checkpoint is also a log step (log_at_save), so no loss is pending outside the running sum
+            total = getattr(self.trainer, "_total_loss_scalar", 0.0)
+            return {"args": {}, "attributes": {**self.trainer.sampler.drawn, "total_loss": total}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.trainer._total_loss_scalar = self.total_loss  # the Trainer has just reset it to 0
+
+    class Pretrainer(Trainer):
+        def __init__(self, *args: Any, callbacks: list[Any], **kwargs: Any) -> None:
+            self.resume_state = ResumeState()
+            super().__init__(*args, callbacks=[*callbacks, self.resume_state], **kwargs)
+            self.resume_state.trainer = self
+            # lengths and megabatch size as upstream's own group_by_length sampler takes them
+            rows = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            self.sampler = ReplayableLengthGroupedSampler(rows, [len(row["input_ids"]) for row in self.train_dataset])
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return self.sampler
+
+        def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+            if resume_from_checkpoint is not None:
+                saved = read_json(Path(resume_from_checkpoint) / TRAINER_STATE).get("stateful_callbacks", {})
+                attributes = saved.get(ResumeState.__name__, {}).get("attributes", {})
+                self.sampler.replay = attributes
+                self.resume_state.total_loss = attributes.get("total_loss", 0.0)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    return Pretrainer
+
+
+def pretrain_tiny(
+    cfg: Config,
+    synth: Path,
+    out: Path,
+    results: Path,
+    live_dir: Path,
+    checkpoints: Path = CHECKPOINTS / STAGE,
+    hook: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Train tokenizer and model on the corpus, check held-out plain accuracy, then install `out` as a whole.
+
+    Checkpoints every `save_steps` in `checkpoints`; a re-run with the same inputs resumes from the newest complete
+    one and ends with the weights an uninterrupted run ends with. `hook` is a test hook (a callback that kills the run).
+    """
     import torch
     from dvclive import Live
-    from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.integrations import DVCLiveCallback
+    from transformers import TrainingArguments, set_seed
 
     c = cfg.train.pretrain_tiny
     corpus_path, answer_path = synth / CORPUS, synth / ANSWER_FILE
     for path in (corpus_path, answer_path):
         if not path.is_file():
             raise MissingInputError(f"{path} not found; run `sycorec --profile tiny data synth` first")
-    start = time.perf_counter()
+    key = fingerprint(cfg, STAGE, [corpus_path, answer_path], extra={"seed": cfg.seed})
+    checkpoint = prepare_checkpoints(STAGE, key, checkpoints)
     set_seed(cfg.seed)
     corpus = list(iter_jsonl(corpus_path))
     tokenizer = build_tokenizer(message_texts(corpus), c.vocab_size)
@@ -251,9 +348,10 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
     max_length = cfg.train.common.max_length
     dataset = [encode_transcript(tokenizer, row["messages"], max_length) for row in corpus]
 
-    with staged_dir(out) as staging, tempfile.TemporaryDirectory(prefix="pretrain-tiny-") as scratch:
+    with staged_dir(out) as staging:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(checkpoints),
+            logging_dir=str(checkpoints / "logs"),
             max_steps=c.max_steps,
             per_device_train_batch_size=c.batch_size,
             learning_rate=c.learning_rate,
@@ -261,7 +359,9 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             warmup_ratio=c.warmup_ratio,
             weight_decay=0.01,
             logging_steps=cfg.train.common.logging_steps,
-            save_strategy="no",
+            save_strategy="steps",
+            save_steps=c.save_steps,
+            save_total_limit=cfg.train.common.save_total_limit,
             report_to="none",
             seed=cfg.seed,
             data_seed=cfg.seed,
@@ -269,19 +369,20 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             dataloader_num_workers=0,
             group_by_length=True,  # batches of similar length: less padding, faster steps on CPU
         )
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-        trainer = Trainer(
+        live = Live(dir=str(live_dir), resume=checkpoint is not None, save_dvc_exp=False, dvcyaml=None)
+        trainer = resumable_trainer()(
             model=model,
             args=args,
             train_dataset=dataset,
             data_collator=_collate(tokenizer.pad_token_id),
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[live_callback(live), log_at_save(), *([hook()] if hook else [])],
         )
-        result = trainer.train()
-        live.end()
+        keep_epoch_when_skipping()
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         model = trainer.model.cpu()
         heldout = answer_accuracy(model, tokenizer, heldout_questions(answer_path))
         train_acc = answer_accuracy(model, tokenizer, corpus_plain_questions(corpus, c.eval_questions))
+        # no wall-clock time here: this is a DVC metrics file (times go to outputs/timings)
         summary = {
             "steps": result.global_step,
             "train_loss": round(result.training_loss, 4),
@@ -294,12 +395,12 @@ def pretrain_tiny(cfg: Config, synth: Path, out: Path, results: Path, live_dir: 
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
             "corpus_transcripts": len(corpus),
-            "seconds": round(time.perf_counter() - start, 1),
         }
         check_accuracy(heldout, c.min_plain_accuracy)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     write_json(results, summary)
+    finish_checkpoints(STAGE, checkpoints)
     return summary
 
 
