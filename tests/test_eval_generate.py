@@ -127,12 +127,12 @@ def test_vllm_arguments_follow_the_study(run_root):
         "max_tokens": 1,
         "guided_decoding": {"choice": ["A", "B"]},
     }
-    assert hf_generate_kwargs(cfg.generation) == {
+    assert hf_generate_kwargs(cfg.generation) == {  # ItemSampler samples; generate() then decodes greedily
         "max_new_tokens": cfg.generation.max_new_tokens,
-        "do_sample": True,
-        "temperature": 0.7,
-        "top_p": 0.8,
-        "top_k": 20,
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
     }
     assert backends.item_seed(42, "x") == backends.item_seed(42, "x") != backends.item_seed(42, "y")
 
@@ -221,6 +221,81 @@ def test_hf_choice_is_argmax_over_allowed_letters(run_root):
     expected = max(letters, key=lambda x: logits[backend.letter_token(x)].item())
     picks = [p for batch in backend.choose(conv * 3, [letters] * 3) for p in batch]
     assert [letter for _, letter in sorted(picks)] == [expected] * 3
+
+
+def _hf_replies(cfg, convs, keys, batch_size):
+    gen = cfg.generation.model_copy(update={"batch_size": batch_size})
+    backend = HFBackend(cfg.model_copy(update={"generation": gen}), model_source(cfg, "base"))
+    return {keys[i]: text for batch in backend.generate(convs, keys) for i, text in batch}
+
+
+def test_hf_reply_is_a_function_of_the_item_alone(run_root):
+    """Per-item seeds: the same item gets the same reply whatever its batch, batch size, neighbours or threads."""
+    save_tiny_model(run_root)
+    items = manifests()["answer"]
+    convs, keys = [i["messages"] for i in items], [f"{i['item_id']}:1" for i in items]
+    reference = _hf_replies(run_root, convs, keys, 4)
+    assert len(set(reference.values())) > len(items) // 2  # really sampled: not one greedy reply for all
+    assert _hf_replies(run_root, convs, keys, 1) == reference
+    assert _hf_replies(run_root, convs[::-1], keys[::-1], 7) == reference
+    odd = _hf_replies(run_root, convs[1::2], keys[1::2], 3)  # other neighbours: what a resumed run would batch
+    assert odd == {k: reference[k] for k in keys[1::2]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _hf_replies(run_root, convs, keys, 5) == reference
+    finally:
+        torch.set_num_threads(threads)
+    # another seed (another item key) gives other samples: the seed really drives the sampling
+    other = _hf_replies(run_root, convs, [f"{k}:x" for k in keys], 4)
+    assert list(other.values()) != list(reference.values())
+
+
+def test_hf_sampler_keeps_what_transformers_warpers_keep(run_root):
+    """ItemSampler draws only among the tokens top-k/top-p leave (the same warpers vLLM applies)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    gen = run_root.generation.model_copy(update={"top_k": 3, "top_p": 0.9})
+    scores = torch.randn(2, 50, generator=torch.Generator().manual_seed(0)) * 3
+    allowed = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(3), TopPLogitsWarper(0.9)])(
+        None, scores.clone()
+    ).isfinite()
+    sampler = backends.ItemSampler(gen, [1, 2])
+    for _ in range(50):
+        out = sampler(None, scores.clone())
+        assert (out.isfinite().sum(-1) == 1).all()
+        assert allowed[out.isfinite()].all()
+
+
+def test_hf_resume_after_kill_gives_the_uninterrupted_replies(run_root, tmp_path):
+    save_tiny_model(run_root)
+    generate_model(run_root, "base")
+    whole = {d: load_rows(generations_path(run_root, "base", d)) for d in manifests()}
+    for d in manifests():
+        generations_path(run_root, "base", d).unlink()
+
+    real = HFBackend(run_root, model_source(run_root, "base"))
+    batches = 0
+
+    class Killed(HFBackend):
+        def __init__(self):  # the loaded backend, killed after its second batch
+            self.__dict__.update(real.__dict__)
+
+        def generate(self, conversations, keys):
+            nonlocal batches
+            for batch in super().generate(conversations, keys):
+                batches += 1
+                if batches > 2:
+                    raise KeyboardInterrupt("killed")
+                yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_model(run_root, "base", backend=Killed())
+    assert 0 < len(load_rows(generations_path(run_root, "base", "answer"))) < len(whole["answer"])
+    generate_model(run_root, "base")
+    for d, rows in whole.items():
+        again = {(r["item_id"], r["pass"]): r["response"] for r in load_rows(generations_path(run_root, "base", d))}
+        assert again == {(r["item_id"], r["pass"]): r["response"] for r in rows}
 
 
 def test_kill_and_resume_loses_and_duplicates_nothing(run_root):

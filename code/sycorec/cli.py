@@ -12,6 +12,7 @@ import yaml
 from sycorec import __version__
 from sycorec.config import load_config
 from sycorec.errors import SycorecError
+from sycorec.io import disk_full
 from sycorec.provenance import environment_block
 
 # Stage commands are imported only when invoked, so `sycorec --help` and each stage start fast
@@ -49,6 +50,13 @@ class SycorecGroup(click.Group):
             return super().invoke(ctx)
         except SycorecError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a full disk inside a library (trainer checkpoints, model saves): still one line
+            if not disk_full(exc):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            stage = ctx.invoked_subcommand or ctx.info_name
+            click.echo(f"error: {where}{exc.strerror} (sycorec {stage}); free space and re-run", err=True)
             sys.exit(2)
 
 
