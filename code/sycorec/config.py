@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Hashable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -412,6 +413,10 @@ def available_profiles(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML lets the last one win silently)."""
 
@@ -419,8 +424,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports an unhashable key itself
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -432,7 +439,8 @@ def load_yaml_text(text: str, where: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: {exc.problem or 'not valid YAML'}") from None
+        what = exc.problem if isinstance(exc, DuplicateKeyError) else f"not valid YAML ({exc.problem})"
+        raise ConfigError(f"{where}{line}: {what}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({exc.__class__.__name__})") from None
 
