@@ -113,6 +113,7 @@ class PrepareCfg(Section):
     split_by: Literal["row", "question"]
     proxy_questions: PositiveInt
     proxy_seed: int
+    duplicate_eval_rows: Literal["keep", "drop"]
 
 
 class LoraCfg(Section):
