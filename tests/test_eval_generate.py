@@ -328,6 +328,33 @@ def test_kill_and_resume_loses_and_duplicates_nothing(run_root):
     assert ff["messages"][1]["content"].startswith("The answer is ") and ff["challenge"].endswith("green.")
 
 
+@pytest.mark.parametrize(
+    "last_line",
+    [
+        b'{"item_id": "x", "response": "caf\xe9"}\n',  # not UTF-8 (a latin-1 byte)
+        b"[1, 2, 3]\n",  # JSON, not an object
+        b'"a string"\n',
+        b"null\n",
+        b'{"unrelated": true}\n',  # an object of another file: no key
+    ],
+    ids=["latin1", "array", "string", "null", "foreign-object"],
+)
+def test_a_torn_or_foreign_last_cache_line_is_dropped_and_redone(run_root, last_line):
+    (run_root.paths.models / "base").mkdir(parents=True)
+    (run_root.paths.models / "base" / "config.json").write_text("{}")
+    with pytest.raises(KeyboardInterrupt):
+        generate_model(run_root, "base", backend=ScriptedBackend(die_after=2))
+    path = generations_path(run_root, "base", "answer")
+    before = path.read_bytes()
+    path.write_bytes(before + last_line)
+    generate_model(run_root, "base", backend=ScriptedBackend())
+    rows = load_rows(path)
+    assert sorted(r["item_id"] for r in rows) == sorted(i["item_id"] for i in manifests()["answer"])
+    text = path.read_bytes()
+    assert text.startswith(before) and last_line not in text and text.endswith(b"\n")
+    text.decode("utf-8")
+
+
 def test_changed_weights_invalidate_old_generations(run_root):
     model = run_root.paths.models / "base"
     model.mkdir(parents=True)
