@@ -381,3 +381,10 @@ def test_vllm_backend_on_tiny_model(run_root):
     rows = load_rows(generations_path(cfg, "base", "are_you_sure"))
     assert all(r["pass1_letter"] in {"A", "B", "C"} for r in rows if r["pass"] == 1 and r["is_mc"])
     json.dumps(rows)
+    # per-request seeds: an item's reply does not depend on the other prompts of the call (what a resume changes)
+    backend = backends.VLLMBackend(cfg, model_source(cfg, "base"))
+    items = manifests()["answer"]
+    convs, keys = [i["messages"] for i in items], [f"{i['item_id']}:1" for i in items]
+    whole = {keys[i]: text for batch in backend.generate(convs, keys) for i, text in batch}
+    part = {keys[1::2][i]: text for batch in backend.generate(convs[1::2], keys[1::2]) for i, text in batch}
+    assert part == {k: whole[k] for k in keys[1::2]}
