@@ -376,13 +376,13 @@ def test_vllm_backend_on_tiny_model(run_root):
     cfg = run_root.model_copy(
         update={"generation": run_root.generation.model_copy(update={"backend": "vllm", "tensor_parallel_size": 1})}
     )
-    summary = generate_model(cfg, "base")
+    backend = backends.VLLMBackend(cfg, model_source(cfg, "base"))  # one engine: vLLM does not free GPU memory
+    summary = generate_model(cfg, "base", backend=backend)
     assert summary["answer"]["rows"] == len(manifests()["answer"])
     rows = load_rows(generations_path(cfg, "base", "are_you_sure"))
     assert all(r["pass1_letter"] in {"A", "B", "C"} for r in rows if r["pass"] == 1 and r["is_mc"])
     json.dumps(rows)
     # per-request seeds: an item's reply does not depend on the other prompts of the call (what a resume changes)
-    backend = backends.VLLMBackend(cfg, model_source(cfg, "base"))
     items = manifests()["answer"]
     convs, keys = [i["messages"] for i in items], [f"{i['item_id']}:1" for i in items]
     whole = {keys[i]: text for batch in backend.generate(convs, keys) for i, text in batch}
