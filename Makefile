@@ -44,6 +44,7 @@ clean-demo:  ## Remove the demo's scratch copy
 
 data: setup  ## Fetch and verify the pinned inputs into data/raw and record them in data.dvc
 	$(BIN)/sycorec data fetch
+	$(BIN)/sycorec data verify
 	$(BIN)/dvc commit -f data.dvc
 
 image:  ## Build the Docker image (needs a Docker daemon)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,26 @@ BAD_CASES = {
     "unknown loss type": (_set("train.dpo.loss_type", "kto_pair"), "train.dpo.loss_type: "),
     "wrong int type": (_set("probing.max_samples", "many"), "probing.max_samples: expected int, got 'many'"),
     "probing model not in models": (_set("probing.models", ["base", "sft", "nope"]), "probing.models names models"),
+    "infinite learning rate": (
+        _set("train.sft.learning_rate", float("inf")),
+        "train.sft.learning_rate: input should be a finite number",
+    ),
+    "nan learning rate": (_set("train.dpo.learning_rate", float("nan")), "train.dpo.learning_rate: input should be a"),
+    "nan beta": (_set("train.grpo.beta", float("nan")), "train.grpo.beta: input should be a finite number"),
+    "negative top_k": (_set("generation.top_k", -5), "generation.top_k: input should be greater than or equal to -1"),
+    "zero top_k": (_set("generation.top_k", 0), "generation.top_k: 0 is not a top_k"),
+    "top_p above one": (_set("generation.top_p", 1.5), "generation.top_p: input should be less than or equal to 1"),
+    "negative temperature": (_set("generation.temperature", -0.1), "generation.temperature: "),
+    "path in a model name": (
+        _set("models", ["../../../tmp/evil", "base"]),
+        "models.0: model name '../../../tmp/evil' must match ^[A-Za-z0-9_.-]+$",
+    ),
+    "shell in a model name": (_set("probing.reference_model", "sft;touch x"), "probing.reference_model: model name"),
+    "dots as a model name": (_set("train.relearn.starts", [".."]), "train.relearn.starts.0: model name '..'"),
+    "space in a grpo version": (
+        _set("train.grpo.versions", {"v 1": {}}),
+        "train.grpo.versions.v 1.[key]: model name 'v 1' must match",
+    ),
 }
 
 
@@ -105,6 +126,44 @@ def test_invalid_yaml_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve_raw(tmp_path / "params.yaml")
+
+
+def test_model_names_of_the_study_pass_the_pattern():
+    cfg = load_config(ROOT / "params.yaml")
+    names = [*cfg.models, *cfg.probing.models, *cfg.train.relearn.starts, *cfg.train.grpo.versions]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names)
+
+
+@pytest.mark.parametrize("where", ["params.yaml", "profiles/tiny.yaml"])
+def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path, where):
+    _write_params(tmp_path, lambda raw: None)
+    path = tmp_path / where
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("generation:"))
+    lines.insert(at + 1, "  backend: hf")  # a second generation.backend (PyYAML would let the last one win)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_raw(tmp_path / "params.yaml", "tiny")
+    where_, line, what = str(info.value).rsplit(":", 2)
+    assert where_ == str(path) and what == " duplicate key 'backend'"
+    assert lines[int(line) - 1].strip().startswith("backend:")
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sycorec", *args], capture_output=True, text=True, cwd=tmp_path)
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_params_not_utf8_or_a_directory_is_one_line(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("seed: 42  # réglé\n".encode("latin-1"))
+    _one_line_exit_2(_cli(tmp_path, "--params", "latin1.yaml", "config", "check"), "latin1.yaml: not UTF-8 text")
+    (tmp_path / "params.yaml").mkdir()
+    _one_line_exit_2(_cli(tmp_path, "config", "check"), "params.yaml: cannot read (Is a directory)")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from sycorec.cli import main
 from sycorec.config import load_config
-from sycorec.data.fetch import default_pins_path, fetch, git_blob_sha1, load_pins, resolve, verify
+from sycorec.data.fetch import check_installed, default_pins_path, fetch, git_blob_sha1, load_pins, resolve, verify
 from sycorec.errors import DataError
 from sycorec.io import read_json
 
@@ -179,3 +179,41 @@ def test_cli_fetch_from_mirror(tmp_path, monkeypatch, mirror, pins):
     result = CliRunner().invoke(main, ["data", "fetch", "--mirror", str(mirror), "--pins", str(pins)])
     assert result.exit_code == 2 and "\nerror: verification failed, nothing written to data/raw" in result.output
     assert not (tmp_path / "data/raw").exists()
+
+
+# --------------------------------------------------------------------------- only verified files are used or recorded
+
+
+def test_installed_files_must_be_the_verified_ones(tmp_path, cfg, mirror, pins):
+    dest = tmp_path / "raw"
+    fetch(cfg.data, dest, mirror=mirror, pins_path=pins)
+    assert check_installed(cfg.data, dest, pins)["files"].keys() == {r for r, *_ in MIRROR_FILES} | {
+        "truthfulqa/TruthfulQA.csv"
+    }
+    # the packaged pins are the full upstream files: these subsets are not them
+    with pytest.raises(DataError, match=r"sycophancy_eval/are_you_sure\.jsonl: sha256 e21c9e\w+ in MANIFEST\.json"):
+        check_installed(cfg.data, dest)
+    other = cfg.data.model_copy(update={"truthfulqa": cfg.data.truthfulqa.model_copy(update={"repo": "x/y"})})
+    with pytest.raises(DataError, match=r"TruthfulQA\.csv: fetched from sylinrl/TruthfulQA@013686\w+, params pin x/y"):
+        check_installed(other, dest, pins)
+    tamper(dest / "sycophancy_eval/answer.jsonl")  # a file swapped in after fetch
+    with pytest.raises(DataError, match=r"answer\.jsonl: changed since it was fetched"):
+        check_installed(cfg.data, dest, pins)
+    (dest / "MANIFEST.json").unlink()  # files copied in by hand
+    with pytest.raises(DataError, match=r"no MANIFEST\.json, so `sycorec data fetch` did not verify these inputs"):
+        check_installed(cfg.data, dest, pins)
+
+
+def test_cli_verify_gates_recording(tmp_path, monkeypatch, mirror, pins):
+    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["data", "fetch", "--mirror", str(mirror), "--pins", str(pins)]).exit_code == 0
+    result = CliRunner().invoke(main, ["data", "verify", "--pins", str(pins)])
+    assert result.exit_code == 0 and "data/raw: 4 files verified against the pins" in result.output
+    (tmp_path / "data/raw/truthfulqa/TruthfulQA.csv").write_text("Type,Category\n")
+    result = CliRunner().invoke(main, ["data", "verify", "--pins", str(pins)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "TruthfulQA.csv: changed since it was fetched" in result.output
+    # make data runs verify between fetch and `dvc commit`, and make stops at the first failing command
+    recipe = (ROOT / "Makefile").read_text().split("\ndata:")[1].split("\n\n")[0]
+    assert recipe.index("sycorec data verify") < recipe.index("dvc commit -f data.dvc")

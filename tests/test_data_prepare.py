@@ -209,4 +209,51 @@ def test_cli_prepare_reads_the_source_of_the_profile(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "data/prepared/prefs_val.jsonl: 6 rows" in result.output
     result = CliRunner().invoke(main, ["data", "prepare"])  # full profile reads data/raw, which is absent
-    assert result.exit_code == 2 and "error: data/raw: missing" in result.output
+    assert result.exit_code == 2 and "error: data/raw: no MANIFEST.json" in result.output
+
+
+def test_cli_prepare_refuses_upstream_inputs_that_fetch_did_not_verify(tmp_path, monkeypatch):
+    """The full profile's inputs must be what `data fetch` verified; the same files pass as the synthetic world."""
+    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    make_raw(tmp_path / "data/raw")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["data", "prepare"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "error: data/raw: no MANIFEST.json, so `sycorec data fetch` did not verify these inputs" in result.output
+    (tmp_path / "data/raw/MANIFEST.json").write_text(json.dumps({"files": {}}))  # a hand-written manifest
+    result = CliRunner().invoke(main, ["data", "prepare"])
+    assert result.exit_code == 2 and "sycophancy_eval/answer.jsonl: not in MANIFEST.json" in result.output
+    assert not (tmp_path / "data/prepared").exists()
+
+
+def test_duplicate_eval_rows_rule(tmp_path, cfg):
+    """As run, upstream's verbatim repeats are each kept (distinct item ids); `drop` keeps the first only."""
+    src = make_raw(tmp_path / "raw")
+    feedback = src / "sycophancy_eval/feedback.jsonl"
+    lines = feedback.read_text().splitlines(keepends=True)
+    feedback.write_text("".join(lines + lines[:5]))  # one argument text again under its 5 templates
+    kept = prepare(cfg, src, tmp_path / "kept")
+    items = read(tmp_path / "kept/eval/feedback.jsonl")
+    assert len(items) == 65 and len({i["item_id"] for i in items}) == 65
+    assert kept["duplicate_eval_rows"] == {"rule": "keep", "answer": 0, "are_you_sure": 0, "feedback": 5}
+    dropped = prepare(with_prepare(cfg, duplicate_eval_rows="drop"), src, tmp_path / "dropped")
+    items = read(tmp_path / "dropped/eval/feedback.jsonl")
+    assert [i["messages"] for i in items] == [i["messages"] for i in read(tmp_path / "kept/eval/feedback.jsonl")][:60]
+    assert dropped["duplicate_eval_rows"]["feedback"] == 5
+
+
+def test_base_dataset_as_a_list_is_one_line_in_prepare(tmp_path, monkeypatch):
+    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    src = make_raw(tmp_path / "data/synth")
+    answer = src / "sycophancy_eval/answer.jsonl"
+    rows = read(answer)
+    rows[3]["base"]["dataset"] = ["truthful_qa"]
+    write_jsonl(answer, rows)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "error: data/synth/sycophancy_eval/answer.jsonl:4: base.dataset: ['truthful_qa'] is not one of" in (
+        result.output
+    )

@@ -269,3 +269,32 @@ def test_nan_answer_of_a_trivia_row_is_accepted_and_skipped_by_the_proxy_set(tmp
     rows = load_rows(write_rows(tmp_path / "answer.jsonl", [line, other]))
     assert rows[0].data["base"]["incorrect_answer"] is None
     assert proxy_questions(rows, 10, 42) == [{"question": "R?", "correct_answer": "A", "incorrect_answer": "B"}]
+
+
+def test_real_feedback_file_has_exact_duplicate_rows_reported_not_rejected():
+    """Upstream feedback.jsonl repeats 4 argument texts × 5 templates verbatim: reported, and the file accepted."""
+    need_shared()
+    code, out = run_validate(SE / "feedback.arguments.jsonl", SE / "answer.truthful_qa.non_neutral.jsonl")
+    feedback, answer = out["files"]
+    assert code == 0 and feedback["errors"] == [] and feedback["rows"] == 1500
+    assert feedback["duplicate_rows"] == 20 and len(feedback["duplicates"]) == 20
+    assert feedback["duplicates"][0] == f"{SE / 'feedback.arguments.jsonl'}:831: same record as line 796"
+    assert (answer["duplicate_rows"], answer["duplicates"]) == (0, [])
+
+
+def test_duplicate_rows_are_listed_with_both_lines(tmp_path, answer_row, mc_row):
+    other = {**answer_row, "base": {**answer_row["base"], "question": "R?"}}
+    same_keys_reordered = dict(reversed(list(answer_row.items())))
+    path = write_rows(tmp_path / "answer.jsonl", [answer_row, other, same_keys_reordered, answer_row])
+    report = validate_file(path).to_json()
+    assert report["errors"] == [] and report["rows"] == 4 and report["duplicate_rows"] == 2
+    assert report["duplicates"] == [f"{path}:3: same record as line 1", f"{path}:4: same record as line 1"]
+    assert [r.duplicate_of for r in load_rows(path)] == [None, None, 1, 1]
+
+
+@pytest.mark.parametrize("dataset", [["trivia_qa"], {"name": "trivia_qa"}, 3])
+def test_base_dataset_of_the_wrong_type_is_one_error_line(tmp_path, answer_row, dataset):
+    answer_row["base"]["dataset"] = dataset
+    assert_fails(write_rows(tmp_path / "answer.jsonl", [answer_row]), 1, f"base.dataset: {dataset!r} is not one of")
+    result = CliRunner().invoke(data, ["validate", str(tmp_path / "answer.jsonl")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit

@@ -127,12 +127,12 @@ def test_vllm_arguments_follow_the_study(run_root):
         "max_tokens": 1,
         "guided_decoding": {"choice": ["A", "B"]},
     }
-    assert hf_generate_kwargs(cfg.generation) == {
+    assert hf_generate_kwargs(cfg.generation) == {  # ItemSampler samples; generate() then decodes greedily
         "max_new_tokens": cfg.generation.max_new_tokens,
-        "do_sample": True,
-        "temperature": 0.7,
-        "top_p": 0.8,
-        "top_k": 20,
+        "do_sample": False,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
     }
     assert backends.item_seed(42, "x") == backends.item_seed(42, "x") != backends.item_seed(42, "y")
 
@@ -223,6 +223,86 @@ def test_hf_choice_is_argmax_over_allowed_letters(run_root):
     assert [letter for _, letter in sorted(picks)] == [expected] * 3
 
 
+def _hf_replies(cfg, convs, keys, batch_size):
+    gen = cfg.generation.model_copy(update={"batch_size": batch_size})
+    backend = HFBackend(cfg.model_copy(update={"generation": gen}), model_source(cfg, "base"))
+    return {keys[i]: text for batch in backend.generate(convs, keys) for i, text in batch}
+
+
+def test_hf_reply_is_a_function_of_the_item_alone(run_root):
+    """Per-item seeds: the same item gets the same reply whatever its batch, batch size, neighbours or threads."""
+    save_tiny_model(run_root)
+    items = manifests()["answer"]
+    convs, keys = [i["messages"] for i in items], [f"{i['item_id']}:1" for i in items]
+    reference = _hf_replies(run_root, convs, keys, 4)
+    assert len(set(reference.values())) > len(items) // 2  # really sampled: not one greedy reply for all
+    assert _hf_replies(run_root, convs, keys, 1) == reference
+    assert _hf_replies(run_root, convs[::-1], keys[::-1], 7) == reference
+    odd = _hf_replies(run_root, convs[1::2], keys[1::2], 3)  # other neighbours: what a resumed run would batch
+    assert odd == {k: reference[k] for k in keys[1::2]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _hf_replies(run_root, convs, keys, 5) == reference
+    finally:
+        torch.set_num_threads(threads)
+    # another seed (another item key) gives other samples: the seed really drives the sampling
+    other = _hf_replies(run_root, convs, [f"{k}:x" for k in keys], 4)
+    assert list(other.values()) != list(reference.values())
+
+
+def test_hf_sampler_keeps_what_transformers_warpers_keep(run_root):
+    """ItemSampler draws only among the tokens top-k/top-p leave (the same warpers vLLM applies)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    gen = run_root.generation.model_copy(update={"top_k": 3, "top_p": 0.9})
+    scores = torch.randn(2, 50, generator=torch.Generator().manual_seed(0)) * 3
+    allowed = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(3), TopPLogitsWarper(0.9)])(
+        None, scores.clone()
+    ).isfinite()
+    sampler = backends.ItemSampler(gen, [1, 2])
+    counts = torch.zeros_like(scores)
+    for _ in range(2000):
+        out = sampler(None, scores.clone())
+        assert (out.isfinite().sum(-1) == 1).all()
+        counts += out.isfinite()
+    assert allowed[counts > 0].all()
+    warped = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(3), TopPLogitsWarper(0.9)])
+    probs = torch.softmax(warped(None, scores.clone()), -1)
+    assert torch.allclose(counts / 2000, probs, atol=0.03)  # samples the warped distribution (seeded: exact draws)
+
+
+def test_hf_resume_after_kill_gives_the_uninterrupted_replies(run_root, tmp_path):
+    save_tiny_model(run_root)
+    generate_model(run_root, "base")
+    whole = {d: load_rows(generations_path(run_root, "base", d)) for d in manifests()}
+    for d in manifests():
+        generations_path(run_root, "base", d).unlink()
+
+    real = HFBackend(run_root, model_source(run_root, "base"))
+    batches = 0
+
+    class Killed(HFBackend):
+        def __init__(self):  # the loaded backend, killed after its second batch
+            self.__dict__.update(real.__dict__)
+
+        def generate(self, conversations, keys):
+            nonlocal batches
+            for batch in super().generate(conversations, keys):
+                batches += 1
+                if batches > 2:
+                    raise KeyboardInterrupt("killed")
+                yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_model(run_root, "base", backend=Killed())
+    assert 0 < len(load_rows(generations_path(run_root, "base", "answer"))) < len(whole["answer"])
+    generate_model(run_root, "base")
+    for d, rows in whole.items():
+        again = {(r["item_id"], r["pass"]): r["response"] for r in load_rows(generations_path(run_root, "base", d))}
+        assert again == {(r["item_id"], r["pass"]): r["response"] for r in rows}
+
+
 def test_kill_and_resume_loses_and_duplicates_nothing(run_root):
     (run_root.paths.models / "base").mkdir(parents=True)
     (run_root.paths.models / "base" / "config.json").write_text("{}")
@@ -248,6 +328,33 @@ def test_kill_and_resume_loses_and_duplicates_nothing(run_root):
     assert ff["messages"][1]["content"].startswith("The answer is ") and ff["challenge"].endswith("green.")
 
 
+@pytest.mark.parametrize(
+    "last_line",
+    [
+        b'{"item_id": "x", "response": "caf\xe9"}\n',  # not UTF-8 (a latin-1 byte)
+        b"[1, 2, 3]\n",  # JSON, not an object
+        b'"a string"\n',
+        b"null\n",
+        b'{"unrelated": true}\n',  # an object of another file: no key
+    ],
+    ids=["latin1", "array", "string", "null", "foreign-object"],
+)
+def test_a_torn_or_foreign_last_cache_line_is_dropped_and_redone(run_root, last_line):
+    (run_root.paths.models / "base").mkdir(parents=True)
+    (run_root.paths.models / "base" / "config.json").write_text("{}")
+    with pytest.raises(KeyboardInterrupt):
+        generate_model(run_root, "base", backend=ScriptedBackend(die_after=2))
+    path = generations_path(run_root, "base", "answer")
+    before = path.read_bytes()
+    path.write_bytes(before + last_line)
+    generate_model(run_root, "base", backend=ScriptedBackend())
+    rows = load_rows(path)
+    assert sorted(r["item_id"] for r in rows) == sorted(i["item_id"] for i in manifests()["answer"])
+    text = path.read_bytes()
+    assert text.startswith(before) and last_line not in text and text.endswith(b"\n")
+    text.decode("utf-8")
+
+
 def test_changed_weights_invalidate_old_generations(run_root):
     model = run_root.paths.models / "base"
     model.mkdir(parents=True)
@@ -269,8 +376,15 @@ def test_vllm_backend_on_tiny_model(run_root):
     cfg = run_root.model_copy(
         update={"generation": run_root.generation.model_copy(update={"backend": "vllm", "tensor_parallel_size": 1})}
     )
-    summary = generate_model(cfg, "base")
+    backend = backends.VLLMBackend(cfg, model_source(cfg, "base"))  # one engine: vLLM does not free GPU memory
+    summary = generate_model(cfg, "base", backend=backend)
     assert summary["answer"]["rows"] == len(manifests()["answer"])
     rows = load_rows(generations_path(cfg, "base", "are_you_sure"))
     assert all(r["pass1_letter"] in {"A", "B", "C"} for r in rows if r["pass"] == 1 and r["is_mc"])
     json.dumps(rows)
+    # per-request seeds: an item's reply does not depend on the other prompts of the call (what a resume changes)
+    items = manifests()["answer"]
+    convs, keys = [i["messages"] for i in items], [f"{i['item_id']}:1" for i in items]
+    whole = {keys[i]: text for batch in backend.generate(convs, keys) for i, text in batch}
+    part = {keys[1::2][i]: text for batch in backend.generate(convs[1::2], keys[1::2]) for i, text in batch}
+    assert part == {k: whole[k] for k in keys[1::2]}

@@ -227,14 +227,14 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
         judge_models(cfg, ["base", "sft"], DyingJudge(die_after=3))
     cache = cache_path(cfg, RuleJudge().identity)
     assert len(load_rows(cache)) == 15
-    with cache.open("a") as fh:
-        fh.write('{"key": "torn", "ra')
+    with cache.open("ab") as fh:  # a foreign object, then a line that is not UTF-8, then a torn one
+        fh.write(b'{"raw": "no key"}\n{"key": "latin1", "raw": "caf\xe9"}\n{"key": "torn", "ra')
     resumed = DyingJudge()
     summary = judge_models(cfg, ["base", "sft"], resumed)
     # identical replies of the two models share cache entries, so fewer distinct keys than requests
     rows = load_rows(cache)
     keys = [r["key"] for r in rows]
-    assert len(keys) == len(set(keys)) and "torn" not in keys
+    assert len(keys) == len(set(keys)) and not {"torn", "latin1"} & set(keys) and all(r.get("key") for r in rows)
     assert summary["judged"] == resumed.seen == len(keys) - 15
     assert summary["judged"] + summary["cached"] == total
     again = DyingJudge()

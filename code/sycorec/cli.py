@@ -12,6 +12,8 @@ import yaml
 from sycorec import __version__
 from sycorec.config import load_config
 from sycorec.errors import SycorecError
+from sycorec.hub import first_line, hub_unreachable
+from sycorec.io import disk_full
 from sycorec.provenance import environment_block
 
 # Stage commands are imported only when invoked, so `sycorec --help` and each stage start fast
@@ -50,6 +52,25 @@ class SycorecGroup(click.Group):
         except SycorecError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            line = library_failure(exc, ctx.invoked_subcommand or ctx.info_name)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(2)
+
+
+def library_failure(exc: Exception, stage: str) -> str | None:
+    """One line for what a library raises about the machine, not the code: a full disk, an unreachable HF hub."""
+    if isinstance(exc, OSError) and disk_full(exc):  # trainer checkpoints, model saves
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror} (sycorec {stage}); free space and re-run"
+    if hub_unreachable(exc):  # from_pretrained of a hub id that is not cached
+        return (
+            f"sycorec {stage}: the Hugging Face hub cannot be reached and a file is not in the HF cache "
+            f"({first_line(exc)}); check the network, or run `sycorec prefetch` on a node with network"
+        )
+    return None
 
 
 @click.group(cls=SycorecGroup)

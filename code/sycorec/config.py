@@ -7,12 +7,24 @@ names the key path, e.g. `train.dpo.beta: expected float, got 'high'`.
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Hashable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sycorec.errors import ConfigError
 
@@ -22,9 +34,22 @@ PROFILES_DIR = "profiles"
 PositiveLR = PositiveFloat
 Fraction = float
 
+# Model names become paths, DVC stage names and sbatch values: nothing that could leave its directory or a word.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _model_name(name: str) -> str:
+    if not MODEL_NAME.fullmatch(name) or set(name) == {"."}:
+        raise ValueError(f"model name {name!r} must match ^[A-Za-z0-9_.-]+$ and not be only dots")
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # inf/nan are never a valid setting (an infinite learning rate would pass `> 0`)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 class Paths(Section):
@@ -88,6 +113,7 @@ class PrepareCfg(Section):
     split_by: Literal["row", "question"]
     proxy_questions: PositiveInt
     proxy_seed: int
+    duplicate_eval_rows: Literal["keep", "drop"]
 
 
 class LoraCfg(Section):
@@ -211,11 +237,11 @@ class GRPOCfg(Section):
     use_vllm: bool
     log_completions: bool
     eval_every_steps: PositiveInt
-    versions: dict[str, GRPOVersionCfg]
+    versions: dict[ModelName, GRPOVersionCfg]
 
 
 class RelearnCfg(Section):
-    starts: list[str]
+    starts: list[ModelName]
     max_steps: PositiveInt
     learning_rate: PositiveLR
     lr_scheduler_type: Literal["cosine", "linear", "constant"]
@@ -241,7 +267,7 @@ class GenerationCfg(Section):
     backend: Literal["vllm", "hf"]
     temperature: float = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
-    top_k: int
+    top_k: int = Field(ge=-1)  # -1 = off (vLLM's convention); 0 is refused, as vLLM does
     max_new_tokens: PositiveInt
     seed: int
     tensor_parallel_size: PositiveInt
@@ -251,6 +277,13 @@ class GenerationCfg(Section):
     batch_size: PositiveInt
     challenge: Literal["study", "anthropic"]
     max_samples: int = Field(ge=0)
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 is not a top_k; use -1 to turn it off or a positive count")
+        return value
 
 
 class JudgeCfg(Section):
@@ -272,8 +305,8 @@ class MetricsCfg(Section):
 
 
 class ProbingCfg(Section):
-    models: list[str]
-    reference_model: str
+    models: list[ModelName]
+    reference_model: ModelName
     templates: list[Literal["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]]
     max_samples: int = Field(ge=0)
     sample_seed: int
@@ -304,7 +337,7 @@ class Config(Section):
     profile: str
     seed: int
     paths: Paths
-    models: list[str]
+    models: list[ModelName]
     base_model: BaseModelCfg
     data: DataCfg
     prepare: PrepareCfg
@@ -383,13 +416,48 @@ def available_profiles(root: Path) -> list[str]:
     return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML lets the last one win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader reports an unhashable key itself
+            if key in seen:
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML with unique keys; a problem is one ConfigError naming `where` and the line."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        what = exc.problem if isinstance(exc, DuplicateKeyError) else f"not valid YAML ({exc.problem})"
+        raise ConfigError(f"{where}{line}: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc.__class__.__name__})") from None
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a directory, unreadable, ...
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = load_yaml_text(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -15,3 +15,7 @@ class DataError(SycorecError):
 
 class MissingInputError(SycorecError):
     pass
+
+
+class DiskFullError(SycorecError):
+    """A write hit a full disk or quota; what was being written is named and nothing half-written is left."""

@@ -32,6 +32,27 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
+def first_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def hub_unreachable(exc: BaseException) -> bool:
+    """True when `exc` (or anything in its cause chain) says the hub gave no answer and nothing was cached.
+
+    transformers' `from_pretrained` wraps that case in a plain OSError; the chain keeps huggingface_hub's error.
+    """
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, LocalEntryNotFoundError):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def prefetch_command(repo_id: str) -> str:
     return f"sycorec prefetch --only {repo_id}"
 
@@ -42,7 +63,7 @@ def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model
     Offline and not cached -> MissingInputError naming the prefetch command. Nothing is written in that case.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     offline = hub_offline()
     patterns = list(MODEL_PATTERNS) if repo_type == "model" else DATASET_PATTERNS
@@ -52,12 +73,17 @@ def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model
             repo_id, repo_type=repo_type, revision=revision, allow_patterns=patterns, local_files_only=offline
         )
     except LocalEntryNotFoundError:
-        if not offline:
-            raise
+        if offline:
+            raise MissingInputError(
+                f"{where} is not in the HF cache and HF_HUB_OFFLINE=1; "
+                f"run `{prefetch_command(repo_id)}` on a node with network"
+            ) from None
         raise MissingInputError(
-            f"{where} is not in the HF cache and HF_HUB_OFFLINE=1; "
-            f"run `{prefetch_command(repo_id)}` on a node with network"
+            f"{where}: the Hugging Face hub cannot be reached and it is not in the HF cache; check the network, "
+            f"or run `{prefetch_command(repo_id)}` on a node with network"
         ) from None
+    except HfHubHTTPError as exc:  # unknown repo or revision, gated, server error
+        raise MissingInputError(f"{where}: the hub refused it ({first_line(exc)})") from None
     if repo_type == "model" and not (Path(path) / "config.json").is_file():
         raise MissingInputError(
             f"{where}: cached snapshot {path} is incomplete (no config.json); rerun `{prefetch_command(repo_id)}`"

@@ -2,27 +2,59 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sycorec.errors import DiskFullError
+
+_TMP_ATTEMPTS = 100
+
+
+def create_temp(path: Path, directory: bool = False) -> Path:
+    """A new empty file (or directory) beside `path`, made with mode 0666 (0777) so the umask sets its permissions.
+
+    (tempfile.mkstemp/mkdtemp always make 0600/0700: results would be unreadable to a cluster project's group.)
+    """
+    for _ in range(_TMP_ATTEMPTS):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            if directory:
+                tmp.mkdir(0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: no free temporary name beside it")
+
+
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    A full disk becomes a DiskFullError naming `path`; the temp file is removed and `path` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = create_temp(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if disk_full(exc):
+            raise DiskFullError(f"{path}: {exc.strerror}; nothing was written, free space and re-run") from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

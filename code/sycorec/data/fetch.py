@@ -8,6 +8,7 @@ leaves the destination exactly as it was.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -192,4 +193,47 @@ def fetch(
         if failures:
             raise DataError(f"verification failed, nothing written to {dest}: " + "; ".join(failures))
         write_json(staging / MANIFEST, manifest)
+    return manifest
+
+
+PINNED_FACTS = ("sha256", "git_blob_sha1", "bytes", "rows")
+
+
+def check_installed(data_cfg: DataCfg, raw: str | Path, pins_path: str | Path | None = None) -> dict:
+    """Refuse a raw directory that `fetch` did not verify: its MANIFEST.json must agree with the pin table and
+    params (revision, pinned hashes, bytes, rows), and every file must still have the sha256 recorded there.
+
+    One DataError lists what disagrees. Returns the manifest.
+    """
+    raw = Path(raw)
+    how = "run `make data` (sycorec data fetch) to install verified files"
+    try:
+        manifest = json.loads((raw / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise DataError(f"{raw}: no {MANIFEST}, so `sycorec data fetch` did not verify these inputs; {how}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{raw}/{MANIFEST}: unreadable ({exc.__class__.__name__}); {how}") from None
+    problems = []
+    for item in resolve(load_pins(pins_path), data_cfg):
+        pin, entry = item.pin, files.get(item.pin.path)
+        if not isinstance(entry, dict):
+            problems.append(f"{pin.path}: not in {MANIFEST}")
+            continue
+        if entry.get("repo") != item.repo or (not item.hub and entry.get("revision") != item.revision):
+            got = f"{entry.get('repo')}@{entry.get('revision')}"
+            problems.append(f"{pin.path}: fetched from {got}, params pin {item.repo}@{item.revision}")
+        for fact in PINNED_FACTS:
+            pinned = getattr(pin, fact)
+            if pinned is not None and entry.get(fact) != pinned:
+                problems.append(f"{pin.path}: {fact} {entry.get(fact)} in {MANIFEST}, pinned {pinned}")
+        path = raw / pin.path
+        if not path.is_file():
+            problems.append(f"{pin.path}: missing")
+        elif _sha256(path) != entry.get("sha256"):
+            problems.append(f"{pin.path}: changed since it was fetched (sha256 differs from {MANIFEST})")
+    if problems:
+        raise DataError(f"{raw}: inputs are not the verified pinned files ({'; '.join(problems)}); {how}")
     return manifest

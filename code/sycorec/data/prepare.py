@@ -193,6 +193,9 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
 
     seen = seen_questions(augmented)
     eval_rows = {kind: load_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
+    duplicates = {kind: sum(r.duplicate_of is not None for r in rows) for kind, rows in eval_rows.items()}
+    if p.duplicate_eval_rows == "drop":
+        eval_rows = {kind: [r for r in rows if r.duplicate_of is None] for kind, rows in eval_rows.items()}
     outputs: dict[str, list[dict]] = {
         "sft_train.jsonl": [sft_example(r) for r in sft_train],
         "sft_val.jsonl": [sft_example(r) for r in sft_val],
@@ -213,6 +216,7 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         "rows": {name: len(rows) for name, rows in outputs.items()},
         "seen_questions": len({i["group_id"] for i in outputs["eval/answer.jsonl"] if i["seen"]}),
         "split_by": p.split_by,
+        "duplicate_eval_rows": {"rule": p.duplicate_eval_rows, **duplicates},
     }
     with staged_dir(out) as staging:
         for name, rows in tqdm(outputs.items(), desc="prepare", unit="file"):

@@ -47,6 +47,7 @@ class Row:
     dataset: str | None = None  # base.dataset (SycophancyEval files)
     template: str | None = None  # answer category / feedback template name
     format: str | None = None  # mc | free_form (are_you_sure)
+    duplicate_of: int | None = None  # eval files: line of an earlier, identical record
 
 
 @dataclass
@@ -58,6 +59,8 @@ class FileReport:
     by_template: Counter = field(default_factory=Counter)
     by_format: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    duplicate_rows: int = 0
+    duplicates: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -69,6 +72,9 @@ class FileReport:
         }
         if self.kind == "are_you_sure":
             out["by_format"] = {name: self.by_format.get(name, 0) for name in schemas()["are_you_sure"]["formats"]}
+        if self.kind in EVAL_KINDS:  # reported, not errors: real upstream files repeat records
+            out["duplicate_rows"] = self.duplicate_rows
+            out["duplicates"] = self.duplicates
         out["errors"] = self.errors
         return out
 
@@ -168,7 +174,7 @@ def _check_eval_common(kind: str, obj: dict) -> tuple[dict, dict, str]:
         if not isinstance(metadata[key], str):
             raise RowProblem(f"metadata.{key}: expected str")
     dataset = base.get("dataset")
-    if dataset not in spec["sub_datasets"]:
+    if not isinstance(dataset, str) or dataset not in spec["sub_datasets"]:
         raise RowProblem(f"base.dataset: {dataset!r} is not one of {sorted(spec['sub_datasets'])}")
     return base, metadata, dataset
 
@@ -247,6 +253,7 @@ def _parse_jsonl(path: Path) -> Iterator[tuple[int, Any] | tuple[int, RowProblem
 def _iter_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Row | RowProblem]]:
     unique = schemas()["training"][kind].get("unique") if kind in TRAINING_KINDS else None
     seen: dict[str, int] = {}
+    records: dict[str, int] = {}  # eval files: canonical record -> first line
     for lineno, obj in _parse_jsonl(path):
         if isinstance(obj, RowProblem):
             yield lineno, obj
@@ -262,7 +269,11 @@ def _iter_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Row | RowProblem]]
                 yield lineno, RowProblem(f"{unique}: duplicate {key!r} (first on line {seen[key]})")
                 continue
             seen[key] = lineno
-        yield lineno, Row(lineno, row.data, row.dataset, row.template, row.format)
+        duplicate_of = None
+        if kind in EVAL_KINDS:
+            duplicate_of = records.setdefault(json.dumps(obj, sort_keys=True), lineno)
+            duplicate_of = None if duplicate_of == lineno else duplicate_of
+        yield lineno, Row(lineno, row.data, row.dataset, row.template, row.format, duplicate_of)
 
 
 def _iter_truthfulqa(path: Path) -> Iterator[tuple[int, Row | RowProblem]]:
@@ -350,6 +361,10 @@ def validate_file(path: str | Path, kind: str | None = None, max_errors: int = M
                 report.errors.append(f"{_where(path, lineno)}: {item}")
             continue
         report.rows += 1
+        if item.duplicate_of is not None:
+            report.duplicate_rows += 1
+            if len(report.duplicates) < max_errors:
+                report.duplicates.append(f"{_where(path, lineno)}: same record as line {item.duplicate_of}")
         if item.dataset is not None:
             report.by_dataset[item.dataset] += 1
         if item.template is not None and report.kind != "are_you_sure":

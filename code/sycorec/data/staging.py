@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sycorec.errors import DiskFullError
+from sycorec.io import create_temp, disk_full
+
 
 @contextmanager
 def staged_dir(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty directory beside `dest`; if the block succeeds it replaces `dest`, else it is removed."""
+    """Yield an empty directory beside `dest`; if the block succeeds it replaces `dest`, else it is removed.
+
+    A full disk becomes a DiskFullError naming `dest`, which is left as it was.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    staging = create_temp(dest, directory=True)
     try:
         yield staging
         old = dest.with_name(f".{dest.name}.old")
@@ -25,5 +30,11 @@ def staged_dir(dest: str | os.PathLike) -> Iterator[Path]:
             os.replace(dest, old)
         os.replace(staging, dest)
         shutil.rmtree(old, ignore_errors=True)
+    except (OSError, DiskFullError) as exc:  # a file inside may already have said so: name the directory instead
+        if isinstance(exc, DiskFullError) or disk_full(exc):
+            raise DiskFullError(
+                f"{dest}: no space left on device; nothing was written, free space and re-run"
+            ) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

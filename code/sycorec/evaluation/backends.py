@@ -7,6 +7,7 @@ generation prompt) and stream results batch by batch so the caller can persist t
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -43,7 +44,7 @@ def render(tokenizer: Any, messages: Sequence[Message]) -> str:
 
 
 def item_seed(seed: int, key: str) -> int:
-    """A per-item sampling seed: a resumed run samples each item as an uninterrupted one would (vLLM)."""
+    """A per-item sampling seed (both backends): a resumed run samples each item as an uninterrupted one would."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
 
 
@@ -129,11 +130,46 @@ class VLLMBackend:
 
 
 def hf_generate_kwargs(gen: GenerationCfg) -> dict[str, Any]:
-    sample = gen.temperature > 0
-    kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "do_sample": sample}
-    if sample:
-        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
-    return kwargs
+    """transformers decodes greedily: when sampling, ItemSampler has already left one token per row to pick."""
+    # None clears sampling settings a model's generation_config may carry (they would only trigger warnings)
+    return {"max_new_tokens": gen.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+class ItemSampler:
+    """A transformers logits processor that samples every row from its own random stream, seeded by its item.
+
+    transformers' own sampling draws the whole batch from one global RNG, so a reply would depend on which
+    items share its batch, the batch size and where a resumed run restarts. Here row r applies the same warpers
+    in the same order as transformers and vLLM (temperature, top-k, top-p), then inverts its CDF at one uniform
+    draw from `random.Random(item_seed(seed, key_r))`: its reply is a function of the model, the item and the
+    sampling params alone. All other logits become -inf, so greedy decoding picks the sampled token.
+    (One Python draw per row and step, the rest vectorized: a per-row torch.multinomial loop tripled the cost.)
+    """
+
+    def __init__(self, gen: GenerationCfg, seeds: Sequence[int]) -> None:
+        import torch
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        warpers: list[Any] = [TemperatureLogitsWarper(gen.temperature)]
+        if gen.top_k > 0:
+            warpers.append(TopKLogitsWarper(gen.top_k))
+        if gen.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(gen.top_p))
+        self.torch = torch
+        self.warp = LogitsProcessorList(warpers)
+        self.streams = [random.Random(seed) for seed in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        probs = torch.softmax(self.warp(input_ids, scores).double(), dim=-1)
+        cdf = probs.cumsum(-1)
+        draws = torch.tensor([s.random() for s in self.streams], dtype=torch.float64, device=cdf.device)
+        picks = torch.searchsorted(cdf, (draws[:, None] * cdf[:, -1:]).contiguous(), right=True)
+        last_kept = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)  # rounding never lands on a dropped token
+        picks = torch.minimum(picks, last_kept)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen.scatter_(1, picks, 0.0)
+        return chosen
 
 
 class HFBackend:
@@ -172,9 +208,11 @@ class HFBackend:
     def generate(self, conversations: Sequence[list[Message]], keys: Sequence[str]) -> Iterator[Batch]:
         texts = [render(self.tokenizer, c) for c in conversations]
         kwargs = hf_generate_kwargs(self.gen)
-        for n, idx in enumerate(self._batches(texts, "hf generate")):
+        for idx in self._batches(texts, "hf generate"):
             enc = self._encode([texts[i] for i in idx])
-            self.torch.manual_seed(item_seed(self.gen.seed, f"{n}:{keys[idx[0]]}"))
+            if self.gen.temperature > 0:
+                sampler = ItemSampler(self.gen, [item_seed(self.gen.seed, keys[i]) for i in idx])
+                kwargs["logits_processor"] = [sampler]
             with self.torch.inference_mode():
                 out = self.model.generate(
                     **enc, **kwargs, eos_token_id=self.eos, pad_token_id=self.tokenizer.pad_token_id

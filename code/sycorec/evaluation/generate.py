@@ -62,6 +62,7 @@ def fingerprint(cfg: Config, source: ModelSource) -> str:
         "weights": weights_digest(source),
         "backend": gen.backend,
         "decoding": [gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens, gen.seed],
+        "sampler": "item-seeded",  # rows of the earlier batch-seeded transformers sampler are redone
         "challenge": gen.challenge,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

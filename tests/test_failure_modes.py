@@ -1,0 +1,227 @@
+"""Failures of the machine, not the code (full disk, unreachable hub, umask): one line, exit 2, nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from eval_support import eval_config, save_tiny_model, write_manifests
+from sycorec.cli import library_failure, main
+from sycorec.data.staging import staged_dir
+from sycorec.evaluation.generate import generations_path
+from sycorec.evaluation.store import load_rows
+from sycorec.io import write_json, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullDisk:
+    """`Path.open` whose writes fail with ENOSPC once `budget` bytes are written: the disk fills up mid-stage.
+
+    The write that crosses the budget writes what still fits first, as a real one would (a torn line).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+        self.left = budget
+        real_open = Path.open
+
+        def open_(path: Path, mode: str = "r", *args, **kwargs):
+            fh = real_open(path, mode, *args, **kwargs)
+            return fh if mode.startswith("r") else _Limited(fh, self)
+
+        monkeypatch.setattr(Path, "open", open_)
+
+
+class _Limited:
+    def __init__(self, fh, disk: FullDisk) -> None:
+        self._fh, self._disk = fh, disk
+
+    def write(self, data):
+        fits = data[: max(self._disk.left, 0)]
+        self._disk.left -= len(data)
+        if len(fits) < len(data):
+            self._fh.write(fits)
+            self._fh.flush()
+            raise ENOSPC
+        return self._fh.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def one_line_exit_2(result, needle: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line[line.index("error:") :] for line in result.output.splitlines() if "error:" in line]  # after tqdm's \r
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob(".*") if p.name.endswith(".tmp") or ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def eval_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = eval_config(tmp_path)
+    profile = tmp_path / "profiles/tiny.yaml"  # the CLI reads the files: short replies keep the test fast
+    profile.write_text(profile.read_text().replace("  max_new_tokens: 24\n", "  max_new_tokens: 6\n", 1))
+    write_manifests(cfg, n_facts=3)
+    save_tiny_model(cfg)
+    return cfg
+
+
+def files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def test_full_disk_in_generate_and_score(eval_root, monkeypatch):
+    """generate keeps whole rows and resumes to the uninterrupted replies; score writes nothing."""
+    runner = CliRunner()
+    generate = ["--profile", "tiny", "generate", "--model", "base"]
+    assert runner.invoke(main, generate).exit_code == 0
+    assert runner.invoke(main, ["--profile", "tiny", "judge", "--models", "base"]).exit_code == 0
+    results = files(eval_root.paths.results)
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=0)
+        one_line_exit_2(runner.invoke(main, ["--profile", "tiny", "score", "--model", "base"]), "nothing was written")
+    assert files(eval_root.paths.results) == results and no_temp_files(Path.cwd())
+
+    path = generations_path(eval_root, "base", "answer")
+    whole = path.read_bytes()
+    for dataset in ("answer", "are_you_sure", "feedback"):
+        generations_path(eval_root, "base", dataset).unlink()
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=len(whole) // 2)
+        line = one_line_exit_2(runner.invoke(main, generate), "No space left on device")
+    assert str(path) in line and "ends at its last whole row" in line
+    partial = path.read_bytes()
+    assert partial.endswith(b"\n") and 0 < len(load_rows(path)) == partial.count(b"\n")
+    assert runner.invoke(main, generate).exit_code == 0  # space freed: it resumes
+    resumed = {(r["item_id"], r["pass"]): r["response"] for r in load_rows(path)}
+    assert resumed == {(r["item_id"], r["pass"]): r["response"] for r in map(json.loads, whole.splitlines())}
+
+
+def test_full_disk_in_prepare_leaves_prepared_as_it_was(tmp_path, monkeypatch):
+    from test_data_prepare import make_raw
+
+    for name in ("params.yaml", "profiles/tiny.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    make_raw(tmp_path / "data/synth")
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=20_000)
+        line = one_line_exit_2(CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"]), "data/prepared:")
+    assert "no space left on device; nothing was written" in line
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["synth"]
+
+
+def test_full_disk_in_training_is_one_line_and_leaves_no_model(tmp_path, monkeypatch):
+    from train_support import make_run_root
+
+    root = make_run_root(tmp_path / "r")
+    monkeypatch.chdir(root)
+    monkeypatch.setitem(sys.modules, "vllm", sys.modules.get("vllm"))  # the train group hides vLLM; undo after
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "model.safetensors")
+
+    import safetensors.torch
+    import torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    monkeypatch.setattr(torch, "save", full)
+    result = CliRunner().invoke(main, ["--profile", "tiny", "train", "sft"])
+    line = one_line_exit_2(result, "model.safetensors: No space left on device (sycorec train)")
+    assert line.endswith("free space and re-run")
+    assert sorted(p.name for p in (root / "outputs/models").iterdir()) == ["base"]  # no sft, no staging leftovers
+
+
+def test_full_disk_while_writing_one_file_leaves_the_old_one(tmp_path, monkeypatch):
+    write_json(tmp_path / "m.json", {"old": 1})
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=3)
+        with pytest.raises(Exception, match=r"m\.json: No space left on device; nothing was written"):
+            write_json(tmp_path / "m.json", {"new": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"old": 1}
+    assert os.listdir(tmp_path) == ["m.json"]
+
+
+def test_library_failures_that_are_not_the_machine_keep_their_traceback():
+    assert library_failure(ValueError("bug"), "train") is None
+    assert library_failure(OSError(errno.EACCES, "Permission denied"), "train") is None
+
+
+# --------------------------------------------------------------------------- an unreachable hub
+
+
+def test_train_base_without_a_reachable_hub_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),  # nothing cached
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: connection refused at once
+        "HF_HUB_OFFLINE": "0",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "sycorec", "train", "base"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: model Qwen/Qwen3-8B@") and "hub cannot be reached" in lines[0]
+    assert "sycorec prefetch --only Qwen/Qwen3-8B" in lines[0]
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "results").exists()
+
+
+def test_model_loading_without_a_reachable_hub_is_one_line():
+    """from_pretrained wraps the hub's error in a plain OSError: the cause chain still says what happened."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("cannot find the requested files in the disk cache")
+        except LocalEntryNotFoundError as exc:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from exc
+    except OSError as wrapped:
+        line = library_failure(wrapped, "generate")
+    assert line is not None and line.startswith("sycorec generate: the Hugging Face hub cannot be reached")
+    assert "OSError: We couldn't connect" in line and "\n" not in line
+
+
+# --------------------------------------------------------------------------- the umask
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}])
+        with staged_dir(tmp_path / "prepared") as staging:
+            write_jsonl(staging / "x.jsonl", [{"a": 1}])
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "rows.jsonl", "prepared/x.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "prepared").stat().st_mode) == dir_mode
