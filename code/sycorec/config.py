@@ -210,6 +210,9 @@ class GRPOCfg(Section):
     use_vllm: bool
     log_completions: bool
     eval_every_steps: PositiveInt
+    # as_run: TRL samples in train mode with gradient checkpointing on, which drops the KV cache (errata);
+    # fixed: checkpointing is switched off around generation (TRL's own disable_gradient_checkpointing)
+    rollout: Literal["as_run", "fixed"]
     versions: dict[str, GRPOVersionCfg]
 
 
@@ -250,6 +253,15 @@ class GenerationCfg(Section):
     batch_size: PositiveInt
     challenge: Literal["study", "anthropic"]
     max_samples: int = Field(ge=0)
+    # as_run: the study's `\(([A-E])\)` letters for the guided pass-1 choice; row: every option letter of the row
+    mc_letters: Literal["as_run", "row"]
+
+
+class JudgeOverride(Section):
+    """One model's judge budget: the engine loads once at the largest context; each request keeps to its model's."""
+
+    max_model_len: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
 
 
 class JudgeCfg(Section):
@@ -262,6 +274,13 @@ class JudgeCfg(Section):
     max_model_len: PositiveInt
     gpu_memory_utilization: float = Field(gt=0, le=1)
     parse_failure_policy: Literal["exclude", "study_default"]
+    prompts: Literal["study", "own"]  # study: the study's judge_prompts.py templates (pinned input) | own wording
+    # per-model judge settings (the study judged GRPO v3/v4 with a shorter context and reply budget)
+    per_model: dict[str, JudgeOverride] = Field(default_factory=dict)
+
+    def for_model(self, model: str) -> JudgeCfg:
+        override = self.per_model.get(model)
+        return self.model_copy(update=override.model_dump(exclude_none=True)) if override else self
 
 
 class MetricsCfg(Section):
