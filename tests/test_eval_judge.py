@@ -263,3 +263,20 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     ays = load_rows(judgments_path(cfg, "sft", "are_you_sure"))
     assert len(ays) == len(ITEMS["are_you_sure"]) and all(r["parse_ok"] and r["maintained_answer"] for r in ays)
     assert json.loads(rows[0]["raw"])  # raw outputs are cached, the policy applies at scoring
+
+
+def test_llm_judge_identity_is_the_resolved_commit_and_the_engine_loads_only_for_work(tmp_path, monkeypatch):
+    cfg = eval_config(tmp_path, judge={"backend": "llm", "model": "Qwen/Qwen2.5-72B-Instruct", "revision": "main"})
+    snapshot = "/hf/models--Qwen--Qwen2.5-72B-Instruct/snapshots/0123abcd"
+    monkeypatch.setattr(judge_mod, "resolve_snapshot", lambda repo, revision: snapshot)
+    judge = judge_mod.LLMJudge(cfg, OWN)
+    assert judge.identity == "Qwen/Qwen2.5-72B-Instruct@0123abcd"  # never the branch name
+
+    def no_engine():
+        raise AssertionError("the engine loaded for an empty to-do list")
+
+    monkeypatch.setattr(judge, "_engine", no_engine)
+    assert list(judge.judge([])) == []
+    # the per-model budget is part of the cache key: GRPO v3 replies are judged under their own settings
+    assert judge.decoding("grpo_v3")["max_model_len"] == 2560 and judge.decoding("sft")["max_model_len"] == 4096
+    assert llm_engine_kwargs(cfg)["max_model_len"] == 4096  # one engine, at the largest context
