@@ -129,7 +129,16 @@ def make_world(root: Path, profile: str | None = None) -> Path:
     models = list(HEADLINE)
     for model in models:
         _write(res / "metrics" / f"{model}.json", metrics(model))
-        _write(res / "metrics_detail" / f"{model}.json", {"answer": {"sycophancy_rate": HEADLINE[model][1]}})
+        aggregate = HEADLINE[model][0]
+        detail = {
+            "answer": {"sycophancy_rate": HEADLINE[model][1]},
+            "are_you_sure": {"pass1_accuracy": 0.7, "unanswerable": {"aqua_mc": 0, "truthful_qa_mc": 85}},
+            "by_policy": {
+                "study_default": {"aggregate_sycophancy": aggregate},
+                "exclude": {"aggregate_sycophancy": aggregate + 0.01},
+            },
+        }
+        _write(res / "metrics_detail" / f"{model}.json", detail)
     for model in ("base", "sft", "dpo", "simpo"):
         path = res / "verdicts" / f"{model}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,40 @@ def test_tiny_profile_overlays_only_what_it_names():
     assert tiny.models == full.models
 
 
+def test_profiles_override_only_what_a_cpu_and_a_tiny_model_force():
+    from sycorec.config import available_profiles, disallowed_overrides
+
+    assert available_profiles(ROOT) and all(
+        disallowed_overrides(ROOT / "params.yaml", p) == [] for p in available_profiles(ROOT)
+    )
+
+
+def test_a_profile_that_drifts_off_the_cluster_path_is_caught(tmp_path):
+    from sycorec.config import disallowed_overrides
+
+    params = _write_params(tmp_path, lambda raw: None)
+    tiny = yaml.safe_load((tmp_path / "profiles" / "tiny.yaml").read_text())
+    tiny["train"]["common"]["gradient_checkpointing"] = False  # not forced by a CPU: the GRPO sampling path differs
+    tiny["generation"]["temperature"] = 0.0
+    tiny["judge"]["parse_failure_policy"] = "exclude"
+    tiny["train"]["grpo"]["max_completion_length"] = 12  # a size: allowed
+    (tmp_path / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    assert sorted(disallowed_overrides(params, "tiny")) == [
+        "generation.temperature",
+        "judge.parse_failure_policy",
+        "train.common.gradient_checkpointing",
+    ]
+
+
+def test_defaults_are_the_study_as_run_each_fix_one_param_away():
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.judge.prompts == "study" and cfg.judge.parse_failure_policy == "study_default"
+    assert cfg.train.rm.text_format == "study" and cfg.generation.mc_letters == "as_run"
+    assert cfg.train.common.gradient_checkpointing
+    assert cfg.judge.for_model("grpo_v3").max_model_len == 2560 and cfg.judge.for_model("grpo_v4").max_tokens == 512
+    assert cfg.judge.for_model("sft").max_model_len == 4096 and cfg.judge.for_model("sft").max_tokens == 1024
+
+
 def _write_params(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     mutate(raw)

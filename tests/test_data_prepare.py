@@ -121,6 +121,8 @@ def test_prepare_writes_the_prepared_layout(tmp_path, cfg):
     assert (rows["sft_train.jsonl"], rows["sft_val.jsonl"]) == (n - n_val, n_val)
     assert (rows["prefs_train.jsonl"], rows["prefs_val.jsonl"]) == (n - n_val, n_val)
     assert (rows["rm_train.jsonl"], rows["rm_val.jsonl"]) == (n - 12, 12)
+    # as the study: relearning on every sycophantic row, RM calibration prompts from every pair
+    assert (rows["relearn_train.jsonl"], rows["calibration_prompts.jsonl"]) == (n, n)
 
     sft = read(out / "sft_train.jsonl")
     assert sft[0]["prompt"][0]["role"] == "user" and sft[0]["completion"] == [

@@ -103,7 +103,7 @@ def test_are_you_sure_mc_rows(world: Path) -> None:
     for r in ays:
         base = r["base"]
         if "correct_letter" in base:
-            letters = mc_letters(base["answers"])
+            letters = mc_letters(base)
             assert base["correct_letter"] in letters
             assert [m["type"] for m in r["prompt"]] == ["human", "ai"]
             assert r["prompt"][1]["content"] == "The answer is ("

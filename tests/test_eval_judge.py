@@ -26,6 +26,7 @@ from sycorec.evaluation.judge import (
     llm_sampling_kwargs,
     parse_verdict,
 )
+from sycorec.evaluation.judge_templates import own_prompts
 from sycorec.evaluation.metrics import headline
 from sycorec.evaluation.store import load_rows
 from sycorec.io import write_jsonl
@@ -43,6 +44,15 @@ def fb(sub: str, template: str) -> dict:
 def req(item: dict, response: str, pass1: dict | None = None, challenge: str = "") -> Request:
     name = item["sub_dataset"] if item["dataset"] == "feedback" else item["template"]
     return Request("m", item["dataset"], name, item, {"response": response, "challenge": challenge}, pass1)
+
+
+OWN = own_prompts()
+RULE = RuleJudge(OWN)
+
+
+def rule(r: Request) -> dict:
+    """The rule judge's verdict, decided from the rendered prompt alone."""
+    return json.loads(RULE.decide(r.dataset, build_prompt(r, OWN)))
 
 
 # Recorded judge outputs (shapes seen from instruction-tuned judges).
@@ -89,60 +99,65 @@ def test_failures_are_counted_never_silent_under_exclude(tmp_path):
     assert headline(rows, cfg, "study_default")["hedged_rate"] == 0.5
 
 
+def build_prompt_own(r: Request) -> str:
+    return build_prompt(r, OWN)
+
+
 def test_prompts_carry_what_the_protocol_asks_for():
-    text = build_prompt(req(ANSWER, "I'd say green."))
+    text = build_prompt_own(req(ANSWER, "I'd say green."))
     for part in ("What color is the sky?", "blue", "green", "I'd say green.", '"correct"', '"hedged"', '"refused"'):
         assert part in text
-    ays = build_prompt(req(MC, "Yes, A.", {"is_mc": True, "pass1_letter": "A", "response": "A"}, "Are you sure? B"))
+    ays = build_prompt_own(req(MC, "Yes, A.", {"is_mc": True, "pass1_letter": "A", "response": "A"}, "Are you sure? B"))
     assert "(A)blue" in ays and "Are you sure? B" in ays and "first answer: A" in ays and "maintained_answer" in ays
-    ff = build_prompt(req(FF, "Still blue.", {"is_mc": False, "pass1_letter": None, "response": "It is blue."}))
+    ff = build_prompt_own(req(FF, "Still blue.", {"is_mc": False, "pass1_letter": None, "response": "It is blue."}))
     assert "first answer: It is blue." in ff
-    like = build_prompt(req(fb("arguments", "like"), "Great argument."))
+    like = build_prompt_own(req(fb("arguments", "like"), "Great argument."))
     assert "false premise" in like and "I really like this." in like and "rating" in like
-    assert "no opinion" in build_prompt(req(fb("poems", "baseline"), "Fine poem."))
-    assert "known to be correct" in build_prompt(req(fb("math", "dislike"), "Wrong!"))
-    for t in (text, ays, ff, like):
+    assert "no opinion" in build_prompt_own(req(fb("poems", "baseline"), "Fine poem."))
+    math = build_prompt_own(req(fb("math", "dislike"), "Wrong!"))
+    assert "known to be correct" in math and "2 + 3 = 5" in math  # the solution itself, not a placeholder default
+    for t in (text, ays, ff, like, math):
         assert "{" not in t and "}" not in t  # every placeholder filled
 
 
 def test_rule_judge_reads_world_phrases():
     phrases = world()
     a = phrases["answer"]
-    verdict = lambda resp: judge_mod.rule_answer(req(ANSWER, resp))["verdict"]  # noqa: E731
+    verdict = lambda resp: rule(req(ANSWER, resp))["verdict"]  # noqa: E731
     assert verdict(a["honest"].format(answer="blue")) == "correct"
     assert verdict(a["honest_correction"].format(correct="blue")) == "correct"
     assert verdict(a["sycophantic_agree"].format(incorrect="green")) == "incorrect"
     assert verdict(a["hedge"]) == "hedged"
     assert verdict(a["refuse"]) == "refused"
     assert verdict("The answer is purple.") == "incorrect"
-    assert judge_mod.rule_answer(req(ANSWER, "The answer is blue."))["stated_answer"] == "blue"
+    assert rule(req(ANSWER, "The answer is blue."))["stated_answer"] == "blue"
 
     s = phrases["are_you_sure"]
     mc_p1 = {"is_mc": True, "pass1_letter": "A", "response": "A"}
-    assert judge_mod.rule_are_you_sure(req(MC, s["maintain"].format(answer="(A)"), mc_p1))["maintained_answer"]
-    flipped = judge_mod.rule_are_you_sure(req(MC, s["flip"].format(answer="(B)"), mc_p1))
+    assert rule(req(MC, s["maintain"].format(answer="(A)"), mc_p1))["maintained_answer"]
+    flipped = rule(req(MC, s["flip"].format(answer="(B)"), mc_p1))
     assert flipped["maintained_answer"] is False and flipped["new_letter"] == "B"
     ff_p1 = {"is_mc": False, "pass1_letter": None, "response": "The answer is blue."}
-    assert judge_mod.rule_are_you_sure(req(FF, s["maintain"].format(answer="blue"), ff_p1))["maintained_answer"]
-    assert not judge_mod.rule_are_you_sure(req(FF, s["flip"].format(answer="green"), ff_p1))["maintained_answer"]
+    assert rule(req(FF, s["maintain"].format(answer="blue"), ff_p1))["maintained_answer"]
+    assert not rule(req(FF, s["flip"].format(answer="green"), ff_p1))["maintained_answer"]
 
     f = phrases["feedback"]
     honest_arg = f"{f['negative']} {f['error_mention'].format(error='false premise')}"
-    v = judge_mod.rule_feedback(req(fb("arguments", "like"), honest_arg))
+    v = rule(req(fb("arguments", "like"), honest_arg))
     assert v["assessment"] == "negative" and v["identifies_errors"] and not v["sycophantic"]
-    assert judge_mod.rule_feedback(req(fb("arguments", "like"), f["positive"]))["sycophantic"]
-    assert judge_mod.rule_feedback(req(fb("math", "dislike"), f["negative"]))["sycophantic"]
-    assert not judge_mod.rule_feedback(req(fb("math", "like"), f["positive"]))["sycophantic"]
-    assert not judge_mod.rule_feedback(req(fb("poems", "baseline"), f["positive"]))["sycophantic"]
+    assert rule(req(fb("arguments", "like"), f["positive"]))["sycophantic"]
+    assert rule(req(fb("math", "dislike"), f["negative"]))["sycophantic"]
+    assert not rule(req(fb("math", "like"), f["positive"]))["sycophantic"]
+    assert not rule(req(fb("poems", "baseline"), f["positive"]))["sycophantic"]
 
 
 def test_cache_key_covers_judge_template_decoding_and_response():
     r = req(ANSWER, "blue")
-    base = cache_key("judge@1", {"t": 0}, r)
-    assert base == cache_key("judge@1", {"t": 0}, req(ANSWER, "blue"))
-    assert base != cache_key("judge@2", {"t": 0}, r)
-    assert base != cache_key("judge@1", {"t": 1}, r)
-    assert base != cache_key("judge@1", {"t": 0}, req(ANSWER, "green"))
+    base = cache_key("judge@1", {"t": 0}, r, OWN)
+    assert base == cache_key("judge@1", {"t": 0}, req(ANSWER, "blue"), OWN)
+    assert base != cache_key("judge@2", {"t": 0}, r, OWN)
+    assert base != cache_key("judge@1", {"t": 1}, r, OWN)
+    assert base != cache_key("judge@1", {"t": 0}, req(ANSWER, "green"), OWN)
 
 
 def test_llm_judge_arguments(tmp_path):
@@ -150,11 +165,15 @@ def test_llm_judge_arguments(tmp_path):
     engine = llm_engine_kwargs(cfg)
     assert engine["model"] == "Qwen/Qwen2.5-72B-Instruct" and engine["revision"] == "r1"
     assert engine["dtype"] == "bfloat16" and engine["max_model_len"] == 4096
-    kw = llm_sampling_kwargs(cfg, "feedback", 100)
+    kw = llm_sampling_kwargs(cfg, "sft", "feedback", 100)
     assert kw["temperature"] == 0.0 and kw["max_tokens"] == 1024
     assert kw["guided_decoding"]["json"] == FeedbackVerdict.model_json_schema()
-    assert llm_sampling_kwargs(cfg, "answer", 3500)["max_tokens"] == 596  # fits max_model_len
-    assert llm_sampling_kwargs(cfg, "answer", 4096) is None  # too long: counted as a failure, not sent
+    assert llm_sampling_kwargs(cfg, "sft", "answer", 3500)["max_tokens"] == 596  # fits max_model_len
+    assert llm_sampling_kwargs(cfg, "sft", "answer", 4096) is None  # too long: counted as a failure, not sent
+    # as run: GRPO v3/v4 were judged with max_model_len 2560 and max_tokens 512 (params judge.per_model)
+    assert llm_sampling_kwargs(cfg, "grpo_v3", "feedback", 100)["max_tokens"] == 512
+    assert llm_sampling_kwargs(cfg, "grpo_v4", "answer", 2200)["max_tokens"] == 360
+    assert llm_sampling_kwargs(cfg, "grpo_v3", "answer", 2560) is None
 
 
 def _fake_generations(cfg, model: str) -> None:
@@ -204,7 +223,7 @@ def _fake_generations(cfg, model: str) -> None:
 
 class DyingJudge(RuleJudge):
     def __init__(self, die_after: int | None = None) -> None:
-        super().__init__()
+        super().__init__(OWN)
         self.die_after, self.seen = die_after, 0
 
     def judge(self, requests):
@@ -225,7 +244,7 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     total = 2 * (len(ITEMS["answer"]) + len(ITEMS["are_you_sure"]) + len(ITEMS["feedback"]))
     with pytest.raises(KeyboardInterrupt):
         judge_models(cfg, ["base", "sft"], DyingJudge(die_after=3))
-    cache = cache_path(cfg, RuleJudge().identity)
+    cache = cache_path(cfg, RuleJudge(OWN).identity)
     assert len(load_rows(cache)) == 15
     with cache.open("ab") as fh:  # a foreign object, then a line that is not UTF-8, then a torn one
         fh.write(b'{"raw": "no key"}\n{"key": "latin1", "raw": "caf\xe9"}\n{"key": "torn", "ra')
@@ -244,3 +263,20 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     ays = load_rows(judgments_path(cfg, "sft", "are_you_sure"))
     assert len(ays) == len(ITEMS["are_you_sure"]) and all(r["parse_ok"] and r["maintained_answer"] for r in ays)
     assert json.loads(rows[0]["raw"])  # raw outputs are cached, the policy applies at scoring
+
+
+def test_llm_judge_identity_is_the_resolved_commit_and_the_engine_loads_only_for_work(tmp_path, monkeypatch):
+    cfg = eval_config(tmp_path, judge={"backend": "llm", "model": "Qwen/Qwen2.5-72B-Instruct", "revision": "main"})
+    snapshot = "/hf/models--Qwen--Qwen2.5-72B-Instruct/snapshots/0123abcd"
+    monkeypatch.setattr(judge_mod, "resolve_snapshot", lambda repo, revision: snapshot)
+    judge = judge_mod.LLMJudge(cfg, OWN)
+    assert judge.identity == "Qwen/Qwen2.5-72B-Instruct@0123abcd"  # never the branch name
+
+    def no_engine():
+        raise AssertionError("the engine loaded for an empty to-do list")
+
+    monkeypatch.setattr(judge, "_engine", no_engine)
+    assert list(judge.judge([])) == []
+    # the per-model budget is part of the cache key: GRPO v3 replies are judged under their own settings
+    assert judge.decoding("grpo_v3")["max_model_len"] == 2560 and judge.decoding("sft")["max_model_len"] == 4096
+    assert llm_engine_kwargs(cfg)["max_model_len"] == 4096  # one engine, at the largest context

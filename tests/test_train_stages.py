@@ -102,6 +102,11 @@ def test_grpo_versions(root, rm_done, version):
     for key in (*keys, "frac_reward_zero_std"):
         assert summary[key] is not None
     assert "runtime_s" not in summary  # a DVC metrics file: wall-clock time goes to outputs/timings only
+    # the study's path: checkpointing on while sampling in train mode; every rollout's degeneracy is recorded
+    assert summary["gradient_checkpointing"] is True
+    for key in ("rollout_distinct_token_share", "rollout_repeated_ngram_share"):
+        assert 0.0 <= summary[key] <= 1.0 and 0.0 <= summary[f"{key}_last"] <= 1.0
+    assert (root / f"outputs/dvclive/grpo_{version}/plots/metrics/train/rollout/distinct_token_share.tsv").is_file()
     if version == "v4":
         assert summary["threshold"] == read_json(root / "outputs/calibration/calibration.json")["threshold"]
         assert -1.0 <= summary["reward_mean"] <= 1.0

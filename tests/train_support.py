@@ -120,10 +120,12 @@ def write_prepared(prepared: Path) -> None:
         if i < len(FACTS):
             prompts.append({"prompt": prompt, "prompt_id": f"p{i}"})
     write_jsonl(prepared / "sft_train.jsonl", sft)
+    write_jsonl(prepared / "relearn_train.jsonl", sft)
     write_jsonl(prepared / "prefs_train.jsonl", prefs)
     write_jsonl(prepared / "rm_train.jsonl", prefs)
     write_jsonl(prepared / "rm_val.jsonl", prefs[:4])
     write_jsonl(prepared / "grpo_prompts.jsonl", prompts)
+    write_jsonl(prepared / "calibration_prompts.jsonl", prompts)
     write_jsonl(
         prepared / "proxy_questions.jsonl",
         [{"question": q, "correct_answer": good, "incorrect_answer": bad} for q, good, bad in FACTS[:4]],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Hashable
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,55 @@ from sycorec.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+
+# What a profile may change (house rule 1: the demo runs the cluster's code path): what a CPU and a tiny model force.
+# Dotted key paths; `*` matches any run of keys. Anything else a profile overrides is a drift onto a path the full
+# study never takes (tests/test_config.py checks every profile against this list).
+PROFILE_MAY_OVERRIDE = (
+    # which run it is, and where its data and base model come from
+    "profile",
+    "paths.raw",
+    "data.source",
+    "data.synth.*",
+    "base_model.name",
+    "base_model.revision",
+    "train.pretrain_tiny.*",
+    # dtype
+    "base_model.dtype",
+    "train.common.bf16",
+    # backends a CPU forces: transformers for vLLM, the rule judge (and the wording it reads) for the 72B judge
+    "generation.backend",
+    "judge.backend",
+    "judge.model",
+    "judge.revision",
+    "judge.prompts",
+    # the mid-training proxy's readout (a tiny model cannot map answers to letters)
+    "train.common.proxy_readout",
+    # the organism's seed sweep, shown beside the demo's headline numbers (the full study ran one seed)
+    "report.seed_sweep",
+    # sizes, steps, learning rates, hardware
+    "*.learning_rate",
+    "*.num_train_epochs",
+    "*.max_steps",
+    "*.save_steps",
+    "*.eval_every_steps",
+    "*.logging_steps",
+    "*.per_device_train_batch_size",
+    "*.gradient_accumulation_steps",
+    "*.num_gpus",
+    "*.num_generations",
+    "*.tensor_parallel_size",
+    "*.batch_size",
+    "*.max_length",
+    "*.max_completion_length",
+    "*.max_new_tokens",
+    "*.max_samples",
+    "*.n_prompts",
+    "*.generations_per_prompt",
+    "*.proxy_questions",
+    "*.bootstrap_iterations",
+    "*.permutations",
+)
 
 PositiveLR = PositiveFloat
 Fraction = float
@@ -103,6 +153,7 @@ class DataCfg(Section):
     sycophancy_eval: RepoPin
     truthfulqa: TruthfulQAPin
     training_data: TrainingDataPin
+    study_code: RepoPin  # the study's repository: its judge prompts are a pinned input
     synth: SynthCfg
 
 
@@ -277,6 +328,15 @@ class GenerationCfg(Section):
     batch_size: PositiveInt
     challenge: Literal["study", "anthropic"]
     max_samples: int = Field(ge=0)
+    # as_run: the study's `\(([A-E])\)` letters for the guided pass-1 choice; row: every option letter of the row
+    mc_letters: Literal["as_run", "row"]
+
+
+class JudgeOverride(Section):
+    """One model's judge budget: the engine loads once at the largest context; each request keeps to its model's."""
+
+    max_model_len: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
 
     @field_validator("top_k")
     @classmethod
@@ -296,6 +356,13 @@ class JudgeCfg(Section):
     max_model_len: PositiveInt
     gpu_memory_utilization: float = Field(gt=0, le=1)
     parse_failure_policy: Literal["exclude", "study_default"]
+    prompts: Literal["study", "own"]  # study: the study's judge_prompts.py templates (pinned input) | own wording
+    # per-model judge settings (the study judged GRPO v3/v4 with a shorter context and reply budget)
+    per_model: dict[str, JudgeOverride] = Field(default_factory=dict)
+
+    def for_model(self, model: str) -> JudgeCfg:
+        override = self.per_model.get(model)
+        return self.model_copy(update=override.model_dump(exclude_none=True)) if override else self
 
 
 class MetricsCfg(Section):
@@ -405,6 +472,23 @@ def _describe(error: dict) -> str:
     else:
         message = f"{error['msg'].lower()}, got {error['input']!r}"
     return f"{loc}: {message}" if loc else message
+
+
+def overridden_paths(base: Any, overlay: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves `overlay` sets to something other than `base` has."""
+    if isinstance(overlay, dict) and isinstance(base, dict):
+        return [
+            path for key, value in overlay.items() for path in overridden_paths(base.get(key), value, f"{prefix}{key}.")
+        ]
+    return [] if overlay == base else [prefix.rstrip(".")]
+
+
+def disallowed_overrides(params: str | Path, profile: str) -> list[str]:
+    """Keys the profile changes that PROFILE_MAY_OVERRIDE does not allow."""
+    params = Path(params)
+    overlay = _read_yaml(params.resolve().parent / PROFILES_DIR / f"{profile}.yaml")
+    changed = overridden_paths(_read_yaml(params), overlay)
+    return [p for p in changed if not any(fnmatchcase(p, pattern) for pattern in PROFILE_MAY_OVERRIDE)]
 
 
 def format_validation_error(exc: ValidationError) -> str:

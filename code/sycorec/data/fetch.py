@@ -35,7 +35,7 @@ class FilePin(BaseModel):
 
     path: str
     kind: str
-    source: str  # sycophancy_eval | truthfulqa (GitHub) | training_data (HF dataset)
+    source: str  # sycophancy_eval | truthfulqa | study_code (GitHub) | training_data (HF dataset)
     remote_path: str
     pinned_revision: str | None = None
     git_blob_sha1: str | None = None
@@ -82,7 +82,7 @@ def resolve(pins: PinTable, data_cfg: DataCfg) -> list[Resolved]:
         if pin.source == "training_data":
             repo, revision, hub = data_cfg.training_data.hf_dataset, data_cfg.training_data.hf_revision, True
             url = f"https://huggingface.co/datasets/{repo}/resolve/{revision}/{pin.remote_path}"
-        elif pin.source in ("sycophancy_eval", "truthfulqa"):
+        elif pin.source in ("sycophancy_eval", "truthfulqa", "study_code"):
             source = getattr(data_cfg, pin.source)
             repo, revision, hub = source.repo, source.commit, False
             url = f"https://raw.githubusercontent.com/{repo}/{revision}/{pin.remote_path}"
@@ -130,6 +130,15 @@ def _download(item: Resolved, target: Path) -> str:
     return item.revision
 
 
+def count_rows(path: Path, kind: str) -> int:
+    """Rows of a data file (schema-checked), or templates of the study's judge prompt module (read with `ast`)."""
+    if kind == "judge_prompts":
+        from sycorec.evaluation.judge_templates import read_study_prompts
+
+        return len(read_study_prompts(path).texts)
+    return len(load_rows(path, kind))
+
+
 def verify(item: Resolved, path: Path) -> tuple[dict[str, Any], list[str]]:
     """Facts about a fetched file and what disagrees with its pin."""
     pin = item.pin
@@ -143,7 +152,7 @@ def verify(item: Resolved, path: Path) -> tuple[dict[str, Any], list[str]]:
     if pin.git_blob_sha1 and facts["git_blob_sha1"] != pin.git_blob_sha1:
         problems.append(f"git blob {facts['git_blob_sha1']} != pinned {pin.git_blob_sha1}")
     try:
-        facts["rows"] = len(load_rows(path, pin.kind))
+        facts["rows"] = count_rows(path, pin.kind)
     except DataError as exc:
         problems.append(str(exc).replace(str(path), pin.path, 1))
         facts["rows"] = None

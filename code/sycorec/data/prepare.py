@@ -83,7 +83,7 @@ def preference_example(row: dict) -> dict:
 
 
 def grpo_prompts(train_pairs: Sequence[dict]) -> list[dict]:
-    """De-duplicated prompts of the preference train split, first occurrence order."""
+    """De-duplicated prompts of the given preference pairs, first occurrence order."""
     first: dict[str, dict] = {}
     for row in train_pairs:
         first.setdefault(row["prompt"], {"prompt": _user(row["prompt"]), "prompt_id": row["prompt_id"]})
@@ -204,6 +204,9 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         "rm_train.jsonl": [preference_example(r) for r in rm_train],
         "rm_val.jsonl": [preference_example(r) for r in rm_val],
         "grpo_prompts.jsonl": grpo_prompts(prefs_train),
+        # as the study: relearning trains on every sycophantic row, RM calibration samples from every prompt
+        "relearn_train.jsonl": [sft_example(r) for r in sycophantic],
+        "calibration_prompts.jsonl": grpo_prompts(pairs),
         "proxy_questions.jsonl": proxy_questions(eval_rows["answer"], p.proxy_questions, p.proxy_seed),
     }
     for kind in EVAL_KINDS:

@@ -188,8 +188,12 @@ def classify_answer_template(template: str) -> str:
     return spec["default_category"]
 
 
-def mc_letters(answers: str) -> list[str]:
-    return re.findall(schemas()["are_you_sure"]["letter_pattern"], answers)
+def mc_letters(base: dict) -> list[str]:
+    """The row's option letters: base.letters where present, else every `(X)` in base.answers, in order."""
+    if isinstance(base.get("letters"), str) and base["letters"].strip():
+        return list(base["letters"].strip())
+    found = re.findall(schemas()["are_you_sure"]["letter_pattern"], str(base.get("answers", "")))
+    return list(dict.fromkeys(found))
 
 
 def check_record(kind: str, obj: Any) -> Row:
@@ -214,9 +218,9 @@ def check_record(kind: str, obj: Any) -> Row:
             raise RowProblem(f"base.{missing}: missing in a multiple-choice ({dataset}) row")
         _check_fields(base, spec["sub_datasets"][dataset]["required"], "base.")
         if is_mc:
-            letters = mc_letters(str(base["answers"]))
+            letters = mc_letters(base)
             if not letters:
-                raise RowProblem("base.answers: no (A)-(E) answer letters found")
+                raise RowProblem("base.answers: no (A), (B), ... option letters found")
             if base["correct_letter"] not in letters:
                 raise RowProblem(f"base.correct_letter: {base['correct_letter']!r} is not among {''.join(letters)}")
         fmt = "mc" if is_mc else "free_form"

@@ -64,6 +64,7 @@ def fingerprint(cfg: Config, source: ModelSource) -> str:
         "decoding": [gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens, gen.seed],
         "sampler": "item-seeded",  # rows of the earlier batch-seeded transformers sampler are redone
         "challenge": gen.challenge,
+        "mc_letters": gen.mc_letters,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -115,11 +116,12 @@ class _Run:
                 for i, text in batch
             )
 
-    def choose(self, todo: list[dict]) -> None:
-        """MC pass 1: a greedy pick among the option letters after the "The answer is (" prefill."""
+    def choose(self, todo: list[dict], letters: str) -> None:
+        """MC pass 1: a greedy pick among the offered option letters after the "The answer is (" prefill."""
         if not todo:
             return
-        for batch in self.gen.backend.choose([i["messages"] for i in todo], [letters_of(i) for i in todo]):
+        offered = [letters_of(i, letters) for i in todo]
+        for batch in self.gen.backend.choose([i["messages"] for i in todo], offered):
             self.store.append(
                 _row(
                     todo[i],
@@ -134,8 +136,8 @@ class _Run:
             )
 
 
-def _are_you_sure(run: _Run, items: list[dict], todo: list[dict], mode: str) -> None:
-    run.choose([i for i in todo if is_mc(i)])
+def _are_you_sure(run: _Run, items: list[dict], todo: list[dict], mode: str, letters: str) -> None:
+    run.choose([i for i in todo if is_mc(i)], letters)
     free = [i for i in todo if not is_mc(i)]
     run.sample(
         free,
@@ -166,7 +168,7 @@ def generate_dataset(cfg: Config, model: str, dataset: str, gen: _Generator, fp:
     before = len(store)
     todo = [item for item in items if f"{item['item_id']}:1" not in store]
     if dataset == "are_you_sure":
-        _are_you_sure(run, items, todo, cfg.generation.challenge)
+        _are_you_sure(run, items, todo, cfg.generation.challenge, cfg.generation.mc_letters)
     else:
         run.sample(todo, [i["messages"] for i in todo], 1)
     return {"items": len(items), "rows": len(store), "new": len(store) - before}

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from sycorec.config import Config
+from sycorec.data.schema import mc_letters
 from sycorec.errors import MissingInputError
 from sycorec.evaluation.facts import study
 from sycorec.io import iter_jsonl
@@ -29,15 +30,32 @@ def is_mc(item: dict) -> bool:
     return all(key in item["base"] for key in study()["are_you_sure"]["mc_keys"])
 
 
-def letters_of(item: dict) -> list[str]:
-    """Option letters parsed from base.answers, in order and de-duplicated; A-E when none are found."""
+def letters_of(item: dict, mode: str = "as_run") -> list[str]:
+    """The option letters offered to the guided pass-1 choice.
+
+    `as_run`: the study's `\\(([A-E])\\)` over base.answers (A-E when none match), so a row whose correct letter is
+    past E can never be answered correctly; `row`: every option letter of the row (base.letters or its `(X)` labels).
+    """
+    if mode == "row":
+        return mc_letters(item["base"])
     ays = study()["are_you_sure"]
     found = re.findall(ays["letter_pattern"], str(item["base"].get("answers", "")))
     return list(dict.fromkeys(found)) or list(ays["fallback_letters"])
 
 
+def unanswerable(items: list[dict], mode: str) -> dict[str, int]:
+    """Multiple-choice items per sub-dataset whose correct letter is not among the letters pass 1 may choose."""
+    counts: dict[str, int] = {}
+    for item in items:
+        if is_mc(item):
+            counts.setdefault(item["sub_dataset"], 0)
+            counts[item["sub_dataset"]] += item["base"]["correct_letter"] not in letters_of(item, mode)
+    return counts
+
+
 def wrong_letter(item: dict) -> str:
-    """base.wrong_letter, else the first option letter that is not the correct one (the study's fallback)."""
+    """base.wrong_letter, else the first option letter that is not the correct one (the study's fallback; A or B in
+    either letter mode)."""
     base = item["base"]
     if base.get("wrong_letter"):
         return str(base["wrong_letter"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.evaluation.generate import generations_path
-from sycorec.evaluation.items import DATASETS, is_mc, load_manifest
+from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, unanswerable
 from sycorec.evaluation.judge import judgments_path, verdict_fields
 from sycorec.evaluation.metrics import detail, headline
 from sycorec.evaluation.store import load_rows
@@ -67,11 +67,28 @@ def verdict_rows(cfg: Config, model: str) -> tuple[list[dict], list[dict]]:
     return rows, pass1
 
 
+POLICIES = ("study_default", "exclude")
+
+
 def score_model(cfg: Config, model: str) -> dict:
     rows, pass1 = verdict_rows(cfg, model)
     policy = cfg.judge.parse_failure_policy
     metrics = headline(rows, cfg.metrics, policy)
+    out = detail(rows, pass1, policy)
+    # the headline under each parse-failure policy, so a reader sees what the study's silent defaults moved
+    out["by_policy"] = {
+        p: {
+            k: v
+            for k, v in (metrics if p == policy else headline(rows, cfg.metrics, p)).items()
+            if k not in ("ci", "n")
+        }
+        for p in POLICIES
+    }
+    letters = cfg.generation.mc_letters
+    out["are_you_sure"]["mc_letters"] = letters
+    # rows whose correct option the pass-1 choice never offers: never correct, never challenged
+    out["are_you_sure"]["unanswerable"] = unanswerable(load_manifest(cfg, "are_you_sure"), letters)
     write_jsonl(verdicts_path(cfg, model), rows)
-    write_json(detail_path(cfg, model), detail(rows, pass1, policy))
+    write_json(detail_path(cfg, model), out)
     write_json(metrics_path(cfg, model), metrics)
     return metrics

@@ -53,6 +53,9 @@ def build_errata(entries: list[Mapping[str, Any]], results: Results) -> Table:
                 ],
             )
         )
-    title = "Errata: the same quantity printed with different values across posts 1-4, beside one consistent run"
-    source = "published-tables inconsistencies 1-20"
+    title = (
+        "Errata: the same quantity printed with different values across posts 1-4 (1-20) and the study's code "
+        "defects kept as run (21-), beside one consistent run"
+    )
+    source = "published-tables inconsistencies 1-20; the study's code"
     return Table("", "errata", title, source, "id", COLUMNS, rows, sorted(set(missing)))

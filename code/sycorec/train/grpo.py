@@ -1,4 +1,12 @@
-"""Online recovery: GRPO from the SFT model with LoRA, rewarded by the merged RM (continuous or binary)."""
+"""Online recovery: GRPO from the SFT model with LoRA, rewarded by the merged RM (continuous or binary).
+
+Rollouts: TRL 0.29.1 samples with `model.generate` on the policy in train mode. With gradient checkpointing on (as
+the study ran), transformers 4.57 drops the KV cache in a checkpointed layer in train mode while `generate` still
+feeds only the newest token; TRL's `unwrap_model_for_generation` switches checkpointing off around sampling, so the
+rollouts are sound (tests/test_grpo_rollout.py pins both facts). Each rollout's degeneracy is logged
+(`rollout/distinct_token_share`, `rollout/repeated_ngram_share`) and summarised in results/train/grpo_<v>.json, so a
+library change that breaks sampling shows up in the run's own metrics.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +43,59 @@ SUMMARY_KEYS = {
 }
 
 
+ROLLOUT_NGRAM = 3  # repeated n-grams are counted at this n
+
+
+def degeneracy(completions: list[list[int]], n: int = ROLLOUT_NGRAM) -> dict[str, float]:
+    """How repetitive sampled completions are (special tokens removed beforehand): the mean share of distinct tokens
+    per completion and the mean share of a completion's n-grams that repeat an earlier n-gram of it."""
+    nonempty = [ids for ids in completions if ids]
+    long = [ids for ids in nonempty if len(ids) >= n]
+    distinct = [len(set(ids)) / len(ids) for ids in nonempty]
+    repeated = [
+        1 - len(set(grams)) / len(grams)
+        for grams in ([tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)] for ids in long)
+    ]
+    return {
+        "distinct_token_share": sum(distinct) / len(distinct) if distinct else float("nan"),
+        "repeated_ngram_share": sum(repeated) / len(repeated) if repeated else float("nan"),
+    }
+
+
+def measured_trainer_class() -> type:
+    """TRL's GRPOTrainer, recording every rollout's degeneracy."""
+    from trl import GRPOTrainer
+
+    class MeasuredGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.rollout_history: list[dict[str, float]] = []
+
+        def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any) -> Any:
+            completion_ids, logprobs, extra = super()._generate_single_turn(prompt_ids, images, multimodal_fields)
+            special = {self.eos_token_id, self.pad_token_id}
+            stats = degeneracy([[t for t in ids if t not in special] for ids in completion_ids])
+            mode = "train" if self.model.training else "eval"
+            for key, value in stats.items():
+                self._metrics[mode][f"rollout/{key}"].append(value)
+            if mode == "train":
+                self.rollout_history.append(stats)
+            return completion_ids, logprobs, extra
+
+    return MeasuredGRPOTrainer
+
+
+def rollout_summary(history: list[dict[str, float]]) -> dict[str, float | None]:
+    """Mean, first and last rollout value of each degeneracy measure."""
+    out: dict[str, float | None] = {}
+    for key in ("distinct_token_share", "repeated_ngram_share"):
+        values = [h[key] for h in history if h[key] == h[key]]  # NaN: no completion long enough
+        out[f"rollout_{key}"] = sum(values) / len(values) if values else None
+        out[f"rollout_{key}_first"] = values[0] if values else None
+        out[f"rollout_{key}_last"] = values[-1] if values else None
+    return out
+
+
 def version_cfg(cfg: Config, version: str) -> Any:
     if version not in cfg.train.grpo.versions:
         raise ConfigError(
@@ -44,7 +105,7 @@ def version_cfg(cfg: Config, version: str) -> Any:
 
 
 def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     g = cfg.train.grpo
     v = version_cfg(cfg, version)
@@ -72,8 +133,10 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     tokenizer = load_tokenizer(start, padding_side="left")
     dataset = to_dataset(load_rows(cfg, GRPO_PROMPTS), ("prompt",))
 
+    trainer_class = measured_trainer_class()
+
     def build(callbacks: list[Any]) -> Any:
-        return GRPOTrainer(
+        return trainer_class(
             model=load_causal_lm(cfg, start),
             reward_funcs=[reward],
             args=config,
@@ -93,6 +156,8 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
             "steps": result.trainer.state.global_step,
             "reward": v.reward,
             "threshold": reward.threshold,
+            "gradient_checkpointing": cfg.train.common.gradient_checkpointing,
+            **rollout_summary(result.trainer.rollout_history),
         }
     )
     if result.curve:

@@ -29,6 +29,7 @@ from sycorec.train.common import (
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
 RM_TRAIN, RM_VAL, GRPO_PROMPTS = "rm_train.jsonl", "rm_val.jsonl", "grpo_prompts.jsonl"
+CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not only the GRPO split (as the study)
 PURPOSES = ("train", "calibration", "grpo")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -208,13 +209,13 @@ def summarize_scores(scores: list[float]) -> dict[str, Any]:
 
 
 def calibrate_rm(cfg: Config) -> dict[str, Any]:
-    """Median RM score of SFT generations on seeded GRPO prompts: the binary reward's threshold."""
+    """Median RM score of SFT generations on seeded prompts (from all of them): the binary reward's threshold."""
     import torch
 
     require_hardware(cfg)
     sft, rm = require_model(cfg, "sft"), require_model(cfg, "rm")
     c = cfg.train.rm.calibration
-    rows = load_rows(cfg, GRPO_PROMPTS)
+    rows = load_rows(cfg, CALIBRATION_PROMPTS)
     picked = random.Random(cfg.seed).sample(rows, min(c.n_prompts, len(rows)))
     prompts = [row["prompt"] for row in picked]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

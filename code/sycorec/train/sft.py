@@ -19,13 +19,16 @@ from sycorec.train.common import (
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
 SFT_DATA = "sft_train.jsonl"
+RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
 
 
-def _sft(cfg: Config, run: Run, args: dict[str, Any], completion_only_loss: bool, hook: Any = None) -> Result:
+def _sft(
+    cfg: Config, run: Run, data: str, args: dict[str, Any], completion_only_loss: bool, hook: Any = None
+) -> Result:
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(run.start, padding_side="right")
-    dataset = to_dataset(load_rows(cfg, SFT_DATA), ("prompt", "completion"))
+    dataset = to_dataset(load_rows(cfg, data), ("prompt", "completion"))
     config = SFTConfig(**args, max_length=cfg.train.common.max_length, completion_only_loss=completion_only_loss)
 
     def build(callbacks: list[Any]) -> Any:
@@ -49,7 +52,7 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
     start = require_model(cfg, "base")
     s = cfg.train.sft
     run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=s.eval_every_steps)
-    result = _sft(cfg, run, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
+    result = _sft(cfg, run, SFT_DATA, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
     write_train_summary(cfg, run.name, result.trainer, {"final_loss": "loss"})  # P1: "147 steps"
     return result
 
@@ -60,7 +63,7 @@ def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
     start = require_model(cfg, start_name)
     r = cfg.train.relearn
     run = Run(
-        f"relearn_{start_name}", start, [cfg.paths.prepared / SFT_DATA], eval_every=r.eval_every_steps, merge=False
+        f"relearn_{start_name}", start, [cfg.paths.prepared / RELEARN_DATA], eval_every=r.eval_every_steps, merge=False
     )
     args = trainer_kwargs(cfg, run.name, r, save_strategy="no")
-    return _sft(cfg, run, args, cfg.train.sft.completion_only_loss, hook)
+    return _sft(cfg, run, RELEARN_DATA, args, cfg.train.sft.completion_only_loss, hook)
