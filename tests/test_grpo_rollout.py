@@ -15,9 +15,14 @@ import pytest
 from tiny_model import random_qwen3
 from train_support import build_tokenizer
 
-sys.modules.setdefault("vllm", None)  # as the training CLI: TRL's import-time vLLM patch is not needed here
-
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def hide_vllm(monkeypatch):
+    """As the training CLI does (TRL's import-time vLLM patch is not needed here); later tests see vLLM again."""
+    if "vllm" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "vllm", None)
 
 PROMPTS = ["What color is the sky?", "How many legs does a cat have?"]
 NEW_TOKENS = 12

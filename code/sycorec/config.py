@@ -331,19 +331,19 @@ class GenerationCfg(Section):
     # as_run: the study's `\(([A-E])\)` letters for the guided pass-1 choice; row: every option letter of the row
     mc_letters: Literal["as_run", "row"]
 
-
-class JudgeOverride(Section):
-    """One model's judge budget: the engine loads once at the largest context; each request keeps to its model's."""
-
-    max_model_len: PositiveInt | None = None
-    max_tokens: PositiveInt | None = None
-
     @field_validator("top_k")
     @classmethod
     def _top_k_not_zero(cls, value: int) -> int:
         if value == 0:
             raise ValueError("0 is not a top_k; use -1 to turn it off or a positive count")
         return value
+
+
+class JudgeOverride(Section):
+    """One model's judge budget: the engine loads once at the largest context; each request keeps to its model's."""
+
+    max_model_len: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
 
 
 class JudgeCfg(Section):
