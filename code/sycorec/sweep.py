@@ -196,14 +196,15 @@ def add_runs(record_path: Path, capability: str, runs: Mapping[int, dict]) -> di
 
 
 def with_seed(seed: int) -> Callable[[dict], dict]:
-    """The demo's params with another seed, and only the models the directions read (no GRPO, relearning, report)."""
+    """The demo's params with another seed, and only the models the directions and the probe prompt set read."""
 
     def edit(raw: dict) -> dict:
         raw = copy.deepcopy(raw)
         raw["seed"] = seed
-        raw["models"] = list(MODELS)
-        raw["probing"]["models"] = [m for m in raw["probing"]["models"] if m in MODELS]
-        raw["train"]["grpo"]["versions"] = {}
+        probed = raw["probing"]["models"]  # the prompt set is labelled by every probed model: keep them all
+        raw["models"] = [m for m in raw["models"] if m in MODELS or m in probed]
+        versions = raw["train"]["grpo"]["versions"]
+        raw["train"]["grpo"]["versions"] = {v: spec for v, spec in versions.items() if f"grpo_{v}" in raw["models"]}
         return raw
 
     return edit
