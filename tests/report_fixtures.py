@@ -249,6 +249,8 @@ def make_world(root: Path, profile: str | None = None) -> Path:
                 "kl": kl,
                 "completion_length": 180.0,
                 "frac_reward_zero_std": zero,
+                "rollout_distinct_token_share": 0.87,
+                "rollout_repeated_ngram_share": 0.002,
             },
         )
         start = {"v1": 0.310, "v2": 0.318, "v3": 0.318, "v4": 0.318}[v]
