@@ -24,6 +24,7 @@ def hide_vllm(monkeypatch):
     if "vllm" not in sys.modules:
         monkeypatch.setitem(sys.modules, "vllm", None)
 
+
 PROMPTS = ["What color is the sky?", "How many legs does a cat have?"]
 NEW_TOKENS = 12
 SEED = 4

@@ -24,6 +24,7 @@ from sycorec.train.tiny import (
     render_prompt,
     stated_answer,
 )
+from train_support import Killed, killer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -143,24 +144,6 @@ SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, 
 RESUME = {**SMALL, "vocab_size": 300, "batch_size": 8, "max_steps": 14, "save_steps": 4}
 
 
-class Killed(RuntimeError):
-    pass
-
-
-def _kill_after_saving(step: int):
-    def hook():
-        from transformers import TrainerCallback
-
-        class KillAfterSave(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == step:
-                    raise Killed(f"killed after saving step {step}")
-
-        return KillAfterSave()
-
-    return hook
-
-
 @pytest.fixture(scope="module")
 def short_world(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("short") / "synth"
@@ -184,7 +167,7 @@ def test_pretrain_killed_mid_epoch_resumes_bit_identical(short_world: Path, tmp_
     (tmp_path / "resumed").mkdir()
     (tmp_path / "resumed/base.json").write_text('{"from": "the previous run"}')
     with pytest.raises(Killed):
-        run("resumed", _kill_after_saving(8))
+        run("resumed", killer(8))
     assert (tmp_path / "resumed/base.json").read_text() == '{"from": "the previous run"}'  # a kill deletes nothing
     assert not (tmp_path / "resumed/models/base").exists()
     capfd.readouterr()

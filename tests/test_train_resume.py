@@ -12,7 +12,7 @@ import pytest
 
 from sycorec.io import read_json
 from sycorec.train.common import checkpoint_problem, prepare_checkpoints, sort_adapter_config
-from train_support import make_run_root, tiny_config
+from train_support import Killed, killer, make_run_root, tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -21,26 +21,6 @@ torch = pytest.importorskip("torch")
 # with checkpoint-6 torn, the run resumes from checkpoint-4, at the epoch boundary.
 MID_EPOCH = {"train": {"sft": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "save_steps": 2}}}
 STEPS, KILL_AT = 8, 6
-
-
-class Killed(RuntimeError):
-    pass
-
-
-def killer(step: int):
-    """A test hook: a callback that kills the run right after it saved the checkpoint of `step`."""
-
-    def hook():
-        from transformers import TrainerCallback
-
-        class KillAfterSave(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == step:
-                    raise Killed(f"killed after saving step {step}")
-
-        return KillAfterSave()
-
-    return hook
 
 
 def dvc_hash(path: Path) -> str:

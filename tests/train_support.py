@@ -173,3 +173,23 @@ def make_run_root(root: Path) -> Path:
     build_model(base, tokenizer)
     random.seed(0)
     return root
+
+
+class Killed(RuntimeError):
+    """Raised by `killer`'s callback: the test's stand-in for a kill."""
+
+
+def killer(step: int):
+    """A training hook: a callback that kills the run right after it saved the checkpoint of `step`."""
+
+    def hook():
+        from transformers import TrainerCallback
+
+        class KillAfterSave(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise Killed(f"killed after saving step {step}")
+
+        return KillAfterSave()
+
+    return hook

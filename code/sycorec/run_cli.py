@@ -11,6 +11,7 @@ import yaml
 from sycorec.clikit import Config, pass_config
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
+from sycorec.cluster.cli import MAX_PARALLEL_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.errors import SycorecError
 from sycorec.workspace import prepare_workspace, run_pipeline
@@ -72,13 +73,7 @@ def post_targets(post: str) -> list[str]:
 @click.option("--post", required=True, help="1, 2, 3, 4 or all.")
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--plan", "show_plan", is_flag=True, help="List the stages and their GPU-hours; run none.")
-@click.option(
-    "--max-parallel",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="SLURM: how many stage jobs may run at once.",
-)
+@MAX_PARALLEL_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the commands that would run.")
 @pass_config
 def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_parallel: int, dry_run: bool) -> None:

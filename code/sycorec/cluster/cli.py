@@ -15,6 +15,14 @@ from sycorec.config import Config
 from sycorec.errors import SycorecError
 from sycorec.hub import hub_offline
 
+MAX_PARALLEL_OPTION = click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="SLURM: how many jobs of the chain may run at once (independent stages side by side, one node each).",
+)
+
 
 @click.command()
 @click.option(
@@ -139,13 +147,7 @@ def planned_stages(targets: list[str], upstream: bool, run_all: bool, root: Path
     help="Also run the stages the targets depend on, dependencies first (as `dvc repro` would).",
 )
 @click.option("--all", "run_all", is_flag=True, help="Submit up-to-date stages too (default: skip them).")
-@click.option(
-    "--max-parallel",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="How many jobs of the chain may run at once (independent stages run side by side, one node each).",
-)
+@MAX_PARALLEL_OPTION
 @click.option("--wait", is_flag=True, help="Then poll sacct until every job completed (interrupt and re-run freely).")
 @click.option(
     "--dry-run", is_flag=True, help="Print the rendered scripts only: no preflight, nothing submitted or written."

@@ -14,6 +14,13 @@ from sycorec.data.prepare import prepare
 from sycorec.data.schema import KINDS, validate_file
 from sycorec.paths import raw_dir
 
+PINS_OPTION = click.option(
+    "--pins",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Pin table to verify against (default: the packaged schemas/pins.yaml).",
+)
+
 
 @click.group()
 def data() -> None:
@@ -38,12 +45,7 @@ def validate(paths: tuple[Path, ...], kind: str | None) -> None:
     default=None,
     help="Take the files from this directory (raw layout) instead of the network; same verification.",
 )
-@click.option(
-    "--pins",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Pin table to verify against (default: the packaged schemas/pins.yaml).",
-)
+@PINS_OPTION
 @pass_config
 @timed("fetch")
 def fetch_cmd(cfg: Config, mirror: Path | None, pins: Path | None) -> None:
@@ -55,12 +57,7 @@ def fetch_cmd(cfg: Config, mirror: Path | None, pins: Path | None) -> None:
 
 
 @data.command("verify")
-@click.option(
-    "--pins",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Pin table to verify against (default: the packaged schemas/pins.yaml).",
-)
+@PINS_OPTION
 @pass_config
 def verify_cmd(cfg: Config, pins: Path | None) -> None:
     """Check that paths.raw holds exactly what `data fetch` verified (run before recording it in data.dvc)."""
