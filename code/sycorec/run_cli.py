@@ -24,12 +24,15 @@ POSTS_FILE = Path(__file__).parent / "posts.yaml"
 @click.option("--dir", "workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--cold", is_flag=True, help="Start every stage as a fresh process instead of forking a warm one.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seed sweep: run the organism over this many seeds.")
+@click.option("--first-seed", type=int, help="With --seeds: the first seed (default: params' seed).")
 @click.option(
     "--record",
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --seeds: merge this kernel path's runs into this record (e.g. code/sycorec/report/tiny_sweep.json).",
 )
-def demo(profile: str, workdir: str, cold: bool, seeds: int | None, record: Path | None) -> None:
+def demo(
+    profile: str, workdir: str, cold: bool, seeds: int | None, first_seed: int | None, record: Path | None
+) -> None:
     """Run the whole DAG with a profile in a scratch copy; print where the results are.
 
     With --seeds N, run the organism's stages once per seed (params seed, seed+1, …) in <dir>/seed-<s>/ and print
@@ -37,7 +40,7 @@ def demo(profile: str, workdir: str, cold: bool, seeds: int | None, record: Path
     """
     project = Path.cwd()
     if seeds:
-        _sweep(project, Path(workdir).resolve(), profile, seeds, record, warm=not cold)
+        _sweep(project, Path(workdir).resolve(), profile, seeds, first_seed, record, warm=not cold)
         return
     work = prepare_workspace(project, Path(workdir).resolve(), profile)
     seconds = run_pipeline(work, warm=not cold)
@@ -45,13 +48,14 @@ def demo(profile: str, workdir: str, cold: bool, seeds: int | None, record: Path
     click.echo(f"results: {work / 'results'}")
 
 
-def _sweep(project: Path, root: Path, profile: str, n: int, record: Path | None, warm: bool) -> None:
+def _sweep(project: Path, root: Path, profile: str, n: int, first: int | None, record: Path | None, warm: bool) -> None:
     import torch
 
     from sycorec import sweep
     from sycorec.config import load_config
 
-    first = load_config(project / "params.yaml", profile).seed
+    if first is None:
+        first = load_config(project / "params.yaml", profile).seed
     runs = sweep.run_seeds(project, root, profile, range(first, first + n), warm)
     capability = torch.backends.cpu.get_cpu_capability()
     target = record or root / "sweep.json"
