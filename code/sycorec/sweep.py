@@ -156,7 +156,7 @@ def reading_summary(record: Mapping[str, Any]) -> dict[str, dict[str, dict[str, 
 def markdown(record: Mapping[str, Any]) -> str:
     """README tables: readings across seeds and kernel paths, and the directions with their margins."""
     runs = all_runs(record)
-    paths = ", ".join(f"{p} ({len(v['runs'])} seeds)" for p, v in record["paths"].items())
+    paths = ", ".join(f"{p} ({len(v['runs'])} seed{'s' * (len(v['runs']) != 1)})" for p, v in record["paths"].items())
     lines = [
         f"Seed sweep of the tiny organism: {len(runs)} runs on kernel paths {paths}; mean ± SD [min, max] across runs.",
         "",
