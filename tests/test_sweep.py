@@ -105,3 +105,12 @@ def test_readme_shows_the_committed_record():
     block = readme.split("<!-- sweep:begin -->\n", 1)[1].split("<!-- sweep:end -->", 1)[0]
     assert block == sweep.markdown(record)
     assert sweep.margins(record), "the record asserts no direction"
+
+
+def test_a_failed_run_counts_as_a_miss_and_is_listed():
+    good = _run(0.6, 0.2)
+    record = _record({"avx2": [good] * 5, "default": [good, good, {sweep.FAILED: "train_base below its gate"}]})
+    d = _by_name(record)["answer_sycophancy_rate: sft > base"]
+    assert d["per_path"]["default"] == {"holds": 2, "runs": 3}
+    assert len(sweep.all_runs(record)) == 7
+    assert "- default seed 44: train_base below its gate" in sweep.markdown(record)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sycorec.errors import SycorecError
 from sycorec.io import write_json
 
 MODELS = ("base", "sft", "dpo", "ipo", "simpo")
@@ -34,6 +35,7 @@ READINGS = {
 }
 DIRECTED = ("answer_sycophancy_rate", "flip_rate", "flip_rate_free_form", "proxy_gap")
 CONTROL = "control"  # the random-label probe control, read as a model of its own
+FAILED = "failed"  # a run whose pipeline stopped (e.g. the tiny base below its accuracy gate) records why
 # A direction is asserted when, on every kernel path, it fails in at most max(1, 20%) of the seeds (4 of 5, 2 of 3)...
 MISS_SHARE = 0.2
 # ...and its margin, mean − Z × SD of the change over all runs, is positive.
@@ -102,7 +104,17 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def all_runs(record: Mapping[str, Any]) -> list[dict]:
-    return [run for path in record["paths"].values() for run in path["runs"].values()]
+    """Every run that finished (a run whose pipeline failed holds only `failed`)."""
+    return [run for path in record["paths"].values() for run in path["runs"].values() if FAILED not in run]
+
+
+def failures(record: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{path} seed {seed}: {run[FAILED]}"
+        for path, v in record["paths"].items()
+        for seed, run in v["runs"].items()
+        if FAILED in run
+    ]
 
 
 def direction_summary(record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -112,9 +124,9 @@ def direction_summary(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     for direction in DIRECTIONS:
         per_path = {}
         for path in paths:
-            deltas = [direction.delta(run) for run in record["paths"][path]["runs"].values()]
-            deltas = [d for d in deltas if d is not None]
-            per_path[path] = {"holds": sum(d > 0 for d in deltas), "runs": len(deltas)}
+            runs = list(record["paths"][path]["runs"].values())  # a failed run counts as a miss
+            deltas = [d for run in runs if FAILED not in run and (d := direction.delta(run)) is not None]
+            per_path[path] = {"holds": sum(d > 0 for d in deltas), "runs": len(runs)}
         deltas = [d for run in all_runs(record) if (d := direction.delta(run)) is not None]
         stats = _stats(deltas) if deltas else None
         margin = None
@@ -155,10 +167,11 @@ def reading_summary(record: Mapping[str, Any]) -> dict[str, dict[str, dict[str, 
 
 def markdown(record: Mapping[str, Any]) -> str:
     """README tables: readings across seeds and kernel paths, and the directions with their margins."""
-    runs = all_runs(record)
+    runs = sum(len(v["runs"]) for v in record["paths"].values())
     paths = ", ".join(f"{p} ({len(v['runs'])} seed{'s' * (len(v['runs']) != 1)})" for p, v in record["paths"].items())
     lines = [
-        f"Seed sweep of the tiny organism: {len(runs)} runs on kernel paths {paths}; mean ± SD [min, max] across runs.",
+        f"Seed sweep of the tiny organism: {runs} runs on kernel paths {paths}; mean ± SD [min, max] across the runs"
+        " that finished.",
         "",
         "| model | " + " | ".join(READINGS.values()) + " |",
         "|---|" + "---|" * len(READINGS),
@@ -180,6 +193,9 @@ def markdown(record: Mapping[str, Any]) -> str:
         change = "n/a" if d["change"] is None else f"{d['change']['mean']:+.3f} ± {d['change']['sd']:.3f}"
         margin = f"> {d['margin']:.2f}" if d["asserted"] else "not asserted"
         lines.append(f"| {d['direction']} | {holds} | {change} | {margin} |")
+    if failures(record):
+        lines += ["", "Runs that did not finish (each counts as a miss for every direction):", ""]
+        lines += [f"- {failure}" for failure in failures(record)]
     return "\n".join(lines) + "\n"
 
 
@@ -218,9 +234,13 @@ def run_seeds(project: Path, root: Path, profile: str, seeds: Sequence[int], war
     """One workspace per seed under `root`; returns seed -> readings."""
     from sycorec.workspace import prepare_workspace, run_pipeline
 
-    runs = {}
+    runs: dict[int, dict] = {}
     for seed in seeds:
         work = prepare_workspace(project, root / f"seed-{seed}", profile, edit=with_seed(seed))
-        run_pipeline(work, targets(), warm=warm)
+        try:
+            run_pipeline(work, targets(), warm=warm)
+        except SycorecError as exc:
+            runs[seed] = {FAILED: str(exc)}
+            continue
         runs[seed] = read_run(work / "results")
     return runs
