@@ -65,10 +65,16 @@ def reference(tmp_path_factory):
     return root
 
 
-def test_mid_epoch_kill_resumes_bit_identical(reference, tmp_path, capfd):
-    root = make_run_root(tmp_path / "resumed")
+def _killed_at_step(path: Path) -> Path:
+    """A run root whose SFT run was killed right after saving checkpoint KILL_AT."""
+    root = make_run_root(path)
     with pytest.raises(Killed):
         train_sft_in(root, killer(KILL_AT))
+    return root
+
+
+def test_mid_epoch_kill_resumes_bit_identical(reference, tmp_path, capfd):
+    root = _killed_at_step(tmp_path / "resumed")
     assert not (root / "outputs/models/sft").exists()  # nothing half-written
     capfd.readouterr()
     result = train_sft_in(root)
@@ -97,9 +103,7 @@ def _torn_optimizer(checkpoint: Path) -> None:
     ids=["no-trainer-state", "torn-optimizer"],
 )
 def test_torn_checkpoint_is_skipped_for_the_newest_complete_one(reference, tmp_path, capfd, tear, why):
-    root = make_run_root(tmp_path / "torn")
-    with pytest.raises(Killed):
-        train_sft_in(root, killer(KILL_AT))
+    root = _killed_at_step(tmp_path / "torn")
     checkpoints = root / "outputs/checkpoints/sft"
     tear(checkpoints / f"checkpoint-{KILL_AT}")
     capfd.readouterr()
