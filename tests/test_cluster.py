@@ -73,7 +73,7 @@ def test_offline_miss_names_the_prefetch_command_and_writes_nothing(run_root, cf
         hub.resolve_pretrained(model_source(cfg, "base"))
     message = str(err.value)
     assert "\n" not in message
-    assert "Qwen/Qwen3-8B@main" in message
+    assert f"Qwen/Qwen3-8B@{cfg.base_model.revision}" in message
     assert "`sycorec prefetch --only Qwen/Qwen3-8B`" in message
     assert files_under(run_root) == before
     assert files_under(empty_hf_cache) == []
@@ -114,11 +114,13 @@ def fake_hub(tmp_path, monkeypatch):
     calls = []
 
     def repo_info(self, repo_id, repo_type=None, revision=None):
-        return SimpleNamespace(sha=f"{abs(hash(repo_id)) % 10**8:040d}")
+        pinned = revision and re.fullmatch(r"[0-9a-f]{40}", revision)
+        return SimpleNamespace(sha=revision if pinned else f"{abs(hash(repo_id)) % 10**8:040d}")
 
     def snapshot_download(repo_id, repo_type=None, revision=None, allow_patterns=None, **_):
         calls.append((repo_id, repo_type, revision, allow_patterns))
-        path = tmp_path / "hub" / repo_id.replace("/", "--") / "snapshots" / repo_info(None, repo_id).sha
+        commit = repo_info(None, repo_id, revision=revision).sha
+        path = tmp_path / "hub" / repo_id.replace("/", "--") / "snapshots" / commit
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
@@ -130,20 +132,26 @@ def fake_hub(tmp_path, monkeypatch):
 
 
 def test_prefetch_records_resolved_commits(run_root, fake_hub):
+    cfg = load_config(run_root / "params.yaml")
     result = invoke("prefetch", "--manifest", "m.json")
     assert result.exit_code == 0, result.output
     items = json.loads((run_root / "m.json").read_text())["items"]
-    assert {(i["repo_type"], i["repo_id"], i["revision"]) for i in items} == {
-        ("model", "Qwen/Qwen3-8B", "main"),
-        ("model", "Qwen/Qwen2.5-72B-Instruct", "main"),
-        ("dataset", "truthfulqa/truthful_qa", "main"),
-        ("dataset", "JNK789/sycophancy-recovery-data", "main"),
+    configured = {
+        ("model", "Qwen/Qwen3-8B", cfg.base_model.revision),
+        ("model", "Qwen/Qwen2.5-72B-Instruct", cfg.judge.revision),
+        ("dataset", "truthfulqa/truthful_qa", cfg.data.truthfulqa.hf_revision),
+        ("dataset", "JNK789/sycophancy-recovery-data", cfg.data.training_data.hf_revision),
     }
+    assert {(i["repo_type"], i["repo_id"], i["revision"]) for i in items} == configured
     assert all(len(i["commit"]) == 40 and Path(i["snapshot"]).name == i["commit"] for i in items)
-    base = next(i for i in items if i["repo_id"] == "Qwen/Qwen3-8B")
-    assert f"pin it: base_model.revision: {base['commit']}" in result.output  # branch names are refused at full scale
-    # Downloads go by the configured revision (so refs/main is cached for offline lookups), models without code.
-    assert all(revision == "main" for _, _, revision, _ in fake_hub)
+    # The models and TruthfulQA are pinned to commits; the training data's commit is not on record, so prefetch says
+    # which line to add (full scale refuses a branch name).
+    unpinned = [i for i in items if i["revision"] != i["commit"]]
+    assert [i["repo_id"] for i in unpinned] == ["JNK789/sycophancy-recovery-data"]
+    assert f"pin it: data.training_data.hf_revision: {unpinned[0]['commit']}" in result.output
+    assert "pin it: base_model.revision" not in result.output
+    # Downloads go by the configured revision (so a branch's ref is cached for offline lookups), models without code.
+    assert {revision for _, _, revision, _ in fake_hub} == {revision for *_, revision in configured}
     model_patterns = [patterns for _, kind, _, patterns in fake_hub if kind == "model"]
     assert model_patterns and all("*.safetensors" in p and "*.py" not in p for p in model_patterns)
 
@@ -155,10 +163,11 @@ def test_prefetch_only_merges_into_the_manifest(run_root, fake_hub):
     assert [i["repo_id"] for i in items] == ["Qwen/Qwen2.5-72B-Instruct", "Qwen/Qwen3-8B"]
 
 
-def test_prefetch_dry_run_lists_and_writes_nothing(run_root, fake_hub):
+def test_prefetch_dry_run_lists_and_writes_nothing(run_root, cfg, fake_hub):
     result = invoke("prefetch", "--dry-run")
     assert result.exit_code == 0
-    assert "Qwen/Qwen3-8B@main" in result.output and "JNK789/sycophancy-recovery-data@main" in result.output
+    assert f"Qwen/Qwen3-8B@{cfg.base_model.revision}" in result.output
+    assert f"JNK789/sycophancy-recovery-data@{cfg.data.training_data.hf_revision}" in result.output
     assert fake_hub == []
     assert not (run_root / "outputs").exists()
 

@@ -141,7 +141,8 @@ def test_manifest_and_timings(built: Path) -> None:
     assert manifest["profile"] == "full"
     assert len(manifest["params_sha256"]) == 64
     assert set(manifest["environment"]) >= {"git", "lock_sha256", "versions", "hardware", "image_digest"}
-    assert manifest["revisions"]["base_model"] == {"name": "Qwen/Qwen3-8B", "revision": "main"}
+    pinned = load_config(built / "params.yaml").base_model.revision
+    assert manifest["revisions"]["base_model"] == {"name": "Qwen/Qwen3-8B", "revision": pinned}
     assert manifest["revisions"]["data"]["sycophancy_eval"]["commit"]
     assert manifest["inputs"]["raw"]["dir"] == "data/raw"
     assert manifest["inputs"]["raw"]["manifest"]["files"]
