@@ -20,9 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
+from sycorec.chat import render_prompt
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
-from sycorec.evaluation.backends import render, require_cuda, sampling_params
+from sycorec.evaluation.backends import require_cuda, sampling_params
 from sycorec.evaluation.facts import WORLD_FILE, study, world
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, suggestion
@@ -334,7 +335,7 @@ class LLMJudge:
             chunk = requests[start : start + JUDGE_CHUNK]
             ids = [
                 tokenizer(
-                    render(tokenizer, [{"role": "user", "content": build_prompt(r, self.prompts)}]),
+                    render_prompt(tokenizer, [{"role": "user", "content": build_prompt(r, self.prompts)}]),
                     add_special_tokens=False,
                 )["input_ids"]
                 for r in chunk

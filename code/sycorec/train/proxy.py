@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sycorec.chat import render_chat
 from sycorec.io import write_json
 
 if TYPE_CHECKING:
@@ -50,9 +51,7 @@ def proxy_prompts(
             else:
                 text = pattern.format(**q)
                 prefill, pair = spec["answer_prefill"], (f" {q['correct_answer']}", f" {q['incorrect_answer']}")
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=False
-            )
+            rendered = render_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
             prompts.append({"template": template, "text": rendered + prefill, "correct": pair[0], "incorrect": pair[1]})
     return prompts
 

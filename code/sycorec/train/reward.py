@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sycorec.chat import render_chat
 from sycorec.config import Config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
@@ -51,10 +52,7 @@ def rm_text(tokenizer: Any, prompt_messages: list[dict], completion: str, purpos
     if text_format != "study":
         raise ConfigError(f"unknown train.rm.text_format {text_format!r}")
     if purpose == "calibration":
-        prompt = tokenizer.apply_chat_template(
-            prompt_messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-        return prompt + completion
+        return render_chat(tokenizer, prompt_messages, add_generation_prompt=True) + completion
     return " ".join(m["content"] for m in prompt_messages) + completion
 
 
@@ -154,10 +152,7 @@ def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]],
 
     c = cfg.train.rm.calibration
     device = next(model.parameters()).device
-    texts = [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        for p in prompts
-    ]
+    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from sycorec.chat import render_chat, render_prompt
 from sycorec.clikit import Config, pass_config, timed
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
@@ -81,20 +82,6 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     tokenizer.add_tokens(list(THINK_TOKENS))
     tokenizer.chat_template = chat_template()
     return tokenizer
-
-
-def render_chat(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """Chat-template text with thinking off, as every stage of the study renders it."""
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
-    )
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
-    """Generation prompt for `messages`; a final assistant message is a prefill appended after the prompt."""
-    if messages and messages[-1]["role"] == "assistant":
-        return render_chat(tokenizer, messages[:-1], add_generation_prompt=True) + messages[-1]["content"]
-    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 _ASSISTANT_SPAN = re.compile(re.escape(f"{IM_START}assistant\n") + r".*?" + re.escape(EOS), re.DOTALL)
