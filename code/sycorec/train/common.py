@@ -10,14 +10,13 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from sycorec.config import Config, OptimCfg
+from sycorec.data.staging import staged_dir
 from sycorec.errors import MissingInputError, SycorecError
 from sycorec.io import iter_jsonl, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
@@ -371,24 +370,6 @@ def write_train_summary(cfg: Config, run: str, trainer: Any, keys: dict[str, str
 # --------------------------------------------------------------------------- saving
 
 
-@contextmanager
-def staged_model_dir(path: Path) -> Iterator[Path]:
-    """Write a model directory beside `path` and swap it in whole on success (never half a model)."""
-    staging = path.with_name(f".{path.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def save_merged(
     cfg: Config,
     trainer: Any,
@@ -408,7 +389,7 @@ def save_merged(
     trainer.save_model(str(adapter_tmp))  # every rank must call it; it writes on rank 0
     barrier()
     if is_main_process():
-        with staged_model_dir(out) as staging:
+        with staged_dir(out) as staging:
             if merge:
                 from peft import PeftModel
 
