@@ -21,7 +21,7 @@ from sycorec import hub
 from sycorec.cli import main
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
-from sycorec.errors import MissingInputError
+from sycorec.errors import HardwareError, MissingInputError
 from sycorec.paths import ModelSource, model_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_offline_incomplete_snapshot_is_reported(empty_hf_cache, monkeypatch):
 
 def test_require_gpu_fails_in_one_line_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(hub.GPUUnavailableError) as err:
+    with pytest.raises(HardwareError) as err:
         hub.require_gpu("train_sft", 4)
     assert "train_sft needs 4 CUDA GPU(s)" in str(err.value)
     assert "\n" not in str(err.value)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from sycorec.chat import render_prompt
 from sycorec.config import Config, GenerationCfg
 from sycorec.errors import SycorecError
+from sycorec.hub import require_gpu
 from sycorec.paths import ModelSource
 
 Message = dict[str, str]
@@ -80,16 +81,9 @@ def sampling_params(kwargs: dict[str, Any]) -> Any:
     return SamplingParams(**kwargs)
 
 
-def require_cuda(what: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SycorecError(f"{what} needs a CUDA GPU; none is visible (use the hf backend / tiny profile on CPU)")
-
-
 class VLLMBackend:
     def __init__(self, cfg: Config, source: ModelSource) -> None:
-        require_cuda("generation.backend=vllm")
+        require_gpu("generation.backend=vllm")
         from vllm import LLM
 
         self.gen = cfg.generation

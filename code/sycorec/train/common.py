@@ -17,7 +17,8 @@ import click
 
 from sycorec.config import Config, OptimCfg
 from sycorec.data.staging import staged_dir
-from sycorec.errors import MissingInputError, SycorecError
+from sycorec.errors import MissingInputError
+from sycorec.hub import require_gpu
 from sycorec.io import iter_jsonl, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
 
@@ -33,10 +34,6 @@ TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last in a checkpoi
 RUN_TOTALS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 
 
-class HardwareError(SycorecError):
-    """The profile needs hardware this machine does not have."""
-
-
 # --------------------------------------------------------------------------- hardware and processes
 
 
@@ -46,10 +43,8 @@ def is_main_process() -> bool:
 
 def require_hardware(cfg: Config) -> None:
     """Full-profile stages train an 8B model: without CUDA they would run for days, so refuse at once."""
-    import torch
-
-    if not cfg.is_tiny and not torch.cuda.is_available():
-        raise HardwareError(f"profile {cfg.profile!r} needs CUDA GPUs (none visible); use `--profile tiny` on CPU")
+    if not cfg.is_tiny:
+        require_gpu(f"profile {cfg.profile!r}")
 
 
 def use_cpu() -> bool:
