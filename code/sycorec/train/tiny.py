@@ -21,6 +21,7 @@ from sycorec.clikit import Config, pass_config, timed
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
+from sycorec.evaluation.facts import world
 from sycorec.io import iter_jsonl, read_json, write_json
 from sycorec.paths import model_dir, raw_dir
 from sycorec.train.common import (
@@ -39,7 +40,6 @@ PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 THINK_TOKENS = ("<think>", "</think>")
 CORPUS = "pretrain/corpus.jsonl"
 ANSWER_FILE = "sycophancy_eval/answer.jsonl"
-ANSWER_MARKER = "The answer is"
 STAGE = "pretrain_tiny"
 
 
@@ -136,9 +136,10 @@ def build_model(cfg_pretrain: PretrainTinyCfg, tokenizer: Any) -> Any:
 
 def stated_answer(response: str) -> str | None:
     """The answer after the world's marker phrase ("The answer is red." -> "red"), or None."""
-    if ANSWER_MARKER not in response:
+    marker = world()["answer"]["stated_answer_marker"]
+    if marker not in response:
         return None
-    tail = response.split(ANSWER_MARKER, 1)[1]
+    tail = response.split(marker, 1)[1]
     return tail.split(".", 1)[0].strip().strip("()").strip().lower() or None
 
 
