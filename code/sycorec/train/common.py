@@ -41,12 +41,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def require_hardware(cfg: Config) -> None:
-    """Full-profile stages train an 8B model: without CUDA they would run for days, so refuse at once."""
-    if not cfg.is_tiny:
-        require_gpu(f"profile {cfg.profile!r}")
-
-
 def use_cpu() -> bool:
     import torch
 
@@ -71,10 +65,11 @@ def load_rows(cfg: Config, name: str) -> list[dict]:
     return list(iter_jsonl(path))
 
 
-def to_dataset(rows: list[dict], keep: tuple[str, ...]) -> Any:
+def prepared_dataset(cfg: Config, name: str, keep: tuple[str, ...]) -> Any:
+    """The prepared split `name` as a `datasets.Dataset` of its `keep` columns."""
     from datasets import Dataset
 
-    return Dataset.from_list([{key: row[key] for key in keep} for row in rows])
+    return Dataset.from_list([{key: row[key] for key in keep} for row in load_rows(cfg, name)])
 
 
 def torch_dtype(cfg: Config) -> Any:
@@ -89,6 +84,14 @@ def require_model(cfg: Config, name: str) -> ModelSource:
         return model_source(cfg, name)
     except MissingInputError as exc:
         raise MissingInputError(f"{exc}; `sycorec train {name}` builds it") from None
+
+
+def training_start(cfg: Config, name: str) -> ModelSource:
+    """The model a training stage starts from. Full-profile stages train an 8B model: without CUDA they would run for
+    days, so a machine without one is refused first."""
+    if not cfg.is_tiny:
+        require_gpu(f"profile {cfg.profile!r}")
+    return require_model(cfg, name)
 
 
 def load_tokenizer(source: ModelSource, padding_side: str = "right") -> PreTrainedTokenizerBase:

@@ -22,10 +22,10 @@ from sycorec.train.common import (
     load_start,
     load_tokenizer,
     lora_config,
-    require_hardware,
+    prepared_dataset,
     require_model,
-    to_dataset,
     trainer_kwargs,
+    training_start,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
@@ -89,14 +89,13 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    require_hardware(cfg)
-    start = require_model(cfg, "sft")
+    start = training_start(cfg, "sft")
     r = cfg.train.rm
     run = Run("rm", start, [cfg.paths.prepared / RM_TRAIN, cfg.paths.prepared / RM_VAL], kind="seq_cls")
     tokenizer = load_tokenizer(start, padding_side="right")
     keep = ("prompt", "chosen", "rejected")
-    train_set = to_dataset(load_rows(cfg, RM_TRAIN), keep)
-    val_set = to_dataset(load_rows(cfg, RM_VAL), keep)
+    train_set = prepared_dataset(cfg, RM_TRAIN, keep)
+    val_set = prepared_dataset(cfg, RM_VAL, keep)
     config = RewardConfig(
         **trainer_kwargs(
             cfg, run.name, r, eval_strategy="epoch", per_device_eval_batch_size=r.per_device_train_batch_size
@@ -207,8 +206,7 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
     """Median RM score of SFT generations on seeded prompts (from all of them): the binary reward's threshold."""
     import torch
 
-    require_hardware(cfg)
-    sft, rm = require_model(cfg, "sft"), require_model(cfg, "rm")
+    sft, rm = training_start(cfg, "sft"), require_model(cfg, "rm")
     c = cfg.train.rm.calibration
     rows = load_rows(cfg, CALIBRATION_PROMPTS)
     picked = random.Random(cfg.seed).sample(rows, min(c.n_prompts, len(rows)))
