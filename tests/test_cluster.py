@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from sycorec import hub
 from sycorec.cli import main
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
-from sycorec.errors import MissingInputError
+from sycorec.errors import HardwareError, MissingInputError
 from sycorec.paths import ModelSource, model_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,26 +28,8 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture
-def run_root(tmp_path, monkeypatch):
-    """A run root with the repository's params, profiles and slurm/ data (no dvc.yaml)."""
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    shutil.copytree(ROOT / "slurm", tmp_path / "slurm")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture
 def cfg(run_root):
     return load_config(run_root / "params.yaml")
-
-
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def files_under(path: Path) -> list[Path]:
@@ -100,7 +81,7 @@ def test_offline_incomplete_snapshot_is_reported(empty_hf_cache, monkeypatch):
 
 def test_require_gpu_fails_in_one_line_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(hub.GPUUnavailableError) as err:
+    with pytest.raises(HardwareError) as err:
         hub.require_gpu("train_sft", 4)
     assert "train_sft needs 4 CUDA GPU(s)" in str(err.value)
     assert "\n" not in str(err.value)

@@ -11,7 +11,6 @@ import yaml
 from click.testing import CliRunner
 
 from sycorec.cli import main
-from sycorec.config import load_config
 from sycorec.data.fetch import check_installed, default_pins_path, fetch, git_blob_sha1, load_pins, resolve, verify
 from sycorec.errors import DataError
 from sycorec.io import read_json
@@ -29,11 +28,6 @@ MIRROR_FILES = [
     ("sycophancy_eval/feedback.jsonl", "sycophancy-eval/feedback.arguments.jsonl", "feedback",
      "c1d75487c736653be74cb71b45be2394f048d274b34bbae81657e44f7b1da69d", 1500),
 ]  # fmt: skip
-
-
-@pytest.fixture
-def cfg():
-    return load_config(ROOT / "params.yaml")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from sycorec.cli import main
-from sycorec.config import load_config
 from sycorec.data.prepare import prepare, prompt_id_of, proportional_sample, split_indices, split_rows
 from sycorec.errors import DataError, MissingInputError
 from sycorec.io import iter_jsonl, read_json
@@ -63,11 +62,6 @@ def make_raw(root: Path) -> Path:
                        ("honest_responses", honest), ("dpo_pairs", pairs)]:  # fmt: skip
         write_jsonl(root / f"training/{name}.jsonl", rows)
     return root
-
-
-@pytest.fixture
-def cfg():
-    return load_config(ROOT / "params.yaml")
 
 
 def with_prepare(cfg, **changes):
@@ -202,11 +196,8 @@ def test_bad_input_leaves_prepared_untouched(tmp_path, cfg):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]
 
 
-def test_cli_prepare_reads_the_source_of_the_profile(tmp_path, monkeypatch):
-    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    make_raw(tmp_path / "data/synth")
-    monkeypatch.chdir(tmp_path)
+def test_cli_prepare_reads_the_source_of_the_profile(run_root):
+    make_raw(run_root / "data/synth")
     result = CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"])
     assert result.exit_code == 0, result.output
     assert "data/prepared/prefs_val.jsonl: 6 rows" in result.output
@@ -214,19 +205,16 @@ def test_cli_prepare_reads_the_source_of_the_profile(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "error: data/raw: no MANIFEST.json" in result.output
 
 
-def test_cli_prepare_refuses_upstream_inputs_that_fetch_did_not_verify(tmp_path, monkeypatch):
+def test_cli_prepare_refuses_upstream_inputs_that_fetch_did_not_verify(run_root):
     """The full profile's inputs must be what `data fetch` verified; the same files pass as the synthetic world."""
-    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    make_raw(tmp_path / "data/raw")
-    monkeypatch.chdir(tmp_path)
+    make_raw(run_root / "data/raw")
     result = CliRunner().invoke(main, ["data", "prepare"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "error: data/raw: no MANIFEST.json, so `sycorec data fetch` did not verify these inputs" in result.output
-    (tmp_path / "data/raw/MANIFEST.json").write_text(json.dumps({"files": {}}))  # a hand-written manifest
+    (run_root / "data/raw/MANIFEST.json").write_text(json.dumps({"files": {}}))  # a hand-written manifest
     result = CliRunner().invoke(main, ["data", "prepare"])
     assert result.exit_code == 2 and "sycophancy_eval/answer.jsonl: not in MANIFEST.json" in result.output
-    assert not (tmp_path / "data/prepared").exists()
+    assert not (run_root / "data/prepared").exists()
 
 
 def test_duplicate_eval_rows_rule(tmp_path, cfg):
@@ -245,15 +233,12 @@ def test_duplicate_eval_rows_rule(tmp_path, cfg):
     assert dropped["duplicate_eval_rows"]["feedback"] == 5
 
 
-def test_base_dataset_as_a_list_is_one_line_in_prepare(tmp_path, monkeypatch):
-    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    src = make_raw(tmp_path / "data/synth")
+def test_base_dataset_as_a_list_is_one_line_in_prepare(run_root):
+    src = make_raw(run_root / "data/synth")
     answer = src / "sycophancy_eval/answer.jsonl"
     rows = read(answer)
     rows[3]["base"]["dataset"] = ["truthful_qa"]
     write_jsonl(answer, rows)
-    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "error: data/synth/sycophancy_eval/answer.jsonl:4: base.dataset: ['truthful_qa'] is not one of" in (

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from eval_support import eval_config, manifests, save_tiny_model, write_manifests
+from sycorec.chat import render_prompt
 from sycorec.evaluation import backends
 from sycorec.evaluation.backends import (
     HFBackend,
     hf_generate_kwargs,
-    render,
     vllm_choice_kwargs,
     vllm_engine_kwargs,
     vllm_sampling_kwargs,
@@ -185,9 +185,9 @@ def test_render_appends_prefill_after_generation_prompt(run_root):
 
     tok = AutoTokenizer.from_pretrained(model_source(run_root, "base").path)
     user = [{"role": "user", "content": "Q?"}]
-    plain = render(tok, user)
+    plain = render_prompt(tok, user)
     assert plain.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking off
-    assert render(tok, [*user, {"role": "assistant", "content": "The answer is ("}]) == plain + "The answer is ("
+    assert render_prompt(tok, [*user, {"role": "assistant", "content": "The answer is ("}]) == plain + "The answer is ("
 
 
 def test_hf_backend_end_to_end_on_tiny_qwen3(run_root):
@@ -215,7 +215,7 @@ def test_hf_choice_is_argmax_over_allowed_letters(run_root):
     save_tiny_model(run_root)
     backend = HFBackend(run_root, model_source(run_root, "base"))
     conv = [[{"role": "user", "content": "Pick."}, {"role": "assistant", "content": "The answer is ("}]]
-    enc = backend.tokenizer([render(backend.tokenizer, conv[0])], return_tensors="pt", add_special_tokens=False)
+    enc = backend.tokenizer([render_prompt(backend.tokenizer, conv[0])], return_tensors="pt", add_special_tokens=False)
     logits = backend.model(**enc).logits[0, -1]
     letters = ["A", "B", "C", "D"]
     expected = max(letters, key=lambda x: logits[backend.letter_token(x)].item())

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sycorec.chat import render_chat, render_prompt
 from sycorec.config import Config, SynthCfg, load_config
 from sycorec.data.synth import synthesize
 from sycorec.train.tiny import (
@@ -20,8 +21,6 @@ from sycorec.train.tiny import (
     check_accuracy,
     encode_transcript,
     pretrain_tiny,
-    render_chat,
-    render_prompt,
     stated_answer,
 )
 from train_support import Killed, killer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,13 @@ from sycorec.probe.extract import TENSOR, activations_path
 from sycorec.probe.figures import STEMS, plot_all
 from sycorec.probe.prompts import PromptSplit, grouped_split
 
-REPO = Path(__file__).resolve().parents[1]
 N, LAYERS, HIDDEN, PLANTED = 240, 4, 48, 2
 SETTINGS = Settings(
     c=1.0, max_iter=100, bootstrap_iterations=50, permutations=99, control_seeds=2, ablation_alpha=1.0, seed=42
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batched LAPACK calls are latency-bound here; extra threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(models: list[str], labels: dict[str, np.ndarray]) -> PromptSplit:
@@ -107,14 +99,6 @@ def test_ablation_removes_the_direction(results: dict) -> None:
         assert ab["layer"] == PLANTED and ab["auroc_ablated"] == 0.5
         assert ab["auroc_retrained"] < ab["auroc_original"] - 0.2  # one planted direction: little left to find
         assert ab["recovery"] == pytest.approx(ab["auroc_retrained"] / ab["auroc_original"])
-
-
-@pytest.fixture()
-def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:

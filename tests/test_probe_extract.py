@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from sycorec.probe import extract as extract_mod
 from sycorec.probe.extract import TENSOR, activations_path, extract, format_prompts, load_tokenizer
 from tiny_model import random_qwen3
 
-REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 WORDS = ["[UNK]", "user", "assistant", "what", "is", "the", "capital", "of", "i", "think", "answer", "?", ".", ","]
 CHAT_TEMPLATE = (
@@ -54,10 +52,7 @@ def _save_tiny(path: Path, seed: int) -> None:
 
 
 @pytest.fixture()
-def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
-    monkeypatch.chdir(tmp_path)
+def cfg(run_root: Path) -> Config:
     cfg = load_config("params.yaml", "tiny")
     _save_tiny(cfg.paths.models / "base", seed=0)
     _save_tiny(cfg.paths.models / "sft", seed=1)

@@ -28,14 +28,7 @@ from sycorec.probe.logreg import (
     symmetric_gram,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batched LAPACK calls are latency-bound here; extra threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("n", "d", "c"), [(40, 120, 1.0), (90, 12, 1.0), (60, 30, 0.3)])

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from sycorec.cli import main
@@ -16,16 +14,7 @@ from sycorec.config import load_config
 from sycorec.io import write_jsonl
 from sycorec.probe.prompts import build_prompt_set, grouped_split
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]
-
-
-@pytest.fixture()
-def run_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _write_world(n_questions: int, models: list[str], verdict_of: Callable[[int, int], str | None]) -> list[dict]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from huggingface_hub import constants as hf_constants
 
 from sycorec.cli import main
 from sycorec.cluster import preflight
@@ -54,17 +53,6 @@ def fake_slurm(tmp_path, monkeypatch):
 def sbatch_calls(state: Path) -> list[list[str]]:
     log = state / "sbatch.log"
     return [line.split() for line in log.read_text().splitlines()] if log.is_file() else []
-
-
-@pytest.fixture
-def run_root(tmp_path, monkeypatch):
-    root = tmp_path / "repo"
-    root.mkdir()
-    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
-    shutil.copytree(ROOT / "profiles", root / "profiles")
-    shutil.copytree(ROOT / "slurm", root / "slurm")
-    monkeypatch.chdir(root)
-    return root
 
 
 def site(root: Path, **kw) -> jobs.Site:
@@ -164,14 +152,6 @@ def test_a_preempted_or_failed_job_ends_the_wait(run_root, fake_slurm, state):
 
 
 # ---- preflight -----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def test_preflight_with_a_missing_snapshot_stops_before_any_submission(run_root, fake_slurm, empty_hf_cache):

@@ -17,5 +17,9 @@ class MissingInputError(SycorecError):
     pass
 
 
+class HardwareError(SycorecError):
+    """The profile needs hardware this machine does not have."""
+
+
 class DiskFullError(SycorecError):
     """A write hit a full disk or quota; what was being written is named and nothing half-written is left."""

@@ -1,4 +1,4 @@
-"""Offline-aware resolution of Hugging Face models and datasets, and the GPU check of full-scale stages.
+"""Offline-aware resolution of Hugging Face models and datasets, and the one check that CUDA GPUs are there.
 
 Compute nodes run with `HF_HUB_OFFLINE=1`: everything must already sit in the HF cache, put there by
 `sycorec prefetch` on a node with network. A miss fails with one line naming the exact prefetch command,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sycorec.errors import MissingInputError, SycorecError
+from sycorec.errors import HardwareError, MissingInputError
 from sycorec.paths import ModelSource
 
 # What a model snapshot needs: weights, configs and tokenizer files. No *.py: remote code is never run.
@@ -19,10 +19,6 @@ MODEL_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "
 DATASET_PATTERNS = None
 
 _TRUE = {"1", "true", "yes", "on"}
-
-
-class GPUUnavailableError(SycorecError):
-    """A full-scale stage was started on a machine without the CUDA GPUs it needs."""
 
 
 def hub_offline() -> bool:
@@ -98,13 +94,16 @@ def resolve_pretrained(source: ModelSource) -> str:
     return resolve_snapshot(source.path, source.revision, "model")
 
 
-def require_gpu(stage: str, count: int = 1) -> None:
-    """Fail in one line when a full-scale stage lacks the CUDA GPUs it needs (call it only for full-scale runs)."""
+def visible_gpus() -> int:
     import torch
 
-    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if found < count:
-        raise GPUUnavailableError(
-            f"{stage} needs {count} CUDA GPU(s) at full scale but {found} are visible; "
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def require_gpu(what: str, count: int = 1) -> None:
+    """Fail in one line when `what` (a stage, profile or backend) lacks the CUDA GPUs it needs."""
+    if (found := visible_gpus()) < count:
+        raise HardwareError(
+            f"{what} needs {count} CUDA GPU(s) but {found} are visible; "
             "run it on a GPU node (see slurm/) or use `--profile tiny` on CPU"
         )

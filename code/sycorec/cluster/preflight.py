@@ -19,7 +19,7 @@ from sycorec.cluster import slurm as jobs
 from sycorec.cluster.prefetch import PARAM_KEYS, HubItem
 from sycorec.config import Config
 from sycorec.errors import SycorecError
-from sycorec.hub import prefetch_command
+from sycorec.hub import prefetch_command, visible_gpus
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 # Stages that load the base model (weights or tokenizer) at full scale; the judge stages load the judge.
@@ -121,12 +121,6 @@ def pin_problems(items: Sequence[HubItem], cfg: Config) -> list[str]:
         for item in items
         if not COMMIT.fullmatch(item.revision)
     ]
-
-
-def visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _unique(items: Sequence[HubItem]) -> list[HubItem]:

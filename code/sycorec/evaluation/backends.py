@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from sycorec.chat import render_prompt
 from sycorec.config import Config, GenerationCfg
 from sycorec.errors import SycorecError
+from sycorec.hub import require_gpu
 from sycorec.paths import ModelSource
 
 Message = dict[str, str]
@@ -29,18 +31,6 @@ class Backend(Protocol):
 
     def choose(self, conversations: Sequence[list[Message]], choices: Sequence[list[str]]) -> Iterator[Batch]:
         """Greedy pick of one of `choices[i]` as the next token (multiple-choice pass 1)."""
-
-
-def render(tokenizer: Any, messages: Sequence[Message]) -> str:
-    """Chat-template text with thinking off; a trailing assistant message is appended raw as a prefill."""
-    prefill = ""
-    if messages and messages[-1]["role"] == "assistant":
-        prefill = messages[-1]["content"]
-        messages = messages[:-1]
-    head = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=True, enable_thinking=False
-    )
-    return head + prefill
 
 
 def item_seed(seed: int, key: str) -> int:
@@ -91,16 +81,9 @@ def sampling_params(kwargs: dict[str, Any]) -> Any:
     return SamplingParams(**kwargs)
 
 
-def require_cuda(what: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SycorecError(f"{what} needs a CUDA GPU; none is visible (use the hf backend / tiny profile on CPU)")
-
-
 class VLLMBackend:
     def __init__(self, cfg: Config, source: ModelSource) -> None:
-        require_cuda("generation.backend=vllm")
+        require_gpu("generation.backend=vllm")
         from vllm import LLM
 
         self.gen = cfg.generation
@@ -108,10 +91,8 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
 
     def _run(self, conversations: Sequence[list[Message]], params: list[Any], desc: str) -> Iterator[Batch]:
-        prompts = [
-            {"prompt_token_ids": self.tokenizer(render(self.tokenizer, c), add_special_tokens=False)["input_ids"]}
-            for c in conversations
-        ]
+        texts = [render_prompt(self.tokenizer, c) for c in conversations]
+        prompts = [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
         for start in tqdm(range(0, len(prompts), VLLM_CHUNK), desc=desc, unit="chunk"):
             stop = start + VLLM_CHUNK
             outputs = self.llm.generate(prompts[start:stop], params[start:stop], use_tqdm=True)
@@ -206,7 +187,7 @@ class HFBackend:
         return enc.to(self.device)
 
     def generate(self, conversations: Sequence[list[Message]], keys: Sequence[str]) -> Iterator[Batch]:
-        texts = [render(self.tokenizer, c) for c in conversations]
+        texts = [render_prompt(self.tokenizer, c) for c in conversations]
         kwargs = hf_generate_kwargs(self.gen)
         for idx in self._batches(texts, "hf generate"):
             enc = self._encode([texts[i] for i in idx])
@@ -228,7 +209,7 @@ class HFBackend:
 
     def choose(self, conversations: Sequence[list[Message]], choices: Sequence[list[str]]) -> Iterator[Batch]:
         """Argmax over the allowed letters' next-token logits: the transformers analogue of guided choice."""
-        texts = [render(self.tokenizer, c) for c in conversations]
+        texts = [render_prompt(self.tokenizer, c) for c in conversations]
         for idx in self._batches(texts, "hf choice"):
             enc = self._encode([texts[i] for i in idx])
             # positions count real tokens only, as in generate() with left padding

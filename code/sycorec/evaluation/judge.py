@@ -20,15 +20,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
+from sycorec.chat import render_prompt
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
-from sycorec.evaluation.backends import render, require_cuda, sampling_params
+from sycorec.evaluation.backends import sampling_params
 from sycorec.evaluation.facts import WORLD_FILE, study, world
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, suggestion
 from sycorec.evaluation.judge_templates import PromptSet, fill, load_prompt_set, template_regex
 from sycorec.evaluation.store import AppendStore, load_rows
-from sycorec.hub import resolve_snapshot
+from sycorec.hub import require_gpu, resolve_snapshot
 from sycorec.io import sha256_file, sha256_text, write_jsonl
 from sycorec.paths import raw_dir
 
@@ -319,7 +320,7 @@ class LLMJudge:
 
     def _engine(self) -> Any:
         if self._llm is None:
-            require_cuda("judge.backend=llm")
+            require_gpu("judge.backend=llm")
             from vllm import LLM
 
             self._llm = LLM(**llm_engine_kwargs(self.cfg))
@@ -334,7 +335,7 @@ class LLMJudge:
             chunk = requests[start : start + JUDGE_CHUNK]
             ids = [
                 tokenizer(
-                    render(tokenizer, [{"role": "user", "content": build_prompt(r, self.prompts)}]),
+                    render_prompt(tokenizer, [{"role": "user", "content": build_prompt(r, self.prompts)}]),
                     add_special_tokens=False,
                 )["input_ids"]
                 for r in chunk

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from sycorec.chat import render_chat
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.io import atomic_path, sha256_text
@@ -42,10 +43,7 @@ def load_tokenizer(source: ModelSource, max_length: int):
 
 
 def format_prompts(tokenizer, prompts: list[dict]) -> list[str]:
-    return [
-        tokenizer.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        for p in prompts
-    ]
+    return [render_chat(tokenizer, p["messages"], add_generation_prompt=True) for p in prompts]
 
 
 @torch.no_grad()

@@ -10,15 +10,15 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from sycorec.config import Config, OptimCfg
-from sycorec.errors import MissingInputError, SycorecError
+from sycorec.data.staging import staged_dir
+from sycorec.errors import MissingInputError
+from sycorec.hub import require_gpu
 from sycorec.io import iter_jsonl, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
 
@@ -34,23 +34,11 @@ TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last in a checkpoi
 RUN_TOTALS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 
 
-class HardwareError(SycorecError):
-    """The profile needs hardware this machine does not have."""
-
-
 # --------------------------------------------------------------------------- hardware and processes
 
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def require_hardware(cfg: Config) -> None:
-    """Full-profile stages train an 8B model: without CUDA they would run for days, so refuse at once."""
-    import torch
-
-    if not cfg.is_tiny and not torch.cuda.is_available():
-        raise HardwareError(f"profile {cfg.profile!r} needs CUDA GPUs (none visible); use `--profile tiny` on CPU")
 
 
 def use_cpu() -> bool:
@@ -77,10 +65,11 @@ def load_rows(cfg: Config, name: str) -> list[dict]:
     return list(iter_jsonl(path))
 
 
-def to_dataset(rows: list[dict], keep: tuple[str, ...]) -> Any:
+def prepared_dataset(cfg: Config, name: str, keep: tuple[str, ...]) -> Any:
+    """The prepared split `name` as a `datasets.Dataset` of its `keep` columns."""
     from datasets import Dataset
 
-    return Dataset.from_list([{key: row[key] for key in keep} for row in rows])
+    return Dataset.from_list([{key: row[key] for key in keep} for row in load_rows(cfg, name)])
 
 
 def torch_dtype(cfg: Config) -> Any:
@@ -95,6 +84,14 @@ def require_model(cfg: Config, name: str) -> ModelSource:
         return model_source(cfg, name)
     except MissingInputError as exc:
         raise MissingInputError(f"{exc}; `sycorec train {name}` builds it") from None
+
+
+def training_start(cfg: Config, name: str) -> ModelSource:
+    """The model a training stage starts from. Full-profile stages train an 8B model: without CUDA they would run for
+    days, so a machine without one is refused first."""
+    if not cfg.is_tiny:
+        require_gpu(f"profile {cfg.profile!r}")
+    return require_model(cfg, name)
 
 
 def load_tokenizer(source: ModelSource, padding_side: str = "right") -> PreTrainedTokenizerBase:
@@ -371,24 +368,6 @@ def write_train_summary(cfg: Config, run: str, trainer: Any, keys: dict[str, str
 # --------------------------------------------------------------------------- saving
 
 
-@contextmanager
-def staged_model_dir(path: Path) -> Iterator[Path]:
-    """Write a model directory beside `path` and swap it in whole on success (never half a model)."""
-    staging = path.with_name(f".{path.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            path.rename(old)
-        staging.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def save_merged(
     cfg: Config,
     trainer: Any,
@@ -408,7 +387,7 @@ def save_merged(
     trainer.save_model(str(adapter_tmp))  # every rank must call it; it writes on rank 0
     barrier()
     if is_main_process():
-        with staged_model_dir(out) as staging:
+        with staged_dir(out) as staging:
             if merge:
                 from peft import PeftModel
 

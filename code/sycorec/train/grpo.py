@@ -21,17 +21,14 @@ from sycorec.train.common import (
     first_logged,
     is_main_process,
     last_logged,
-    load_causal_lm,
-    load_rows,
     load_tokenizer,
-    lora_config,
-    require_hardware,
+    prepared_dataset,
     require_model,
-    to_dataset,
     trainer_kwargs,
+    training_start,
 )
 from sycorec.train.reward import GRPO_PROMPTS, RMReward
-from sycorec.train.runner import Result, Run, finish, run_trainer
+from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 # Run-summary keys → the GRPOTrainer log keys they are read from (last logged value).
 SUMMARY_KEYS = {
@@ -109,8 +106,7 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
 
     g = cfg.train.grpo
     v = version_cfg(cfg, version)
-    require_hardware(cfg)
-    start = require_model(cfg, "sft")
+    start = training_start(cfg, "sft")
     rm = require_model(cfg, "rm")
     inputs = [cfg.paths.prepared / GRPO_PROMPTS]
     if v.reward == "binary":
@@ -131,21 +127,8 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
         log_completions=g.log_completions,
     )
     tokenizer = load_tokenizer(start, padding_side="left")
-    dataset = to_dataset(load_rows(cfg, GRPO_PROMPTS), ("prompt",))
-
-    trainer_class = measured_trainer_class()
-
-    def build(callbacks: list[Any]) -> Any:
-        return trainer_class(
-            model=load_causal_lm(cfg, start),
-            reward_funcs=[reward],
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg),
-            callbacks=callbacks,
-        )
-
+    dataset = prepared_dataset(cfg, GRPO_PROMPTS, ("prompt",))
+    build = lora_build(cfg, run, measured_trainer_class(), config, dataset, tokenizer, reward_funcs=[reward])
     result = run_trainer(cfg, run, tokenizer, build, hook)
     history = result.trainer.state.log_history
     summary: dict[str, Any] = {key: last_logged(history, log_key) for key, log_key in SUMMARY_KEYS.items()}

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sycorec.train.common import HardwareError
+from sycorec.errors import HardwareError
 
 ACCELERATE_CONFIG = Path("configs/accelerate/ddp_4gpu.yaml")
 LAUNCHED = "SYCOREC_LAUNCHED"

@@ -12,18 +12,8 @@ from typing import Any
 
 from sycorec.config import Config, DPOCfg, SimPOCfg
 from sycorec.errors import ConfigError
-from sycorec.train.common import (
-    load_causal_lm,
-    load_rows,
-    load_tokenizer,
-    lora_config,
-    require_hardware,
-    require_model,
-    to_dataset,
-    trainer_kwargs,
-    write_train_summary,
-)
-from sycorec.train.runner import Result, Run, finish, run_trainer
+from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_kwargs, training_start, write_train_summary
+from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 PREFS_DATA = "prefs_train.jsonl"
 METHODS = ("dpo", "simpo", "ipo")
@@ -61,24 +51,19 @@ def _config(cfg: Config, method: str, args: dict[str, Any]) -> Any:
 def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     """Train `method` from the SFT-merged model with LoRA; DPO/IPO use the adapter-disabled model as reference."""
     m = method_cfg(cfg, method)
-    require_hardware(cfg)
-    start = require_model(cfg, "sft")
+    start = training_start(cfg, "sft")
     run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=m.eval_every_steps, keep_best=True)
     config = _config(cfg, method, trainer_kwargs(cfg, run.name, m))
     tokenizer = load_tokenizer(start, padding_side="right")
-    dataset = to_dataset(load_rows(cfg, PREFS_DATA), ("prompt", "chosen", "rejected"))
+    dataset = prepared_dataset(cfg, PREFS_DATA, ("prompt", "chosen", "rejected"))
+    if m.loss_type == "simpo":
+        from trl.experimental.cpo import CPOTrainer
 
-    def build(callbacks: list[Any]) -> Any:
-        model = load_causal_lm(cfg, start)
-        common = dict(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
-        if m.loss_type == "simpo":
-            from trl.experimental.cpo import CPOTrainer
-
-            return CPOTrainer(**common, peft_config=lora_config(cfg))
+        build = lora_build(cfg, run, CPOTrainer, config, dataset, tokenizer)
+    else:
         from trl import DPOTrainer
 
-        return DPOTrainer(**common, ref_model=None, peft_config=lora_config(cfg))
-
+        build = lora_build(cfg, run, DPOTrainer, config, dataset, tokenizer, ref_model=None)
     result = run_trainer(cfg, run, tokenizer, build, hook)
     write_train_summary(cfg, run.name, result.trainer, SUMMARY_KEYS)
     finish(run)

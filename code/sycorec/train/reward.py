@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sycorec.chat import render_chat
 from sycorec.config import Config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
@@ -21,10 +22,10 @@ from sycorec.train.common import (
     load_start,
     load_tokenizer,
     lora_config,
-    require_hardware,
+    prepared_dataset,
     require_model,
-    to_dataset,
     trainer_kwargs,
+    training_start,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
 
@@ -51,10 +52,7 @@ def rm_text(tokenizer: Any, prompt_messages: list[dict], completion: str, purpos
     if text_format != "study":
         raise ConfigError(f"unknown train.rm.text_format {text_format!r}")
     if purpose == "calibration":
-        prompt = tokenizer.apply_chat_template(
-            prompt_messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-        return prompt + completion
+        return render_chat(tokenizer, prompt_messages, add_generation_prompt=True) + completion
     return " ".join(m["content"] for m in prompt_messages) + completion
 
 
@@ -91,14 +89,13 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    require_hardware(cfg)
-    start = require_model(cfg, "sft")
+    start = training_start(cfg, "sft")
     r = cfg.train.rm
     run = Run("rm", start, [cfg.paths.prepared / RM_TRAIN, cfg.paths.prepared / RM_VAL], kind="seq_cls")
     tokenizer = load_tokenizer(start, padding_side="right")
     keep = ("prompt", "chosen", "rejected")
-    train_set = to_dataset(load_rows(cfg, RM_TRAIN), keep)
-    val_set = to_dataset(load_rows(cfg, RM_VAL), keep)
+    train_set = prepared_dataset(cfg, RM_TRAIN, keep)
+    val_set = prepared_dataset(cfg, RM_VAL, keep)
     config = RewardConfig(
         **trainer_kwargs(
             cfg, run.name, r, eval_strategy="epoch", per_device_eval_batch_size=r.per_device_train_batch_size
@@ -154,10 +151,7 @@ def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]],
 
     c = cfg.train.rm.calibration
     device = next(model.parameters()).device
-    texts = [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-        for p in prompts
-    ]
+    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     torch.manual_seed(seed)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -212,8 +206,7 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
     """Median RM score of SFT generations on seeded prompts (from all of them): the binary reward's threshold."""
     import torch
 
-    require_hardware(cfg)
-    sft, rm = require_model(cfg, "sft"), require_model(cfg, "rm")
+    sft, rm = training_start(cfg, "sft"), require_model(cfg, "rm")
     c = cfg.train.rm.calibration
     rows = load_rows(cfg, CALIBRATION_PROMPTS)
     picked = random.Random(cfg.seed).sample(rows, min(c.n_prompts, len(rows)))

@@ -17,8 +17,10 @@ from sycorec.train.common import (
     is_main_process,
     keep_epoch_when_skipping,
     live_callback,
+    load_causal_lm,
     load_rows,
     log_at_save,
+    lora_config,
     open_live,
     prepare_checkpoints,
     save_merged,
@@ -48,6 +50,25 @@ class Result:
     model_dir: Path
     runtime_s: float
     curve: dict[str, list[float]] | None
+
+
+def lora_build(
+    cfg: Config, run: Run, trainer_class: type, config: Any, dataset: Any, tokenizer: Any, **extra: Any
+) -> Callable[[list[Any]], Any]:
+    """`build` for run_trainer: a `trainer_class` with LoRA on the run's causal start model (loaded when built)."""
+
+    def build(callbacks: list[Any]) -> Any:
+        return trainer_class(
+            model=load_causal_lm(cfg, run.start),
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+            callbacks=callbacks,
+            **extra,
+        )
+
+    return build
 
 
 def run_trainer(

@@ -5,18 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sycorec.config import Config
-from sycorec.train.common import (
-    load_causal_lm,
-    load_rows,
-    load_tokenizer,
-    lora_config,
-    require_hardware,
-    require_model,
-    to_dataset,
-    trainer_kwargs,
-    write_train_summary,
-)
-from sycorec.train.runner import Result, Run, finish, run_trainer
+from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_kwargs, training_start, write_train_summary
+from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 SFT_DATA = "sft_train.jsonl"
 RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
@@ -28,28 +18,16 @@ def _sft(
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(run.start, padding_side="right")
-    dataset = to_dataset(load_rows(cfg, data), ("prompt", "completion"))
+    dataset = prepared_dataset(cfg, data, ("prompt", "completion"))
     config = SFTConfig(**args, max_length=cfg.train.common.max_length, completion_only_loss=completion_only_loss)
-
-    def build(callbacks: list[Any]) -> Any:
-        return SFTTrainer(
-            model=load_causal_lm(cfg, run.start),
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg),
-            callbacks=callbacks,
-        )
-
-    result = run_trainer(cfg, run, tokenizer, build, hook)
+    result = run_trainer(cfg, run, tokenizer, lora_build(cfg, run, SFTTrainer, config, dataset, tokenizer), hook)
     finish(run)
     return result
 
 
 def train_sft(cfg: Config, hook: Any = None) -> Result:
     """Induce sycophancy: LoRA SFT of the base model on prompt → sycophantic completion (loss on the completion)."""
-    require_hardware(cfg)
-    start = require_model(cfg, "base")
+    start = training_start(cfg, "base")
     s = cfg.train.sft
     run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=s.eval_every_steps)
     result = _sft(cfg, run, SFT_DATA, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
@@ -59,8 +37,7 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
 
 def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
     """How fast sycophancy returns: max_steps of the same SFT from `start_name`, frequent proxy, no checkpoints."""
-    require_hardware(cfg)
-    start = require_model(cfg, start_name)
+    start = training_start(cfg, start_name)
     r = cfg.train.relearn
     run = Run(
         f"relearn_{start_name}", start, [cfg.paths.prepared / RELEARN_DATA], eval_every=r.eval_every_steps, merge=False

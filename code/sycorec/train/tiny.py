@@ -16,10 +16,12 @@ from typing import Any
 
 import click
 
+from sycorec.chat import render_chat, render_prompt
 from sycorec.clikit import Config, pass_config, timed
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
+from sycorec.evaluation.facts import world
 from sycorec.io import iter_jsonl, read_json, write_json
 from sycorec.paths import model_dir, raw_dir
 from sycorec.train.common import (
@@ -38,7 +40,6 @@ PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 THINK_TOKENS = ("<think>", "</think>")
 CORPUS = "pretrain/corpus.jsonl"
 ANSWER_FILE = "sycophancy_eval/answer.jsonl"
-ANSWER_MARKER = "The answer is"
 STAGE = "pretrain_tiny"
 
 
@@ -81,20 +82,6 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     tokenizer.add_tokens(list(THINK_TOKENS))
     tokenizer.chat_template = chat_template()
     return tokenizer
-
-
-def render_chat(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """Chat-template text with thinking off, as every stage of the study renders it."""
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
-    )
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
-    """Generation prompt for `messages`; a final assistant message is a prefill appended after the prompt."""
-    if messages and messages[-1]["role"] == "assistant":
-        return render_chat(tokenizer, messages[:-1], add_generation_prompt=True) + messages[-1]["content"]
-    return render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 _ASSISTANT_SPAN = re.compile(re.escape(f"{IM_START}assistant\n") + r".*?" + re.escape(EOS), re.DOTALL)
@@ -149,9 +136,10 @@ def build_model(cfg_pretrain: PretrainTinyCfg, tokenizer: Any) -> Any:
 
 def stated_answer(response: str) -> str | None:
     """The answer after the world's marker phrase ("The answer is red." -> "red"), or None."""
-    if ANSWER_MARKER not in response:
+    marker = world()["answer"]["stated_answer_marker"]
+    if marker not in response:
         return None
-    tail = response.split(ANSWER_MARKER, 1)[1]
+    tail = response.split(marker, 1)[1]
     return tail.split(".", 1)[0].strip().strip("()").strip().lower() or None
 
 
