@@ -156,7 +156,12 @@ def test_manifest_and_timings(demo):
 
 
 def test_second_demo_reruns_nothing(demo):
+    lock = (demo / "dvc.lock").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (demo / "outputs" / "timings").iterdir()}
     proc = _demo(demo)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Running stage" not in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "Running stage" not in output and "started " not in output  # sequential and concurrent runs alike
+    assert (demo / "dvc.lock").read_bytes() == lock
+    assert {p: p.stat().st_mtime_ns for p in (demo / "outputs" / "timings").iterdir()} == stamps
     assert proc.stdout.strip().splitlines()[-1] == f"results: {demo / 'results'}"

@@ -58,25 +58,65 @@ def test_child_sees_the_clients_directory_and_environment(server, tmp_path):
     assert missing.returncode == 2 and "nope" in missing.stderr
 
 
-def test_killed_client_interrupts_its_child_and_the_server_goes_on(server, tmp_path):
-    env = dict(os.environ, **{SOCKET_ENV: server})
-    # `data validate -` would read stdin: the child blocks on a pipe that stays open until we kill the client.
+def _blocked_client(cwd: Path, server: str) -> subprocess.Popen:
+    """A command whose child blocks: its params.yaml is a FIFO that nobody writes."""
+    os.mkfifo(cwd / "params.yaml")
     client = subprocess.Popen(
-        [*SYCOREC, "data", "validate", "/dev/stdin"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [*SYCOREC, "config", "check"], cwd=cwd, env=dict(os.environ, **{SOCKET_ENV: server}), stdin=subprocess.DEVNULL
     )
     time.sleep(3)
+    assert client.poll() is None, "the command did not block"
+    return client
+
+
+def _processes_in(directory: Path) -> set[int]:
+    """Pids whose working directory is `directory` (Linux /proc)."""
+    pids = set()
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if os.readlink(cwd) == str(directory):
+                pids.add(int(cwd.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _gone(directory: Path, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while _processes_in(directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _config_dir(path: Path) -> Path:
+    path.mkdir()
+    (path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+    (path / "profiles").symlink_to(ROOT / "profiles")
+    return path
+
+
+def test_killed_client_interrupts_its_child_and_the_server_goes_on(server, tmp_path):
+    client = _blocked_client(tmp_path, server)
+    assert _processes_in(tmp_path) - {client.pid}, "no forked child runs the command"
     client.kill()
     client.wait()
-    client.stdin.close()
-    (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
-    (tmp_path / "profiles").symlink_to(ROOT / "profiles")
-    after = _run(["config", "check"], tmp_path, server)
+    assert _gone(tmp_path), "the forked child still runs after its client died"
+    after = _run(["config", "check"], _config_dir(tmp_path / "next"), server)
     assert after.returncode == 0 and after.stdout.strip() == "ok"
+
+
+def test_requests_run_at_once(server, tmp_path):
+    """A stage blocked in the server does not hold up the next one (the demo runs independent stages at once)."""
+    blocked = _blocked_client(tmp_path, server)
+    try:
+        after = _run(["config", "check"], _config_dir(tmp_path / "other"), server)
+        assert after.returncode == 0 and after.stdout.strip() == "ok"
+        assert blocked.poll() is None  # still blocked
+    finally:
+        blocked.kill()
+        blocked.wait()
 
 
 def test_no_server_means_run_cold(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from sycorec.cluster import slurm as jobs
 from sycorec.cluster.cli import MAX_PARALLEL_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.errors import SycorecError
-from sycorec.workspace import prepare_workspace, run_pipeline
+from sycorec.workspace import default_jobs, prepare_workspace, run_pipeline
 
 POSTS_FILE = Path(__file__).parent / "posts.yaml"
 
@@ -23,6 +23,11 @@ POSTS_FILE = Path(__file__).parent / "posts.yaml"
 @click.option("--profile", default="tiny", show_default=True, help="Profile overlaid on params.yaml.")
 @click.option("--dir", "workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--cold", is_flag=True, help="Start every stage as a fresh process instead of forking a warm one.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Independent stages run at once, the CPUs split between them (default: one per CPU, at most 4).",
+)
 @click.option("--seeds", type=click.IntRange(min=1), help="Seed sweep: run the organism over this many seeds.")
 @click.option("--first-seed", type=int, help="With --seeds: the first seed (default: params' seed).")
 @click.option(
@@ -31,7 +36,13 @@ POSTS_FILE = Path(__file__).parent / "posts.yaml"
     help="With --seeds: merge this kernel path's runs into this record (e.g. code/sycorec/report/tiny_sweep.json).",
 )
 def demo(
-    profile: str, workdir: str, cold: bool, seeds: int | None, first_seed: int | None, record: Path | None
+    profile: str,
+    workdir: str,
+    cold: bool,
+    jobs: int | None,
+    seeds: int | None,
+    first_seed: int | None,
+    record: Path | None,
 ) -> None:
     """Run the whole DAG with a profile in a scratch copy; print where the results are.
 
@@ -39,16 +50,19 @@ def demo(
     each reading's spread and how often each asserted direction holds.
     """
     project = Path.cwd()
+    jobs = jobs or default_jobs()
     if seeds:
-        _sweep(project, Path(workdir).resolve(), profile, seeds, first_seed, record, warm=not cold)
+        _sweep(project, Path(workdir).resolve(), profile, seeds, first_seed, record, warm=not cold, jobs=jobs)
         return
     work = prepare_workspace(project, Path(workdir).resolve(), profile)
-    seconds = run_pipeline(work, warm=not cold)
+    seconds = run_pipeline(work, warm=not cold, jobs=jobs)
     click.echo(f"dvc repro: {seconds:.1f} s")
     click.echo(f"results: {work / 'results'}")
 
 
-def _sweep(project: Path, root: Path, profile: str, n: int, first: int | None, record: Path | None, warm: bool) -> None:
+def _sweep(
+    project: Path, root: Path, profile: str, n: int, first: int | None, record: Path | None, warm: bool, jobs: int
+) -> None:
     import torch
 
     from sycorec import sweep
@@ -56,7 +70,7 @@ def _sweep(project: Path, root: Path, profile: str, n: int, first: int | None, r
 
     if first is None:
         first = load_config(project / "params.yaml", profile).seed
-    runs = sweep.run_seeds(project, root, profile, range(first, first + n), warm)
+    runs = sweep.run_seeds(project, root, profile, range(first, first + n), warm, jobs)
     capability = torch.backends.cpu.get_cpu_capability()
     target = record or root / "sweep.json"
     click.echo(sweep.markdown(sweep.add_runs(target, capability, runs)), nl=False)

@@ -230,7 +230,9 @@ def targets() -> tuple[str, ...]:
     return (*(f"score@{model}" for model in MODELS), "probe_analyze")
 
 
-def run_seeds(project: Path, root: Path, profile: str, seeds: Sequence[int], warm: bool) -> dict[int, dict]:
+def run_seeds(
+    project: Path, root: Path, profile: str, seeds: Sequence[int], warm: bool, jobs: int = 1
+) -> dict[int, dict]:
     """One workspace per seed under `root`; returns seed -> readings."""
     from sycorec.workspace import prepare_workspace, run_pipeline
 
@@ -238,7 +240,7 @@ def run_seeds(project: Path, root: Path, profile: str, seeds: Sequence[int], war
     for seed in seeds:
         work = prepare_workspace(project, root / f"seed-{seed}", profile, edit=with_seed(seed))
         try:
-            run_pipeline(work, targets(), warm=warm)
+            run_pipeline(work, targets(), warm=warm, jobs=jobs)
         except SycorecError as exc:
             runs[seed] = {FAILED: str(exc)}
             continue

@@ -144,6 +144,9 @@ def _run_child(request: dict, fds: Sequence[int]) -> int:
     os.environ.update(request["env"])
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:  # as a cold process reads it at import
+        sys.modules["torch"].set_num_threads(int(threads))
     sys.argv = list(request["argv"])
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own streams, open until exit
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
@@ -168,7 +171,7 @@ def _run_child(request: dict, fds: Sequence[int]) -> int:
     return code
 
 
-def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
+def _serve_one(conn: socket.socket) -> None:
     header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
     if len(header) != _HEADER.size or len(fds) != 3:
         for fd in fds:
@@ -179,7 +182,6 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
     if pid == 0:
         code = 1
         try:
-            listener.close()
             conn.close()
             code = _run_child(request, fds)
         finally:
@@ -189,14 +191,32 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
     conn.sendall(_STATUS.pack(_wait(pid, conn)))
 
 
+def _handle(listener: socket.socket, conn: socket.socket) -> None:
+    """Serve `conn` from a forked handler, so the server takes the next request while this one runs."""
+    if os.fork():
+        conn.close()
+        return
+    code = 1
+    try:
+        listener.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler waits for its own child
+        with conn:
+            conn.settimeout(None)
+            _serve_one(conn)
+        code = 0
+    finally:
+        os._exit(code)
+
+
 def serve(path: str, modules: Sequence[str] = PRELOAD) -> None:
-    """Import `modules`, then fork one child per request until the parent process goes away."""
+    """Import `modules`, then fork one child per request (requests run concurrently) until the parent goes away."""
     import torch
 
     if torch.cuda.is_available():
         raise SystemExit("warm start is for CPU runs only: CUDA does not survive fork")
     preload(modules)
     parent = os.getppid()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(8)
@@ -207,9 +227,7 @@ def serve(path: str, modules: Sequence[str] = PRELOAD) -> None:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                conn.settimeout(None)
-                _serve_one(listener, conn)
+            _handle(listener, conn)
 
 
 @contextmanager

@@ -1,0 +1,66 @@
+"""The demo's scheduler: independent stages at once, each as the SLURM chain runs it, in DVC's dependency order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sycorec.errors import SycorecError
+from sycorec.workspace import run_concurrently
+
+# Each command waits until its partner has started: the pair can only finish if the two ran at the same time.
+BARRIER = (
+    "import pathlib, sys, time\n"
+    "me, other = sys.argv[1:]\n"
+    "pathlib.Path(me + '.started').touch()\n"
+    "for _ in range(1200):\n"
+    "    if pathlib.Path(other + '.started').exists():\n"
+    "        break\n"
+    "    time.sleep(0.05)\n"
+    "else:\n"
+    "    sys.exit(other + ' never started: the stages did not run at the same time')\n"
+    "pathlib.Path(me + '.txt').write_text(me)\n"
+)
+
+
+def _pipeline(root: Path, stages: str) -> Path:
+    (root / "barrier.py").write_text(BARRIER)
+    (root / "dvc.yaml").write_text("stages:\n" + stages)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
+
+
+def test_independent_stages_run_at_once_and_downstream_waits_for_both(tmp_path):
+    py = sys.executable
+    root = _pipeline(
+        tmp_path,
+        f"  a: {{cmd: {py} barrier.py a b, deps: [barrier.py], outs: [a.txt]}}\n"
+        f"  b: {{cmd: {py} barrier.py b a, deps: [barrier.py], outs: [b.txt]}}\n"
+        f"  c: {{cmd: cat a.txt b.txt > c.txt, deps: [a.txt, b.txt], outs: [c.txt]}}\n",
+    )
+    run_concurrently(root, (), 2, dict(os.environ))
+    assert (root / "c.txt").read_text() == "ab"
+    lock = (root / "dvc.lock").read_text()
+    assert all(f"\n  {stage}:\n" in lock for stage in "abc")
+    assert (root / "outputs" / "logs" / "a.log").is_file()
+    # Nothing changed: a second pass plans and starts no stage.
+    before = (root / "dvc.lock").read_bytes()
+    run_concurrently(root, (), 2, dict(os.environ))
+    assert (root / "dvc.lock").read_bytes() == before
+
+
+def test_a_failed_stage_stops_its_downstream_and_names_its_log(tmp_path, capsys):
+    root = _pipeline(
+        tmp_path,
+        "  bad: {cmd: 'echo broken input >&2 && exit 3', outs: [bad.txt]}\n"
+        "  after: {cmd: cp bad.txt after.txt, deps: [bad.txt], outs: [after.txt]}\n",
+    )
+    with pytest.raises(SycorecError, match=r"stage bad failed .*outputs/logs/bad\.log"):
+        run_concurrently(root, (), 2, dict(os.environ))
+    out = capsys.readouterr().out
+    assert "FAILED   bad" in out and "broken input" in out
+    assert "started  after" not in out and not (root / "after.txt").exists()
