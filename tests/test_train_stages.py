@@ -47,6 +47,18 @@ def _is_complete_model(path: Path) -> bool:
     return all((path / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer_config.json"))
 
 
+def _assert_lora_moved(model: Path, start: Path) -> None:
+    """As TRL's own tests check: training changed the weights (PEFT starts every lora_B at zero)."""
+    from safetensors.torch import load_file
+
+    adapter = load_file(model / "adapter" / "adapter_model.safetensors")
+    lora_b = {name: t for name, t in adapter.items() if "lora_B" in name}
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b.values())
+    merged, before = load_file(model / "model.safetensors"), load_file(start / "model.safetensors")
+    changed = [name for name, t in merged.items() if name in before and not torch.equal(t, before[name])]
+    assert changed and all(("proj" in name) for name in changed), changed  # only LoRA-targeted weights merge
+
+
 def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     out = root / "outputs/models/sft"
     assert _is_complete_model(out)
@@ -59,6 +71,7 @@ def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     assert not (root / "outputs/checkpoints/sft").exists()  # a finished run keeps no checkpoints
     summary = read_json(root / "results/train/sft.json")  # P1's "147 steps"
     assert summary["steps"] == 2 and summary["final_loss"] > 0
+    _assert_lora_moved(out, root / "outputs/models/base")
 
 
 @pytest.mark.parametrize("method", ["dpo", "simpo", "ipo"])
@@ -68,6 +81,7 @@ def test_preference_methods_train_from_sft(root, sft_done, method):
     result = train_preference(tiny_config(root), method)
     assert result.trainer.state.global_step == 2
     assert _is_complete_model(root / "outputs/models" / method)
+    _assert_lora_moved(root / "outputs/models" / method, root / "outputs/models/sft")
     assert read_json(root / f"results/curves/{method}.json")["step"] == [0, 2]
     losses = [e["loss"] for e in result.trainer.state.log_history if "loss" in e]
     assert losses and all(loss == loss for loss in losses)  # no NaN
