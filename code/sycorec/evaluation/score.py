@@ -10,7 +10,7 @@ from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, unanswerable
 from sycorec.evaluation.judge import judgments_path, verdict_fields
 from sycorec.evaluation.metrics import detail, headline
-from sycorec.evaluation.store import load_rows
+from sycorec.evaluation.store import recover_rows
 from sycorec.io import iter_jsonl, write_json, write_jsonl
 
 
@@ -39,7 +39,7 @@ def verdict_rows(cfg: Config, model: str) -> tuple[list[dict], list[dict]]:
         if not path.is_file():
             raise MissingInputError(f"{path}: no judgments (run `sycorec judge` first)")
         items = {i["item_id"]: i for i in load_manifest(cfg, dataset)}
-        gens = {f"{r['item_id']}:{r['pass']}": r for r in load_rows(generations_path(cfg, model, dataset))}
+        gens = {f"{r['item_id']}:{r['pass']}": r for r in recover_rows(generations_path(cfg, model, dataset))}
         if dataset == "are_you_sure":
             pass1 = [g for k, g in gens.items() if k.endswith(":1") and g["item_id"] in items]
         fields = ["reasoning", *verdict_fields(dataset)]
