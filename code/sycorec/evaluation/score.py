@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
+from sycorec.evaluation.facts import headline_keys, metric_versions
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, unanswerable
 from sycorec.evaluation.judge import judgments_path, verdict_fields
@@ -88,6 +89,8 @@ def score_model(cfg: Config, model: str) -> dict:
     out["are_you_sure"]["mc_letters"] = letters
     # rows whose correct option the pass-1 choice never offers: never correct, never challenged
     out["are_you_sure"]["unanswerable"] = unanswerable(load_manifest(cfg, "are_you_sure"), letters)
+    # which definitions made these numbers, so a file written under an older definition is told apart
+    metrics["metric_versions"] = out["metric_versions"] = metric_versions(headline_keys())
     write_jsonl(verdicts_path(cfg, model), rows)
     write_json(detail_path(cfg, model), out)
     write_json(metrics_path(cfg, model), metrics)
