@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from sycorec.data.cli import data
-from sycorec.data.schema import classify_answer_template, detect_kind, load_rows, schemas, validate_file
+from sycorec.data.schema import classify_answer_template, detect_kind, schemas, validate_file, validated_rows
 from sycorec.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -125,14 +125,14 @@ def assert_fails(path: Path, line: int | None, words: str) -> None:
     """Both the loader and the validator name the file (and line) and the problem."""
     where = f"{path}:{line}:" if line else f"{path}:"
     with pytest.raises(DataError) as exc:
-        load_rows(path)
+        validated_rows(path)
     assert str(exc.value).startswith(where) and words in str(exc.value)
     report = validate_file(path)
     assert report.errors and report.errors[0].startswith(where) and words in report.errors[0]
 
 
 def test_good_answer_row_passes(tmp_path, answer_row):
-    rows = load_rows(write_rows(tmp_path / "answer.jsonl", [answer_row]))
+    rows = validated_rows(write_rows(tmp_path / "answer.jsonl", [answer_row]))
     assert (rows[0].dataset, rows[0].template, rows[0].line) == ("trivia_qa", "suggest_incorrect", 1)
 
 
@@ -227,7 +227,7 @@ def test_bare_nan_is_null(tmp_path, mc_row):
         "metadata": {"prompt_template": "{question}\n{answers}"},
     }
     line = json.dumps(math_row).replace('"wrong_solution": "w"', '"wrong_solution": NaN')
-    rows = load_rows(write_rows(tmp_path / "are_you_sure.jsonl", [line]))
+    rows = validated_rows(write_rows(tmp_path / "are_you_sure.jsonl", [line]))
     assert rows[0].data["base"]["wrong_solution"] is None
     bad = json.dumps(mc_row).replace('"question": "Q?"', '"question": NaN')
     assert_fails(write_rows(tmp_path / "are_you_sure2.jsonl", [bad]), 1, "base.question: null")
@@ -266,7 +266,7 @@ def test_nan_answer_of_a_trivia_row_is_accepted_and_skipped_by_the_proxy_set(tmp
     other = json.loads(json.dumps(answer_row))
     other["base"]["question"] = "R?"
     line = json.dumps(answer_row).replace('"incorrect_answer": "B"', '"incorrect_answer": NaN')
-    rows = load_rows(write_rows(tmp_path / "answer.jsonl", [line, other]))
+    rows = validated_rows(write_rows(tmp_path / "answer.jsonl", [line, other]))
     assert rows[0].data["base"]["incorrect_answer"] is None
     assert proxy_questions(rows, 10, 42) == [{"question": "R?", "correct_answer": "A", "incorrect_answer": "B"}]
 
@@ -289,7 +289,7 @@ def test_duplicate_rows_are_listed_with_both_lines(tmp_path, answer_row, mc_row)
     report = validate_file(path).to_json()
     assert report["errors"] == [] and report["rows"] == 4 and report["duplicate_rows"] == 2
     assert report["duplicates"] == [f"{path}:3: same record as line 1", f"{path}:4: same record as line 1"]
-    assert [r.duplicate_of for r in load_rows(path)] == [None, None, 1, 1]
+    assert [r.duplicate_of for r in validated_rows(path)] == [None, None, 1, 1]
 
 
 @pytest.mark.parametrize("dataset", [["trivia_qa"], {"name": "trivia_qa"}, 3])

@@ -22,7 +22,7 @@ from sycorec.evaluation.backends import (
 )
 from sycorec.evaluation.generate import generate_model, generations_path
 from sycorec.evaluation.items import challenge_messages, freeform_correct, is_mc, letters_of, wrong_letter
-from sycorec.evaluation.store import load_rows
+from sycorec.evaluation.store import recover_rows
 from sycorec.paths import ModelSource, model_source
 
 torch.set_num_threads(1)
@@ -195,11 +195,11 @@ def test_hf_backend_end_to_end_on_tiny_qwen3(run_root):
     summary = generate_model(run_root, "base")
     data = manifests()
     for dataset, items in data.items():
-        rows = load_rows(generations_path(run_root, "base", dataset))
+        rows = recover_rows(generations_path(run_root, "base", dataset))
         first = [r for r in rows if r["pass"] == 1]
         assert sorted(r["item_id"] for r in first) == sorted(i["item_id"] for i in items)
         assert summary[dataset]["items"] == len(items)
-    ays = load_rows(generations_path(run_root, "base", "are_you_sure"))
+    ays = recover_rows(generations_path(run_root, "base", "are_you_sure"))
     by_item = {i["item_id"]: i for i in data["are_you_sure"]}
     for row in ays:
         if row["pass"] == 1 and row["is_mc"]:
@@ -275,7 +275,7 @@ def test_hf_sampler_keeps_what_transformers_warpers_keep(run_root):
 def test_hf_resume_after_kill_gives_the_uninterrupted_replies(run_root, tmp_path):
     save_tiny_model(run_root)
     generate_model(run_root, "base")
-    whole = {d: load_rows(generations_path(run_root, "base", d)) for d in manifests()}
+    whole = {d: recover_rows(generations_path(run_root, "base", d)) for d in manifests()}
     for d in manifests():
         generations_path(run_root, "base", d).unlink()
 
@@ -296,10 +296,10 @@ def test_hf_resume_after_kill_gives_the_uninterrupted_replies(run_root, tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         generate_model(run_root, "base", backend=Killed())
-    assert 0 < len(load_rows(generations_path(run_root, "base", "answer"))) < len(whole["answer"])
+    assert 0 < len(recover_rows(generations_path(run_root, "base", "answer"))) < len(whole["answer"])
     generate_model(run_root, "base")
     for d, rows in whole.items():
-        again = {(r["item_id"], r["pass"]): r["response"] for r in load_rows(generations_path(run_root, "base", d))}
+        again = {(r["item_id"], r["pass"]): r["response"] for r in recover_rows(generations_path(run_root, "base", d))}
         assert again == {(r["item_id"], r["pass"]): r["response"] for r in rows}
 
 
@@ -309,19 +309,19 @@ def test_kill_and_resume_loses_and_duplicates_nothing(run_root):
     with pytest.raises(KeyboardInterrupt):
         generate_model(run_root, "base", backend=ScriptedBackend(die_after=3))
     path = generations_path(run_root, "base", "answer")
-    partial = load_rows(path)
+    partial = recover_rows(path)
     assert 0 < len(partial) < len(manifests()["answer"])
     with path.open("a") as fh:  # the writer died mid-line
         fh.write('{"item_id": "torn", "pass": 1, "resp')
     generate_model(run_root, "base", backend=ScriptedBackend())
     for dataset, items in manifests().items():
-        rows = load_rows(generations_path(run_root, "base", dataset))
+        rows = recover_rows(generations_path(run_root, "base", dataset))
         keys = [(r["item_id"], r["pass"]) for r in rows]
         assert len(keys) == len(set(keys)), "duplicated rows"
         assert {i["item_id"] for i in items} <= {k for k, p in keys if p == 1}, "lost rows"
     text = path.read_text()
     assert "torn" not in text and text.endswith("\n")
-    ays = load_rows(generations_path(run_root, "base", "are_you_sure"))
+    ays = recover_rows(generations_path(run_root, "base", "are_you_sure"))
     pass2 = [r for r in ays if r["pass"] == 2]
     assert len(pass2) == len(manifests()["are_you_sure"])  # the script answers everything right
     ff = next(r for r in pass2 if not r["is_mc"])
@@ -348,7 +348,7 @@ def test_a_torn_or_foreign_last_cache_line_is_dropped_and_redone(run_root, last_
     before = path.read_bytes()
     path.write_bytes(before + last_line)
     generate_model(run_root, "base", backend=ScriptedBackend())
-    rows = load_rows(path)
+    rows = recover_rows(path)
     assert sorted(r["item_id"] for r in rows) == sorted(i["item_id"] for i in manifests()["answer"])
     text = path.read_bytes()
     assert text.startswith(before) and last_line not in text and text.endswith(b"\n")
@@ -365,7 +365,7 @@ def test_changed_weights_invalidate_old_generations(run_root):
     backend = ScriptedBackend()
     summary = generate_model(run_root, "base", backend=backend)
     assert summary["answer"]["new"] == len(manifests()["answer"])
-    rows = load_rows(generations_path(run_root, "base", "answer"))
+    rows = recover_rows(generations_path(run_root, "base", "answer"))
     assert len({r["fingerprint"] for r in rows}) == 1 and len(rows) == len(manifests()["answer"])
 
 
@@ -379,7 +379,7 @@ def test_vllm_backend_on_tiny_model(run_root):
     backend = backends.VLLMBackend(cfg, model_source(cfg, "base"))  # one engine: vLLM does not free GPU memory
     summary = generate_model(cfg, "base", backend=backend)
     assert summary["answer"]["rows"] == len(manifests()["answer"])
-    rows = load_rows(generations_path(cfg, "base", "are_you_sure"))
+    rows = recover_rows(generations_path(cfg, "base", "are_you_sure"))
     assert all(r["pass1_letter"] in {"A", "B", "C"} for r in rows if r["pass"] == 1 and r["is_mc"])
     json.dumps(rows)
     # per-request seeds: an item's reply does not depend on the other prompts of the call (what a resume changes)

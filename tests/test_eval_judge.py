@@ -28,7 +28,7 @@ from sycorec.evaluation.judge import (
 )
 from sycorec.evaluation.judge_templates import own_prompts
 from sycorec.evaluation.metrics import headline
-from sycorec.evaluation.store import load_rows
+from sycorec.evaluation.store import recover_rows
 from sycorec.io import write_jsonl
 
 ITEMS = manifests()
@@ -245,22 +245,22 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         judge_models(cfg, ["base", "sft"], DyingJudge(die_after=3))
     cache = cache_path(cfg, RuleJudge(OWN).identity)
-    assert len(load_rows(cache)) == 15
+    assert len(recover_rows(cache)) == 15
     with cache.open("ab") as fh:  # a foreign object, then a line that is not UTF-8, then a torn one
         fh.write(b'{"raw": "no key"}\n{"key": "latin1", "raw": "caf\xe9"}\n{"key": "torn", "ra')
     resumed = DyingJudge()
     summary = judge_models(cfg, ["base", "sft"], resumed)
     # identical replies of the two models share cache entries, so fewer distinct keys than requests
-    rows = load_rows(cache)
+    rows = recover_rows(cache)
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) and not {"torn", "latin1"} & set(keys) and all(r.get("key") for r in rows)
     assert summary["judged"] == resumed.seen == len(keys) - 15
     assert summary["judged"] + summary["cached"] == total
     again = DyingJudge()
     assert judge_models(cfg, ["base", "sft"], again)["judged"] == 0 and again.seen == 0  # never re-judged
-    answer = load_rows(judgments_path(cfg, "base", "answer"))
+    answer = recover_rows(judgments_path(cfg, "base", "answer"))
     assert len(answer) == len(ITEMS["answer"]) and all(r["verdict"] == "correct" for r in answer)
-    ays = load_rows(judgments_path(cfg, "sft", "are_you_sure"))
+    ays = recover_rows(judgments_path(cfg, "sft", "are_you_sure"))
     assert len(ays) == len(ITEMS["are_you_sure"]) and all(r["parse_ok"] and r["maintained_answer"] for r in ays)
     assert json.loads(rows[0]["raw"])  # raw outputs are cached, the policy applies at scoring
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import main
 from sycorec.evaluation.compare import corrected_errors, delta_ci, format_table
-from sycorec.evaluation.facts import headline_keys, study
-from sycorec.evaluation.metrics import aggregate, detail, headline, resample_means
+from sycorec.evaluation.facts import headline_keys, metric_registry, study
+from sycorec.evaluation.metrics import aggregate, detail, headline, metric_specs, resample_means
 from sycorec.io import read_json
 
 
@@ -109,6 +109,15 @@ def test_grpo_aggregate_from_hand_built_verdicts(mcfg):
     assert headline(rows, mcfg, "exclude") == m  # seeded
     s_lo, s_hi = m["ci"]["stubbornness"]
     assert (s_lo, s_hi) == pytest.approx((1 - hi, 1 - lo))  # shared component draws
+
+
+def test_metric_registry_entries_and_specs_agree():
+    """One registry entry per computed headline metric, each with a definition, a direction and a version."""
+    assert set(metric_registry()) == {*metric_specs(), "parse_failures"}
+    for name, entry in metric_registry().items():
+        assert set(entry) == {"definition", "higher_is_better", "version"}, name
+        assert entry["definition"] and isinstance(entry["higher_is_better"], bool), name
+        assert isinstance(entry["version"], int) and entry["version"] >= 1, name
 
 
 def test_baseline_aggregate_and_missing_component(mcfg):
@@ -218,7 +227,15 @@ def test_cli_end_to_end_on_tiny_model(tmp_path, monkeypatch):
         result = runner.invoke(main, ["--profile", "tiny", *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
     a, b = read_json("results/metrics/base.json"), read_json("results/metrics/sft.json")
-    assert set(a) == set(b) == {*headline_keys(), "ci", "n"}
+    assert set(a) == set(b) == {*headline_keys(), "ci", "n", "metric_versions"}
+    registered = {
+        k: {"version": v["version"], "higher_is_better": v["higher_is_better"]} for k, v in metric_registry().items()
+    }
+    detail_out = read_json("results/metrics_detail/base.json")
+    for out, keys in ((a, set(a)), (b, set(b)), (detail_out, set(detail_out["by_policy"]["exclude"]))):
+        reported = keys - {"ci", "n", "metric_versions"}
+        assert reported <= set(registered)  # every metric a score output carries is registered, at its version
+        assert out["metric_versions"] == {k: registered[k] for k in reported}
     verdicts = [json.loads(x) for x in Path("results/verdicts/base.jsonl").read_text().splitlines()]
     assert {"item_id", "question", "response", "template", "seen"} <= set(verdicts[0])
     assert set(read_json("results/metrics_detail/base.json")) >= {

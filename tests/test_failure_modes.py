@@ -17,7 +17,7 @@ from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import library_failure, main
 from sycorec.data.staging import staged_dir
 from sycorec.evaluation.generate import generations_path
-from sycorec.evaluation.store import load_rows
+from sycorec.evaluation.store import recover_rows
 from sycorec.io import write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +114,9 @@ def test_full_disk_in_generate_and_score(eval_root, monkeypatch):
         line = one_line_exit_2(runner.invoke(main, generate), "No space left on device")
     assert str(path) in line and "ends at its last whole row" in line
     partial = path.read_bytes()
-    assert partial.endswith(b"\n") and 0 < len(load_rows(path)) == partial.count(b"\n")
+    assert partial.endswith(b"\n") and 0 < len(recover_rows(path)) == partial.count(b"\n")
     assert runner.invoke(main, generate).exit_code == 0  # space freed: it resumes
-    resumed = {(r["item_id"], r["pass"]): r["response"] for r in load_rows(path)}
+    resumed = {(r["item_id"], r["pass"]): r["response"] for r in recover_rows(path)}
     assert resumed == {(r["item_id"], r["pass"]): r["response"] for r in map(json.loads, whole.splitlines())}
 
 

@@ -19,7 +19,7 @@ from sycorec.data import synth
 from sycorec.data.cli import data
 from sycorec.data.fetch import fetch
 from sycorec.data.prepare import eval_manifest, proportional_sample, proxy_questions
-from sycorec.data.schema import load_rows, mc_letters
+from sycorec.data.schema import mc_letters, validated_rows
 from sycorec.errors import DataError
 from sycorec.evaluation.items import challenge_text, letters_of, unanswerable
 from sycorec.evaluation.judge import Request, RuleJudge, build_prompt, judgment_row, template_key
@@ -108,7 +108,7 @@ def test_validator_accepts_every_real_row_including_options_past_e(files):
         {"mc": 817, "free_form": 0},
     )
     assert out["feedback.arguments.jsonl"]["rows"] == 1500
-    rows = load_rows(files["are_you_sure"][1])
+    rows = validated_rows(files["are_you_sure"][1])
     # as TruthfulQA's own mc_task.json: 273 of 817 questions have more than five options, up to 13
     assert sum(len(mc_letters(r.data["base"])) > 5 for r in rows) == 273
     assert max(len(mc_letters(r.data["base"])) for r in rows) == 13
@@ -133,9 +133,9 @@ def items(files, world_rows, tmp_path_factory) -> dict[str, list[dict]]:
     tmp = tmp_path_factory.mktemp("world")
     out = {}
     for kind, paths in files.items():
-        rows = [row for p in paths for row in load_rows(p, kind)]
+        rows = [row for p in paths for row in validated_rows(p, kind)]
         if kind in world_rows:
-            rows += load_rows(write_jsonl(tmp / f"{kind}.jsonl", world_rows[kind]), kind)
+            rows += validated_rows(write_jsonl(tmp / f"{kind}.jsonl", world_rows[kind]), kind)
         out[kind] = eval_manifest(kind, rows, seen=set())
     return out
 
@@ -153,7 +153,7 @@ def test_manifest_builders_on_every_real_row(files, items):
     feedback = [i for i in items["feedback"] if i["sub_dataset"] == "arguments"]
     assert len(feedback) == 1500 and len({i["item_id"] for i in feedback}) == 1500
     assert proportional_sample(answer, 0, 42) == answer
-    proxy = proxy_questions(load_rows(files["answer"][0]), 200, 42)
+    proxy = proxy_questions(validated_rows(files["answer"][0]), 200, 42)
     assert len(proxy) == 200 and len({p["question"] for p in proxy}) == 200
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -22,6 +26,7 @@ from sycorec.report.results import Results, load_results
 from sycorec.report.tables import build_tables, fmt_ci, load_spec, pick_example
 
 SPEC = load_spec()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +156,47 @@ def test_manifest_and_timings(built: Path) -> None:
     assert all(len(h) == 64 for h in manifest["outputs"].values())
     timings = json.loads((built / "results" / "timings.json").read_text())
     assert timings == {"stages": {"score@base": 1.5, "train_sft": 2.25}, "total_seconds": 3.75}
+
+
+# Timed commands no DVC stage runs: `make data` fetches what data.dvc records; pretrain-tiny is train_base by hand
+OFF_DAG = {"data fetch", "train pretrain-tiny"}
+
+
+def _commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    for name in group.list_commands(click.Context(group)):
+        command = group.get_command(click.Context(group), name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{prefix}{name} ")
+        elif command is not None:
+            yield f"{prefix}{name}", command
+
+
+def _parse(argv: list[str]) -> tuple[str, click.Command, dict[str, Any]]:
+    """The path, command and parsed options of `sycorec argv`, without running it."""
+    command: click.Command = main
+    path = []
+    while isinstance(command, click.Group):
+        path.append(argv.pop(0))
+        command = command.get_command(click.Context(command), path[-1])
+    return " ".join(path), command, command.make_context(path[-1], argv).params
+
+
+def test_timings_use_dvc_stage_names() -> None:
+    """Every DVC stage's command records the stage's own name and every other timed command is off the DAG, so
+    timings.json joins with `dvc dag`."""
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(ROOT)) as repo:
+        stages = {s.name: s.cmd for s in repo.index.stages if isinstance(s, PipelineStage)}
+    timed = {path for path, command in _commands(main) if hasattr(command.callback, "stage_name")}
+    staged = set()
+    for name, cmd in stages.items():
+        path, command, params = _parse(shlex.split(cmd)[1:])
+        if path in timed:
+            assert command.callback.stage_name(params) == name
+            staged.add(path)
+    assert timed - staged == OFF_DAG
 
 
 def test_missing_inputs_give_na_cells_not_a_crash(tmp_path: Path) -> None:

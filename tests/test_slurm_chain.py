@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
 import re
 import shutil
@@ -395,10 +397,31 @@ def test_probe_prompts_depends_on_exactly_the_probed_models_verdicts():
     import yaml
 
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["probe_prompts"]["deps"]
-    verdicts = [d for d in deps if d.startswith("results/verdicts")]
+    verdicts = [d for d in deps if d.startswith("${paths.results}/verdicts")]
     for profile in (None, "tiny"):
         models = load_config(ROOT / "params.yaml", profile).probing.models
-        assert verdicts == [f"results/verdicts/${{probing.models[{i}]}}.jsonl" for i in range(len(models))]
+        assert verdicts == [f"${{paths.results}}/verdicts/${{probing.models[{i}]}}.jsonl" for i in range(len(models))]
+
+
+# Params sections a stage lists leaf by leaf, with the leaves it leaves out because another stage reads them: a leaf
+# added to params.yaml fails here until its stage lists it or leaves it out on purpose
+PROBE_INPUTS = {"templates", "max_samples", "sample_seed", "val_fraction", "batch_size", "max_length"}
+LEAF_BY_LEAF = {
+    ("train_rm", "train.rm"): {"calibration", "text_format"},  # rm_calibrate and the GRPO reward
+    ("train_grpo", "train.grpo"): set(),  # versions: each version's own
+    ("probe_analyze", "probing"): PROBE_INPUTS,  # they reach it through prompts.json and the activations
+}
+
+
+def test_stages_listing_leaves_miss_none_they_read():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for (name, section), left_out in LEAF_BY_LEAF.items():
+        listed = {p.removeprefix(f"{section}.").split(".")[0] for p in stages[name].get("do", stages[name])["params"]}
+        leaves = set(functools.reduce(operator.getitem, section.split("."), params))
+        assert listed & leaves == leaves - left_out, name
 
 
 def test_stage_commands_import_no_torch_until_they_need_it():

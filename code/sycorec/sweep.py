@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sycorec.errors import SycorecError
+from sycorec.evaluation.facts import higher_is_better
 from sycorec.io import write_json
 
 MODELS = ("base", "sft", "dpo", "ipo", "simpo")
@@ -33,7 +34,13 @@ READINGS = {
     "feedback_sycophancy": "feedback sycophancy",
     "probe_peak_auroc": "probe peak AUROC",
 }
-DIRECTED = ("answer_sycophancy_rate", "flip_rate", "flip_rate_free_form", "proxy_gap")
+# reading -> the registered headline metric whose direction it has (flip_rate on free-form rows; the proxy's answer gap)
+DIRECTED = {
+    "answer_sycophancy_rate": "answer_sycophancy_rate",
+    "flip_rate": "flip_rate",
+    "flip_rate_free_form": "flip_rate",
+    "proxy_gap": "answer_sycophancy_gap",
+}
 CONTROL = "control"  # the random-label probe control, read as a model of its own
 FAILED = "failed"  # a run whose pipeline stopped (e.g. the tiny base below its accuracy gate) records why
 # A direction is asserted when, on every kernel path, it fails in at most max(1, 20%) of the seeds (4 of 5, 2 of 3)...
@@ -57,9 +64,14 @@ class Direction:
         return None if high is None or low is None else high - low
 
 
+def worse(reading: str, model: str, than: str) -> Direction:
+    """`model` is worse than `than` on `reading`: higher or lower as the metric registry says."""
+    return Direction(reading, than, model) if higher_is_better(DIRECTED[reading]) else Direction(reading, model, than)
+
+
 DIRECTIONS = tuple(
-    [Direction(r, "sft", "base") for r in DIRECTED]
-    + [Direction(r, "sft", m) for r in DIRECTED for m in RECOVERY]
+    [worse(r, "sft", "base") for r in DIRECTED]
+    + [worse(r, "sft", m) for r in DIRECTED for m in RECOVERY]
     + [Direction("probe_peak_auroc", "sft", CONTROL)]
 )
 

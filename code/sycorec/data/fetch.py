@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm import tqdm
 
 from sycorec.config import DataCfg, format_validation_error
-from sycorec.data.schema import load_rows
+from sycorec.data.schema import validated_rows
 from sycorec.data.staging import staged_dir
 from sycorec.errors import DataError
 from sycorec.io import write_json
@@ -136,7 +136,7 @@ def count_rows(path: Path, kind: str) -> int:
         from sycorec.evaluation.judge_templates import read_study_prompts
 
         return len(read_study_prompts(path).texts)
-    return len(load_rows(path, kind))
+    return len(validated_rows(path, kind))
 
 
 def verify(item: Resolved, path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sycorec.config import Config
-from sycorec.data.schema import EVAL_KINDS, Row, load_records, load_rows, schemas
+from sycorec.data.schema import EVAL_KINDS, Row, load_records, schemas, validated_rows
 from sycorec.data.staging import staged_dir
 from sycorec.errors import MissingInputError
 from sycorec.io import sha256_file, write_json, write_jsonl
@@ -178,23 +178,26 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     if missing:
         how = "sycorec data synth" if cfg.data.source == "synth" else "sycorec data fetch (or dvc pull)"
         raise MissingInputError(f"{src}: missing {', '.join(missing)}; run `{how}` first")
-    p = cfg.prepare
+    prepare_cfg = cfg.prepare
     augmented = load_records(src / TRAINING_FILES["augmented_prompts"], "augmented_prompts")
     sycophantic = load_records(src / TRAINING_FILES["sycophantic_training"], "sycophantic_training")
     pairs = load_records(src / TRAINING_FILES["dpo_pairs"], "dpo_pairs")
-    by_question = p.split_by == "question"
+    by_question = prepare_cfg.split_by == "question"
 
     sft_train, sft_val = split_rows(
-        sycophantic, p.val_split, p.split_seed, _groups(sycophantic, augmented) if by_question else None
+        sycophantic,
+        prepare_cfg.val_split,
+        prepare_cfg.split_seed,
+        _groups(sycophantic, augmented) if by_question else None,
     )
     pref_groups = _groups(pairs, augmented) if by_question else None
-    prefs_train, prefs_val = split_rows(pairs, p.val_split, p.split_seed, pref_groups)
-    rm_train, rm_val = split_rows(pairs, p.rm_val_split, p.split_seed, pref_groups)
+    prefs_train, prefs_val = split_rows(pairs, prepare_cfg.val_split, prepare_cfg.split_seed, pref_groups)
+    rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
     seen = seen_questions(augmented)
-    eval_rows = {kind: load_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
+    eval_rows = {kind: validated_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
     duplicates = {kind: sum(r.duplicate_of is not None for r in rows) for kind, rows in eval_rows.items()}
-    if p.duplicate_eval_rows == "drop":
+    if prepare_cfg.duplicate_eval_rows == "drop":
         eval_rows = {kind: [r for r in rows if r.duplicate_of is None] for kind, rows in eval_rows.items()}
     outputs: dict[str, list[dict]] = {
         "sft_train.jsonl": [sft_example(r) for r in sft_train],
@@ -207,7 +210,9 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         # as the study: relearning trains on every sycophantic row, RM calibration samples from every prompt
         "relearn_train.jsonl": [sft_example(r) for r in sycophantic],
         "calibration_prompts.jsonl": grpo_prompts(pairs),
-        "proxy_questions.jsonl": proxy_questions(eval_rows["answer"], p.proxy_questions, p.proxy_seed),
+        "proxy_questions.jsonl": proxy_questions(
+            eval_rows["answer"], prepare_cfg.proxy_questions, prepare_cfg.proxy_seed
+        ),
     }
     for kind in EVAL_KINDS:
         items = eval_manifest(kind, eval_rows[kind], seen)
@@ -218,8 +223,8 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         "inputs": {name: sha256_file(src / name) for name in needed},
         "rows": {name: len(rows) for name, rows in outputs.items()},
         "seen_questions": len({i["group_id"] for i in outputs["eval/answer.jsonl"] if i["seen"]}),
-        "split_by": p.split_by,
-        "duplicate_eval_rows": {"rule": p.duplicate_eval_rows, **duplicates},
+        "split_by": prepare_cfg.split_by,
+        "duplicate_eval_rows": {"rule": prepare_cfg.duplicate_eval_rows, **duplicates},
     }
     with staged_dir(out) as staging:
         for name, rows in tqdm(outputs.items(), desc="prepare", unit="file"):

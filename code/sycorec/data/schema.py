@@ -322,7 +322,7 @@ def _where(path: Path, lineno: int) -> str:
     return f"{path}:{lineno}" if lineno else str(path)
 
 
-def load_rows(path: str | Path, kind: str | None = None) -> list[Row]:
+def validated_rows(path: str | Path, kind: str | None = None) -> list[Row]:
     """All rows of a file, validated; DataError `file:line: problem` on the first bad one."""
     path = Path(path)
     if not path.is_file():
@@ -339,7 +339,7 @@ def load_rows(path: str | Path, kind: str | None = None) -> list[Row]:
 
 
 def load_records(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    return [row.data for row in load_rows(path, kind)]
+    return [row.data for row in validated_rows(path, kind)]
 
 
 def validate_file(path: str | Path, kind: str | None = None, max_errors: int = MAX_REPORTED_ERRORS) -> FileReport:

@@ -34,7 +34,7 @@ def generate(cfg: Config, model: str) -> None:
 @click.command("judge")
 @click.option("--models", default=None, help="Comma-separated model names (default: every model in params.yaml).")
 @pass_config
-@timed(lambda kw: f"judge@{kw['models']}" if kw["models"] else "judge")
+@timed(lambda kw: f"judge@{kw['models']}" if kw["models"] and "," not in kw["models"] else None)  # several: no stage
 def judge(cfg: Config, models: str | None) -> None:
     """Judge every model's replies in one pass; verdicts come from the permanent judge cache when present."""
     names = [_known_model(cfg, m.strip()) for m in models.split(",")] if models else list(cfg.models)

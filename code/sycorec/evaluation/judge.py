@@ -28,7 +28,7 @@ from sycorec.evaluation.facts import WORLD_FILE, study, world
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, suggestion
 from sycorec.evaluation.judge_templates import PromptSet, fill, load_prompt_set, template_regex
-from sycorec.evaluation.store import AppendStore, load_rows
+from sycorec.evaluation.store import AppendStore, recover_rows
 from sycorec.hub import require_gpu, resolve_snapshot
 from sycorec.io import sha256_file, sha256_text, write_jsonl
 from sycorec.paths import raw_dir
@@ -270,15 +270,15 @@ class RuleJudge:
 
 def llm_engine_kwargs(cfg: Config) -> dict[str, Any]:
     """One engine for every model: its context is the largest any model's judge settings ask for."""
-    j = cfg.judge
+    judge = cfg.judge
     return {
-        "model": j.model,
-        "revision": j.revision,
-        "tokenizer_revision": j.revision,
-        "tensor_parallel_size": j.tensor_parallel_size,
+        "model": judge.model,
+        "revision": judge.revision,
+        "tokenizer_revision": judge.revision,
+        "tensor_parallel_size": judge.tensor_parallel_size,
         "dtype": "bfloat16",
-        "max_model_len": max([j.max_model_len, *(o.max_model_len or 0 for o in j.per_model.values())]),
-        "gpu_memory_utilization": j.gpu_memory_utilization,
+        "max_model_len": max([judge.max_model_len, *(o.max_model_len or 0 for o in judge.per_model.values())]),
+        "gpu_memory_utilization": judge.gpu_memory_utilization,
         "seed": cfg.seed,
     }
 
@@ -286,12 +286,12 @@ def llm_engine_kwargs(cfg: Config) -> dict[str, Any]:
 def llm_sampling_kwargs(cfg: Config, model: str, dataset: str, prompt_tokens: int) -> dict[str, Any] | None:
     """Greedy guided JSON; the reply budget shrinks to fit the model's max_model_len (None: the prompt alone is too
     long). `judge.per_model` sets a model's own max_model_len / max_tokens (the study's GRPO v3/v4 settings)."""
-    j = cfg.judge.for_model(model)
-    budget = min(j.max_tokens, j.max_model_len - prompt_tokens)
+    judge = cfg.judge.for_model(model)
+    budget = min(judge.max_tokens, judge.max_model_len - prompt_tokens)
     if budget <= 0:
         return None
     return {
-        "temperature": j.temperature,
+        "temperature": judge.temperature,
         "max_tokens": budget,
         "guided_decoding": {"json": SCHEMAS[dataset].model_json_schema()},
     }
@@ -310,11 +310,11 @@ class LLMJudge:
         self._llm: Any = None
 
     def decoding(self, model: str) -> dict[str, Any]:
-        j = self.cfg.judge.for_model(model)
+        judge = self.cfg.judge.for_model(model)
         return {
-            "temperature": j.temperature,
-            "max_tokens": j.max_tokens,
-            "max_model_len": j.max_model_len,
+            "temperature": judge.temperature,
+            "max_tokens": judge.max_tokens,
+            "max_model_len": judge.max_model_len,
             "guided": "json",
         }
 
@@ -385,7 +385,7 @@ def load_generations(cfg: Config, model: str, dataset: str) -> dict[str, dict]:
     path = generations_path(cfg, model, dataset)
     if not path.is_file():
         raise MissingInputError(f"{path}: no generations (run `sycorec generate --model {model}` first)")
-    return {f"{r['item_id']}:{r['pass']}": r for r in load_rows(path)}
+    return {f"{r['item_id']}:{r['pass']}": r for r in recover_rows(path)}
 
 
 def requests_for(cfg: Config, model: str, dataset: str, items: list[dict]) -> list[Request]:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
+from sycorec.evaluation.facts import headline_keys, metric_versions
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, unanswerable
 from sycorec.evaluation.judge import judgments_path, verdict_fields
 from sycorec.evaluation.metrics import detail, headline
-from sycorec.evaluation.store import load_rows
+from sycorec.evaluation.store import recover_rows
 from sycorec.io import iter_jsonl, write_json, write_jsonl
 
 
@@ -39,7 +40,7 @@ def verdict_rows(cfg: Config, model: str) -> tuple[list[dict], list[dict]]:
         if not path.is_file():
             raise MissingInputError(f"{path}: no judgments (run `sycorec judge` first)")
         items = {i["item_id"]: i for i in load_manifest(cfg, dataset)}
-        gens = {f"{r['item_id']}:{r['pass']}": r for r in load_rows(generations_path(cfg, model, dataset))}
+        gens = {f"{r['item_id']}:{r['pass']}": r for r in recover_rows(generations_path(cfg, model, dataset))}
         if dataset == "are_you_sure":
             pass1 = [g for k, g in gens.items() if k.endswith(":1") and g["item_id"] in items]
         fields = ["reasoning", *verdict_fields(dataset)]
@@ -88,6 +89,8 @@ def score_model(cfg: Config, model: str) -> dict:
     out["are_you_sure"]["mc_letters"] = letters
     # rows whose correct option the pass-1 choice never offers: never correct, never challenged
     out["are_you_sure"]["unanswerable"] = unanswerable(load_manifest(cfg, "are_you_sure"), letters)
+    # which definitions made these numbers, so a file written under an older definition is told apart
+    metrics["metric_versions"] = out["metric_versions"] = metric_versions(headline_keys())
     write_jsonl(verdicts_path(cfg, model), rows)
     write_json(detail_path(cfg, model), out)
     write_json(metrics_path(cfg, model), metrics)

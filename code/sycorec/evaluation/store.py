@@ -14,7 +14,7 @@ from sycorec.io import disk_full, write_jsonl
 Key = Callable[[dict], str]
 
 
-def load_rows(path: Path) -> list[dict]:
+def recover_rows(path: Path) -> list[dict]:
     """Every complete row of `path`; a torn or foreign line (unterminated, not UTF-8, not JSON, not a JSON object)
     ends the trusted prefix and is cut off the file with everything after it, so it is redone."""
     if not path.is_file():
@@ -50,7 +50,7 @@ class AppendStore:
     def __init__(self, path: str | os.PathLike, key: Key, keep: Callable[[dict], bool] | None = None) -> None:
         self.path = Path(path)
         self.key = key
-        rows = load_rows(self.path)
+        rows = recover_rows(self.path)
         kept = [row for row in rows if self._has_key(row) and (keep is None or keep(row))]
         if len(kept) != len(rows):  # stale rows (e.g. another model fingerprint): rewrite without them
             self._rewrite(kept)

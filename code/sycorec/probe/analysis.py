@@ -48,14 +48,14 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Settings:
-        pc = cfg.probing
+        probing = cfg.probing
         return cls(
-            c=pc.C,
-            max_iter=pc.max_iter,
-            bootstrap_iterations=pc.bootstrap_iterations,
-            permutations=pc.permutations,
-            control_seeds=pc.control_seeds,
-            ablation_alpha=pc.ablation_alpha,
+            c=probing.C,
+            max_iter=probing.max_iter,
+            bootstrap_iterations=probing.bootstrap_iterations,
+            permutations=probing.permutations,
+            control_seeds=probing.control_seeds,
+            ablation_alpha=probing.ablation_alpha,
             seed=cfg.seed,
         )
 

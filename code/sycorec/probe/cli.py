@@ -20,7 +20,7 @@ def probe() -> None:
 
 @probe.command("prompts")
 @pass_config
-@timed("probe-prompts")
+@timed("probe_prompts")
 def prompts_cmd(cfg: Config) -> None:
     """Label the pressure prompts from every probed model's verdicts; write the shared split."""
     doc = write_prompt_set(cfg)
@@ -30,7 +30,7 @@ def prompts_cmd(cfg: Config) -> None:
 @probe.command("extract")
 @click.option("--model", "model", required=True, help="Model name from probing.models.")
 @pass_config
-@timed(lambda kw: f"probe-extract@{kw['model']}")
+@timed(lambda kw: f"probe_extract@{kw['model']}")
 def extract_cmd(cfg: Config, model: str) -> None:
     """Last-prompt-token activations of every layer for the prompt set."""
     if model not in cfg.probing.models:
@@ -42,7 +42,7 @@ def extract_cmd(cfg: Config, model: str) -> None:
 
 @probe.command("analyze")
 @pass_config
-@timed("probe-analyze")
+@timed("probe_analyze")
 def analyze_cmd(cfg: Config) -> None:
     """Own-model probes, control, transfer, cosines, ablation → results/probing, figures → results/figures/probing."""
     split = PromptSplit.from_doc(read_prompt_set(cfg))

@@ -69,19 +69,19 @@ def extract(cfg: Config, model_name: str, prompts: list[dict], progress: bool = 
 
     if not prompts:
         raise DataError("the probing prompt set is empty")
-    pc = cfg.probing
+    probing = cfg.probing
     source, tok_source = model_source(cfg, model_name), model_source(cfg, "base")
     item_ids = [p["item_id"] for p in prompts]
     out_path = activations_path(cfg, model_name)
     shards = out_path.with_name(f"{model_name}.partial")
-    key = _fingerprint(source, tok_source, item_ids, pc.max_length)
+    key = _fingerprint(source, tok_source, item_ids, probing.max_length)
     stamp = shards / "fingerprint.txt"
     if shards.exists() and (not stamp.is_file() or stamp.read_text() != key):
         shutil.rmtree(shards)  # shards of another prompt set or model version
     shards.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key)
 
-    tokenizer = load_tokenizer(tok_source, pc.max_length)
+    tokenizer = load_tokenizer(tok_source, probing.max_length)
     texts = format_prompts(tokenizer, prompts)
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
@@ -91,12 +91,12 @@ def extract(cfg: Config, model_name: str, prompts: list[dict], progress: bool = 
         attn_implementation=cfg.base_model.attn_implementation if cuda else "sdpa",
     ).to("cuda" if cuda else "cpu")
     model.eval()
-    starts = range(0, len(texts), pc.batch_size)
+    starts = range(0, len(texts), probing.batch_size)
     for i, start in enumerate(tqdm(starts, desc=f"extract {model_name}", unit="batch", disable=not progress)):
         shard = shards / f"batch_{i:06d}.safetensors"
         if shard.is_file():
             continue
-        states = last_token_states(model, tokenizer, texts[start : start + pc.batch_size], pc.max_length)
+        states = last_token_states(model, tokenizer, texts[start : start + probing.batch_size], probing.max_length)
         with atomic_path(shard) as tmp:
             save_file({TENSOR: states.contiguous()}, str(tmp))
     acts = torch.cat([load_file(str(shards / f"batch_{i:06d}.safetensors"))[TENSOR] for i in range(len(starts))], 1)

@@ -55,24 +55,26 @@ def grouped_split(group_ids: list[str], val_fraction: float, seed: int) -> list[
 
 def build_prompt_set(cfg: Config) -> dict:
     """Select, label and split the probing prompts; returns the prompts.json document."""
-    pc = cfg.probing
-    candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in pc.templates]
+    probing = cfg.probing
+    candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in probing.templates]
     if not candidates:
-        raise DataError(f"no answer items with templates {pc.templates} in {manifest_path(cfg)}")
-    verdicts = {m: load_verdicts(cfg, m) for m in pc.models}
+        raise DataError(f"no answer items with templates {probing.templates} in {manifest_path(cfg)}")
+    verdicts = {m: load_verdicts(cfg, m) for m in probing.models}
     dropped: Counter[str] = Counter()
     kept = []
     for row in candidates:
-        answers = [verdicts[m].get(row["item_id"]) for m in pc.models]
+        answers = [verdicts[m].get(row["item_id"]) for m in probing.models]
         if all(v in LABELS for v in answers):
             kept.append((row, answers))
         else:
             dropped["missing" if None in answers else "hedged_or_refused"] += 1
-    if pc.max_samples and len(kept) > pc.max_samples:
-        kept = [kept[i] for i in sorted(random.Random(pc.sample_seed).sample(range(len(kept)), pc.max_samples))]
+    if probing.max_samples and len(kept) > probing.max_samples:
+        kept = [
+            kept[i] for i in sorted(random.Random(probing.sample_seed).sample(range(len(kept)), probing.max_samples))
+        ]
     if not kept:
         raise DataError("no prompt has a correct/incorrect verdict from every probed model")
-    splits = grouped_split([row["group_id"] for row, _ in kept], pc.val_fraction, pc.sample_seed)
+    splits = grouped_split([row["group_id"] for row, _ in kept], probing.val_fraction, probing.sample_seed)
     prompts = [
         {
             "item_id": row["item_id"],
@@ -82,14 +84,14 @@ def build_prompt_set(cfg: Config) -> dict:
             "split": split,
             # the probe reads the user message only (no prefill, no response)
             "messages": [m for m in row["messages"] if m["role"] == "user"][:1],
-            "labels": {m: LABELS[v] for m, v in zip(pc.models, answers, strict=True)},
+            "labels": {m: LABELS[v] for m, v in zip(probing.models, answers, strict=True)},
         }
         for (row, answers), split in zip(kept, splits, strict=True)
     ]
     return {
-        "models": list(pc.models),
-        "reference_model": pc.reference_model,
-        "templates": list(pc.templates),
+        "models": list(probing.models),
+        "reference_model": probing.reference_model,
+        "templates": list(probing.templates),
         "n_candidates": len(candidates),
         "n_dropped": dict(sorted(dropped.items())),
         "n_prompts": len(prompts),

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sycorec.clikit import TIMINGS_DIR
 from sycorec.config import Config
 from sycorec.io import write_json, write_text_atomic
 from sycorec.report.errata import build_errata, load_errata
 from sycorec.report.figures import draw_figures
-from sycorec.report.manifest import TIMINGS_DIR, build_manifest, collect_timings
+from sycorec.report.manifest import build_manifest, collect_timings
 from sycorec.report.results import load_results
 from sycorec.report.tables import build_tables, load_spec, write_tables
 

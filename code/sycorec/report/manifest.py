@@ -11,7 +11,6 @@ from sycorec.io import read_json, sha256_file
 from sycorec.paths import raw_dir
 
 PREFETCH_MANIFEST = Path("outputs/prefetch_manifest.json")
-TIMINGS_DIR = Path("outputs/timings")
 
 
 def input_hashes(root: Path, relative: Path) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def build_manifest(cfg: Config, root: Path = Path("."), outputs: list[Path] | No
 
 
 def collect_timings(directory: Path) -> dict[str, Any]:
-    """{stage: seconds} from outputs/timings/*.json, plus their total."""
+    """{DVC stage name: seconds} from outputs/timings/*.json, plus their total."""
     stages: dict[str, float] = {}
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         record = read_json(path)

@@ -46,7 +46,7 @@ def sft(cfg: Config) -> None:
 
 def _preference_command(method: str) -> click.Command:
     @pass_config
-    @timed(f"train_{method}")
+    @timed(f"train_pref@{method}")
     def command(cfg: Config) -> None:
         if _relaunched(cfg.train.common.num_gpus):
             return
@@ -81,7 +81,7 @@ def rm(cfg: Config) -> None:
 
 @train.command("rm-calibrate")
 @pass_config
-@timed("train_rm_calibrate")
+@timed("rm_calibrate")
 def rm_calibrate(cfg: Config) -> None:
     """Median RM score of SFT generations (the binary GRPO threshold) → outputs/calibration/calibration.json."""
     from sycorec.train.reward import calibrate_rm
@@ -93,7 +93,7 @@ def rm_calibrate(cfg: Config) -> None:
 @train.command("grpo")
 @click.option("--version", "version", required=True, help="A key of train.grpo.versions (v1..v4).")
 @pass_config
-@timed(lambda kw: f"train_grpo_{kw['version']}")
+@timed(lambda kw: f"train_grpo@{kw['version']}")
 def grpo(cfg: Config, version: str) -> None:
     """GRPO from the SFT model, rewarded by the RM → outputs/models/grpo_<v>/ and results/train/grpo_<v>.json."""
     from sycorec.train.grpo import version_cfg
@@ -109,7 +109,7 @@ def grpo(cfg: Config, version: str) -> None:
 @train.command("relearn")
 @click.option("--start", "start", required=True, help="Start model, one of train.relearn.starts (base, dpo).")
 @pass_config
-@timed(lambda kw: f"train_relearn_{kw['start']}")
+@timed(lambda kw: f"relearn@{kw['start']}")
 def relearn(cfg: Config, start: str) -> None:
     """Relearning test: SFT on the sycophantic data from `start` → results/curves/relearn_<start>.json."""
     from sycorec.errors import ConfigError

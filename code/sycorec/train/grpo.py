@@ -104,27 +104,30 @@ def version_cfg(cfg: Config, version: str) -> Any:
 def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:
     from trl import GRPOConfig
 
-    g = cfg.train.grpo
-    v = version_cfg(cfg, version)
+    grpo = cfg.train.grpo
+    grpo_version = version_cfg(cfg, version)
     start = training_start(cfg, "sft")
     rm = require_model(cfg, "rm")
     inputs = [cfg.paths.prepared / GRPO_PROMPTS]
-    if v.reward == "binary":
+    if grpo_version.reward == "binary":
         inputs.append(calibration_path(cfg))
-    reward = RMReward(cfg, binary=v.reward == "binary")  # fails here, before training, without an RM or threshold
-    run = Run(f"grpo_{version}", start, inputs, eval_every=g.eval_every_steps, keep_best=True, extra={"rm": rm.path})
-    schedule = SimpleNamespace(**v.model_dump(), lr_scheduler_type=g.lr_scheduler_type, warmup_ratio=g.warmup_ratio)
+    # fails here, before training, without an RM or threshold
+    reward = RMReward(cfg, binary=grpo_version.reward == "binary")
+    run = Run(f"grpo_{version}", start, inputs, eval_every=grpo.eval_every_steps, keep_best=True, extra={"rm": rm.path})
+    schedule = SimpleNamespace(
+        **grpo_version.model_dump(), lr_scheduler_type=grpo.lr_scheduler_type, warmup_ratio=grpo.warmup_ratio
+    )
     config = GRPOConfig(
         **trainer_kwargs(cfg, run.name, schedule),
-        loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards,
-        beta=g.beta,
-        epsilon=g.epsilon,
-        temperature=g.temperature,
-        max_completion_length=g.max_completion_length,
-        num_generations=v.num_generations,
-        use_vllm=g.use_vllm,
-        log_completions=g.log_completions,
+        loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        beta=grpo.beta,
+        epsilon=grpo.epsilon,
+        temperature=grpo.temperature,
+        max_completion_length=grpo.max_completion_length,
+        num_generations=grpo_version.num_generations,
+        use_vllm=grpo.use_vllm,
+        log_completions=grpo.log_completions,
     )
     tokenizer = load_tokenizer(start, padding_side="left")
     dataset = prepared_dataset(cfg, GRPO_PROMPTS, ("prompt",))
@@ -137,7 +140,7 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     summary.update(
         {
             "steps": result.trainer.state.global_step,
-            "reward": v.reward,
+            "reward": grpo_version.reward,
             "threshold": reward.threshold,
             "gradient_checkpointing": cfg.train.common.gradient_checkpointing,
             **rollout_summary(result.trainer.rollout_history),

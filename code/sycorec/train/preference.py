@@ -28,35 +28,35 @@ def method_cfg(cfg: Config, method: str) -> DPOCfg | SimPOCfg:
 
 
 def _config(cfg: Config, method: str, args: dict[str, Any]) -> Any:
-    m = method_cfg(cfg, method)
+    preference = method_cfg(cfg, method)
     max_length = cfg.train.common.max_length
-    if m.loss_type == "simpo":
+    if preference.loss_type == "simpo":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.cpo import CPOConfig
 
         return CPOConfig(
             **args,
             loss_type="simpo",
-            beta=m.beta,
-            simpo_gamma=m.simpo_gamma,
-            cpo_alpha=m.cpo_alpha,
+            beta=preference.beta,
+            simpo_gamma=preference.simpo_gamma,
+            cpo_alpha=preference.cpo_alpha,
             max_length=max_length,
             remove_unused_columns=False,  # CPO's collator needs the raw columns
         )
     from trl import DPOConfig
 
-    return DPOConfig(**args, loss_type=[m.loss_type], beta=m.beta, max_length=max_length)
+    return DPOConfig(**args, loss_type=[preference.loss_type], beta=preference.beta, max_length=max_length)
 
 
 def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     """Train `method` from the SFT-merged model with LoRA; DPO/IPO use the adapter-disabled model as reference."""
-    m = method_cfg(cfg, method)
+    preference = method_cfg(cfg, method)
     start = training_start(cfg, "sft")
-    run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=m.eval_every_steps, keep_best=True)
-    config = _config(cfg, method, trainer_kwargs(cfg, run.name, m))
+    run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=preference.eval_every_steps, keep_best=True)
+    config = _config(cfg, method, trainer_kwargs(cfg, run.name, preference))
     tokenizer = load_tokenizer(start, padding_side="right")
     dataset = prepared_dataset(cfg, PREFS_DATA, ("prompt", "chosen", "rejected"))
-    if m.loss_type == "simpo":
+    if preference.loss_type == "simpo":
         from trl.experimental.cpo import CPOTrainer
 
         build = lora_build(cfg, run, CPOTrainer, config, dataset, tokenizer)

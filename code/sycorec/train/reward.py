@@ -90,7 +90,7 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     from trl import RewardConfig, RewardTrainer
 
     start = training_start(cfg, "sft")
-    r = cfg.train.rm
+    rm = cfg.train.rm
     run = Run("rm", start, [cfg.paths.prepared / RM_TRAIN, cfg.paths.prepared / RM_VAL], kind="seq_cls")
     tokenizer = load_tokenizer(start, padding_side="right")
     keep = ("prompt", "chosen", "rejected")
@@ -98,14 +98,14 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     val_set = prepared_dataset(cfg, RM_VAL, keep)
     config = RewardConfig(
         **trainer_kwargs(
-            cfg, run.name, r, eval_strategy="epoch", per_device_eval_batch_size=r.per_device_train_batch_size
+            cfg, run.name, rm, eval_strategy="epoch", per_device_eval_batch_size=rm.per_device_train_batch_size
         ),
         max_length=cfg.train.common.max_length,
-        center_rewards_coefficient=r.center_rewards_coefficient,
+        center_rewards_coefficient=rm.center_rewards_coefficient,
     )
 
     def build(callbacks: list[Any]) -> Any:
-        set_seed(r.head_init_seed)  # the score head is created at load time, before the trainer seeds anything
+        set_seed(rm.head_init_seed)  # the score head is created at load time, before the trainer seeds anything
         model = load_start(cfg, start, "seq_cls")
         model.config.pad_token_id = tokenizer.pad_token_id
         return RewardTrainer(
@@ -149,7 +149,7 @@ def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]],
     """n sampled completions per prompt with transformers `generate` (chat template, thinking off)."""
     import torch
 
-    c = cfg.train.rm.calibration
+    calibration = cfg.train.rm.calibration
     device = next(model.parameters()).device
     texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     torch.manual_seed(seed)
@@ -168,10 +168,10 @@ def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]],
                 ids = model.generate(
                     **enc,
                     do_sample=True,
-                    temperature=c.temperature,
-                    top_p=c.top_p,
+                    temperature=calibration.temperature,
+                    top_p=calibration.top_p,
                     top_k=0,
-                    max_new_tokens=c.max_new_tokens,
+                    max_new_tokens=calibration.max_new_tokens,
                     num_return_sequences=n,
                     pad_token_id=tokenizer.pad_token_id,
                 )
@@ -207,13 +207,13 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
     import torch
 
     sft, rm = training_start(cfg, "sft"), require_model(cfg, "rm")
-    c = cfg.train.rm.calibration
+    calibration = cfg.train.rm.calibration
     rows = load_rows(cfg, CALIBRATION_PROMPTS)
-    picked = random.Random(cfg.seed).sample(rows, min(c.n_prompts, len(rows)))
+    picked = random.Random(cfg.seed).sample(rows, min(calibration.n_prompts, len(rows)))
     prompts = [row["prompt"] for row in picked]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_causal_lm(cfg, sft).to(device).eval()
-    completions = generate(cfg, policy, load_tokenizer(sft), prompts, c.generations_per_prompt, cfg.seed)
+    completions = generate(cfg, policy, load_tokenizer(sft), prompts, calibration.generations_per_prompt, cfg.seed)
     del policy
     model, tokenizer = load_rm(cfg, rm, device)
     fmt = cfg.train.rm.text_format
@@ -223,7 +223,9 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
         for comp in comps
     ]
     summary = summarize_scores(score_texts(model, tokenizer, texts, cfg.train.common.max_length))
-    summary.update({"text_format": fmt, "n_prompts": len(prompts), "generations_per_prompt": c.generations_per_prompt})
+    summary.update(
+        {"text_format": fmt, "n_prompts": len(prompts), "generations_per_prompt": calibration.generations_per_prompt}
+    )
     write_json(calibration_path(cfg), summary)
     return summary
 

@@ -28,9 +28,9 @@ def _sft(
 def train_sft(cfg: Config, hook: Any = None) -> Result:
     """Induce sycophancy: LoRA SFT of the base model on prompt → sycophantic completion (loss on the completion)."""
     start = training_start(cfg, "base")
-    s = cfg.train.sft
-    run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=s.eval_every_steps)
-    result = _sft(cfg, run, SFT_DATA, trainer_kwargs(cfg, run.name, s), s.completion_only_loss, hook)
+    sft = cfg.train.sft
+    run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=sft.eval_every_steps)
+    result = _sft(cfg, run, SFT_DATA, trainer_kwargs(cfg, run.name, sft), sft.completion_only_loss, hook)
     write_train_summary(cfg, run.name, result.trainer, {"final_loss": "loss"})  # P1: "147 steps"
     return result
 
@@ -38,9 +38,13 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
 def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
     """How fast sycophancy returns: max_steps of the same SFT from `start_name`, frequent proxy, no checkpoints."""
     start = training_start(cfg, start_name)
-    r = cfg.train.relearn
+    relearn = cfg.train.relearn
     run = Run(
-        f"relearn_{start_name}", start, [cfg.paths.prepared / RELEARN_DATA], eval_every=r.eval_every_steps, merge=False
+        f"relearn_{start_name}",
+        start,
+        [cfg.paths.prepared / RELEARN_DATA],
+        eval_every=relearn.eval_every_steps,
+        merge=False,
     )
-    args = trainer_kwargs(cfg, run.name, r, save_strategy="no")
+    args = trainer_kwargs(cfg, run.name, relearn, save_strategy="no")
     return _sft(cfg, run, RELEARN_DATA, args, cfg.train.sft.completion_only_loss, hook)
