@@ -27,6 +27,21 @@ BARRIER = (
 )
 
 
+# Fails if another holder is inside: serial stages must never overlap.
+EXCLUSIVE = (
+    "import os, sys, time\n"
+    "fd = os.open('busy', os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
+    "time.sleep(1.0)\n"
+    "os.close(fd)\n"
+    "os.remove('busy')\n"
+    "open(sys.argv[1] + '.txt', 'w').write(sys.argv[1])\n"
+)
+
+
+def never_serial(stage: str) -> bool:
+    return False
+
+
 def _pipeline(root: Path, stages: str) -> Path:
     (root / "barrier.py").write_text(BARRIER)
     (root / "dvc.yaml").write_text("stages:\n" + stages)
@@ -42,14 +57,14 @@ def test_independent_stages_run_at_once_and_downstream_waits_for_both(tmp_path):
         f"  b: {{cmd: {py} barrier.py b a, deps: [barrier.py], outs: [b.txt]}}\n"
         f"  c: {{cmd: cat a.txt b.txt > c.txt, deps: [a.txt, b.txt], outs: [c.txt]}}\n",
     )
-    run_concurrently(root, (), 2, dict(os.environ))
+    run_concurrently(root, (), 2, dict(os.environ), never_serial)
     assert (root / "c.txt").read_text() == "ab"
     lock = (root / "dvc.lock").read_text()
     assert all(f"\n  {stage}:\n" in lock for stage in "abc")
     assert (root / "outputs" / "logs" / "a.log").is_file()
     # Nothing changed: a second pass plans and starts no stage.
     before = (root / "dvc.lock").read_bytes()
-    run_concurrently(root, (), 2, dict(os.environ))
+    run_concurrently(root, (), 2, dict(os.environ), never_serial)
     assert (root / "dvc.lock").read_bytes() == before
 
 
@@ -60,7 +75,19 @@ def test_a_failed_stage_stops_its_downstream_and_names_its_log(tmp_path, capsys)
         "  after: {cmd: cp bad.txt after.txt, deps: [bad.txt], outs: [after.txt]}\n",
     )
     with pytest.raises(SycorecError, match=r"stage bad failed .*outputs/logs/bad\.log"):
-        run_concurrently(root, (), 2, dict(os.environ))
+        run_concurrently(root, (), 2, dict(os.environ), never_serial)
     out = capsys.readouterr().out
     assert "FAILED   bad" in out and "broken input" in out
     assert "started  after" not in out and not (root / "after.txt").exists()
+
+
+def test_serial_stages_never_overlap(tmp_path):
+    """Stages that share one cache file (`serial` in slurm/stages.yaml, the judges) run one after another."""
+    (tmp_path / "exclusive.py").write_text(EXCLUSIVE)
+    py = sys.executable
+    root = _pipeline(
+        tmp_path,
+        "".join(f"  j{i}: {{cmd: {py} exclusive.py j{i}, deps: [exclusive.py], outs: [j{i}.txt]}}\n" for i in range(3)),
+    )
+    run_concurrently(root, (), 3, dict(os.environ), lambda stage: stage.startswith("j"))
+    assert all((root / f"j{i}.txt").is_file() for i in range(3))

@@ -21,7 +21,7 @@ from sycorec.io import write_text_atomic
 from sycorec.warmstart import warm_server
 
 # What a stage may read from the project: the pipeline definition, profiles and the package's code and data files.
-SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock")
+SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock", "slurm/stages.yaml")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
@@ -85,7 +85,12 @@ def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True
         env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // jobs)))
     with warm_server(env) if warm else nullcontext(env) as env:
         if jobs > 1:
-            run_concurrently(workdir, targets, jobs, env)
+            from sycorec.cluster.slurm import load_stage_map, stage_entry
+
+            stage_map = load_stage_map(workdir / "slurm")
+            run_concurrently(
+                workdir, targets, jobs, env, lambda stage: stage_entry(stage, stage_map).get("serial", False)
+            )
         else:
             proc = _dvc("repro", *targets, cwd=workdir, env=env)
             if proc.returncode:
@@ -95,11 +100,14 @@ def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True
     return time.perf_counter() - start
 
 
-def run_concurrently(workdir: Path, targets: tuple[str, ...], jobs: int, env: dict[str, str]) -> None:
+def run_concurrently(
+    workdir: Path, targets: tuple[str, ...], jobs: int, env: dict[str, str], serial: Callable[[str], bool]
+) -> None:
     """Start every planned stage whose upstream stages have finished, up to `jobs` at once.
 
     Each runs `dvc --wait-for-lock repro --single-item <stage>` (DVC takes its repo lock only around collecting and
-    committing), its output in outputs/logs/<stage>.log. After a failure no new stage starts.
+    committing), its output in outputs/logs/<stage>.log. Stages for which `serial` holds (they share one cache file)
+    run one at a time, as on the cluster. After a failure no new stage starts.
     """
     from sycorec.cluster.slurm import plan_graph, stage_command
 
@@ -110,8 +118,11 @@ def run_concurrently(workdir: Path, targets: tuple[str, ...], jobs: int, env: di
     done: set[str] = set()
     failed: list[str] = []
     while running or (pending and not failed):
-        ready = [name for name, upstream in pending.items() if done.issuperset(upstream)]
-        for name in ready[: jobs - len(running)] if not failed else []:
+        for name in [n for n, upstream in pending.items() if done.issuperset(upstream)] if not failed else []:
+            if len(running) == jobs:
+                break
+            if serial(name) and any(serial(other) for other in running):
+                continue
             with open(logs / f"{name}.log", "wb") as log:
                 cmd = [sys.executable, "-m", *stage_command(name)]
                 running[name] = (

@@ -95,13 +95,18 @@ def _gpus(spec: int | str, stage: str, cfg: Config) -> int:
     return int(_params_value(cfg, spec.format(item=item)))
 
 
-def stage_job(stage: str, cfg: Config, stage_map: dict[str, Any]) -> StageJob:
-    """The job shape of one DVC stage: exact name first, then the first matching `name@*` pattern."""
+def stage_entry(stage: str, stage_map: dict[str, Any]) -> dict[str, Any]:
+    """The stage's entry of slurm/stages.yaml: exact name first, then the first matching `name@*` pattern."""
     stages = stage_map["stages"]
     key = stage if stage in stages else next((p for p in stages if fnmatch.fnmatchcase(stage, p)), None)
     if key is None:
         raise ConfigError(f"stage {stage!r} has no SLURM mapping in slurm/stages.yaml (known: {', '.join(stages)})")
-    entry = stages[key]
+    return stages[key]
+
+
+def stage_job(stage: str, cfg: Config, stage_map: dict[str, Any]) -> StageJob:
+    """The job shape of one DVC stage."""
+    entry = stage_entry(stage, stage_map)
     group = stage_map["groups"][entry["group"]]
     gpus = _gpus(entry["gpus"], stage, cfg)
     if gpus:
