@@ -502,3 +502,19 @@ def test_provenance_records_which_copy_of_the_code_ran(tmp_path):
     assert here["from_checkout"] is True and here["package_dir"].endswith("sycorec")
     assert provenance.code_origin(tmp_path)["from_checkout"] is False
     assert "code" in provenance.environment_block(ROOT)
+
+
+def test_proxy_plot_overlays_every_training_run():
+    """`dvc plots show proxy_gap` draws the proxy of every run that evaluates it; a new run must be added to it."""
+    import yaml
+
+    from sycorec.train.common import DVCLIVE
+
+    (plot,) = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    files = plot["proxy_gap"]["y"]
+    for profile in (None, "tiny"):
+        cfg = load_config(ROOT / "params.yaml", profile)
+        runs = ["sft", "dpo", "simpo", "ipo", *(f"grpo_{v}" for v in cfg.train.grpo.versions)]
+        runs += [f"relearn_{start}" for start in cfg.train.relearn.starts]
+        expected = {f"{DVCLIVE}/{run}/plots/metrics/proxy/sycophancy_gap.tsv": "sycophancy_gap" for run in runs}
+        assert files == expected
