@@ -91,3 +91,31 @@ def test_serial_stages_never_overlap(tmp_path):
     )
     run_concurrently(root, (), 3, dict(os.environ), lambda stage: stage.startswith("j"))
     assert all((root / f"j{i}.txt").is_file() for i in range(3))
+
+
+def test_a_stage_takes_its_share_of_the_cpus(tmp_path, monkeypatch):
+    """Alone a stage uses every core; beside another, its half; an unreadable share changes nothing."""
+    import signal
+
+    import torch
+
+    from sycorec import cpushare
+
+    monkeypatch.setattr(cpushare, "cpus", lambda: 4)
+    share = tmp_path / "cpu_share"
+    before = torch.get_num_threads()
+    try:
+        for running, threads in ((1, 4), (2, 2), (3, 1), (8, 1)):
+            cpushare.write_share(share, running)
+            cpushare.apply_share(share)
+            assert torch.get_num_threads() == threads
+        share.write_text("")  # caught between two writes
+        cpushare.apply_share(share)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv(cpushare.SHARE_ENV, str(share))
+        cpushare.follow_share()
+        assert signal.getitimer(signal.ITIMER_REAL)[1] == cpushare.PERIOD_S
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        torch.set_num_threads(before)

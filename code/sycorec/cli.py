@@ -11,6 +11,7 @@ import yaml
 
 from sycorec import __version__
 from sycorec.config import load_config
+from sycorec.cpushare import follow_share
 from sycorec.errors import SycorecError
 from sycorec.hub import first_line, hub_unreachable
 from sycorec.io import disk_full
@@ -47,6 +48,7 @@ class SycorecGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
+        follow_share()  # a stage the demo runs beside others takes its share of the CPUs
         try:
             return super().invoke(ctx)
         except SycorecError as exc:

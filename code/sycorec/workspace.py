@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from sycorec.config import resolve_raw, validate
+from sycorec.cpushare import SHARE_ENV, cpus, threads_for, write_share
 from sycorec.errors import SycorecError
 from sycorec.io import write_text_atomic
 from sycorec.warmstart import warm_server
@@ -71,7 +72,7 @@ def prepare_workspace(project: Path, workdir: Path, profile: str, edit: Callable
 
 def default_jobs() -> int:
     """Stages at once: one per CPU this process may use, at most four (the DAG is rarely wider)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    return max(1, min(4, cpus()))
 
 
 def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True, jobs: int = 1) -> float:
@@ -81,8 +82,9 @@ def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True
     """
     start = time.perf_counter()
     env = _env()
-    if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // jobs)))
+    if jobs > 1:  # stages then follow their share of the CPUs (sycorec.cpushare), starting from an even split
+        env.setdefault("OMP_NUM_THREADS", str(threads_for(jobs, cpus())))
+        env[SHARE_ENV] = str(workdir / "outputs" / "logs" / "cpu_share")
     with warm_server(env) if warm else nullcontext(env) as env:
         if jobs > 1:
             from sycorec.cluster.slurm import load_stage_map, stage_entry
@@ -117,6 +119,7 @@ def run_concurrently(
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     done: set[str] = set()
     failed: list[str] = []
+    share = Path(env[SHARE_ENV]) if SHARE_ENV in env else None
     while running or (pending and not failed):
         for name in [n for n, upstream in pending.items() if done.issuperset(upstream)] if not failed else []:
             if len(running) == jobs:
@@ -131,6 +134,8 @@ def run_concurrently(
                 )
             del pending[name]
             print(f"started  {name}", flush=True)
+        if share:
+            write_share(share, len(running))
         time.sleep(0.1)
         for name, (proc, began) in list(running.items()):
             if proc.poll() is None:
