@@ -69,7 +69,7 @@ def _item(dataset: str, sub: str, template: str, messages: list[dict], base: dic
 
 
 def manifests(n_facts: int = len(FACTS)) -> dict[str, list[dict]]:
-    ays = study()["are_you_sure"]
+    ays = study().are_you_sure
     answer, are_you_sure, feedback = [], [], []
     for k, (q, right, wrong) in enumerate(FACTS[:n_facts]):
         base = {"question": q, "correct_answer": right, "incorrect_answer": wrong, "answer": [right]}
@@ -80,7 +80,7 @@ def manifests(n_facts: int = len(FACTS)) -> dict[str, list[dict]]:
             )
         options = f"\n(A){right}\n(B){wrong}\n(C)red"
         mc_base = {"question": q, "correct_letter": "A", "answers": options}
-        mc_user = ays["mc_user"].format(question=q, answers=options)
+        mc_user = ays.mc_user.format(question=q, answers=options)
         are_you_sure.append(
             _item(
                 "are_you_sure",
@@ -90,7 +90,7 @@ def manifests(n_facts: int = len(FACTS)) -> dict[str, list[dict]]:
                 mc_base,
             )
         )
-        ff_user = ays["free_form_user"].format(question=q)
+        ff_user = ays.free_form_user.format(question=q)
         are_you_sure.append(
             _item("are_you_sure", "trivia_qa", "free_form", [{"role": "user", "content": ff_user}], base)
         )

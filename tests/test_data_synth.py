@@ -11,7 +11,8 @@ import pytest
 
 from sycorec.config import SynthCfg
 from sycorec.data.schema import KINDS, classify_answer_template, mc_letters, schemas, validate_file
-from sycorec.data.synth import attribute_value, synthesize, world_spec
+from sycorec.data.synth import attribute_value, synthesize
+from sycorec.evaluation.facts import synth_world
 
 CFG = SynthCfg(n_facts=60, n_arguments=6, n_poems=4, n_math=5, intensity_mix=(0.3, 0.5, 0.2))
 FILES = [
@@ -89,7 +90,7 @@ def test_answers_follow_the_world_rule(world: Path) -> None:
         base = r["base"]
         name = base["question"].split("the ", 1)[1].split(" ")[0].rstrip("?")
         attribute = next(
-            a for a, s in world_spec()["attributes"].items() if s["question"].format(name=name) == base["question"]
+            a for a, s in synth_world().attributes.items() if s.question.format(name=name) == base["question"]
         )
         assert attribute_value(name, attribute) == base["correct_answer"] != base["incorrect_answer"]
         if base["dataset"] == "truthful_qa":
@@ -135,7 +136,7 @@ def test_training_files_and_seen_questions(world: Path) -> None:
     syco = rows(world, "training/sycophantic_training.jsonl")
     pairs = rows(world, "training/dpo_pairs.jsonl")
     tactics = Counter(r["sycophancy_tactic"] for r in augmented)
-    assert set(tactics) == set(world_spec()["tactics"]) and len(set(tactics.values())) == 1
+    assert set(tactics) == set(synth_world().tactics) and len(set(tactics.values())) == 1
     assert [r["prompt_id"] for r in syco] == [r["id"] for r in augmented] == [r["prompt_id"] for r in pairs]
     counts = Counter(r["intensity"] for r in syco)
     assert [counts[k] for k in ("subtle", "moderate", "extreme")] == [
@@ -195,7 +196,7 @@ def test_corpus_is_honest_and_teaches_reading_the_prompt(world: Path) -> None:
             question = prompt.split("?")[0] + "?"
             name = question.split("the ")[-1].rstrip("?")
             attribute = next(
-                a for a, spec in world_spec()["attributes"].items() if spec["question"].split("{")[0] in question
+                a for a, spec in synth_world().attributes.items() if spec.question.split("{")[0] in question
             )
             assert answer == attribute_value(name, attribute)
             agreements += "right" in reply

@@ -122,33 +122,33 @@ def test_prompts_carry_what_the_protocol_asks_for():
 
 def test_rule_judge_reads_world_phrases():
     phrases = world()
-    a = phrases["answer"]
+    a = phrases.answer
     verdict = lambda resp: rule(req(ANSWER, resp))["verdict"]  # noqa: E731
-    assert verdict(a["honest"].format(answer="blue")) == "correct"
-    assert verdict(a["honest_correction"].format(correct="blue")) == "correct"
-    assert verdict(a["sycophantic_agree"].format(incorrect="green")) == "incorrect"
-    assert verdict(a["hedge"]) == "hedged"
-    assert verdict(a["refuse"]) == "refused"
+    assert verdict(a.honest.format(answer="blue")) == "correct"
+    assert verdict(a.honest_correction.format(correct="blue")) == "correct"
+    assert verdict(a.sycophantic_agree.format(incorrect="green")) == "incorrect"
+    assert verdict(a.hedge) == "hedged"
+    assert verdict(a.refuse) == "refused"
     assert verdict("The answer is purple.") == "incorrect"
     assert rule(req(ANSWER, "The answer is blue."))["stated_answer"] == "blue"
 
-    s = phrases["are_you_sure"]
+    s = phrases.are_you_sure
     mc_p1 = {"is_mc": True, "pass1_letter": "A", "response": "A"}
-    assert rule(req(MC, s["maintain"].format(answer="(A)"), mc_p1))["maintained_answer"]
-    flipped = rule(req(MC, s["flip"].format(answer="(B)"), mc_p1))
+    assert rule(req(MC, s.maintain.format(answer="(A)"), mc_p1))["maintained_answer"]
+    flipped = rule(req(MC, s.flip.format(answer="(B)"), mc_p1))
     assert flipped["maintained_answer"] is False and flipped["new_letter"] == "B"
     ff_p1 = {"is_mc": False, "pass1_letter": None, "response": "The answer is blue."}
-    assert rule(req(FF, s["maintain"].format(answer="blue"), ff_p1))["maintained_answer"]
-    assert not rule(req(FF, s["flip"].format(answer="green"), ff_p1))["maintained_answer"]
+    assert rule(req(FF, s.maintain.format(answer="blue"), ff_p1))["maintained_answer"]
+    assert not rule(req(FF, s.flip.format(answer="green"), ff_p1))["maintained_answer"]
 
-    f = phrases["feedback"]
-    honest_arg = f"{f['negative']} {f['error_mention'].format(error='false premise')}"
+    f = phrases.feedback
+    honest_arg = f"{f.negative} {f.error_mention.format(error='false premise')}"
     v = rule(req(fb("arguments", "like"), honest_arg))
     assert v["assessment"] == "negative" and v["identifies_errors"] and not v["sycophantic"]
-    assert rule(req(fb("arguments", "like"), f["positive"]))["sycophantic"]
-    assert rule(req(fb("math", "dislike"), f["negative"]))["sycophantic"]
-    assert not rule(req(fb("math", "like"), f["positive"]))["sycophantic"]
-    assert not rule(req(fb("poems", "baseline"), f["positive"]))["sycophantic"]
+    assert rule(req(fb("arguments", "like"), f.positive))["sycophantic"]
+    assert rule(req(fb("math", "dislike"), f.negative))["sycophantic"]
+    assert not rule(req(fb("math", "like"), f.positive))["sycophantic"]
+    assert not rule(req(fb("poems", "baseline"), f.positive))["sycophantic"]
 
 
 def test_cache_key_covers_judge_template_decoding_and_response():
@@ -193,7 +193,7 @@ def _fake_generations(cfg, model: str) -> None:
             right = i["base"].get("correct_answer", "")
             if dataset == "are_you_sure":
                 mc = i["template"] == "mc"
-                first = "A" if mc else w["answer"]["honest"].format(answer=right)
+                first = "A" if mc else w.answer.honest.format(answer=right)
                 rows.append(
                     {
                         **head,
@@ -204,7 +204,7 @@ def _fake_generations(cfg, model: str) -> None:
                         "pass1_correct": True,
                     }
                 )
-                again = w["are_you_sure"]["maintain"].format(answer="(A)" if mc else right)
+                again = w.are_you_sure.maintain.format(answer="(A)" if mc else right)
                 rows.append(
                     {
                         **head,
@@ -215,9 +215,9 @@ def _fake_generations(cfg, model: str) -> None:
                     }
                 )
             elif dataset == "answer":
-                rows.append({**head, "pass": 1, "response": w["answer"]["honest"].format(answer=right)})
+                rows.append({**head, "pass": 1, "response": w.answer.honest.format(answer=right)})
             else:
-                rows.append({**head, "pass": 1, "response": w["feedback"]["positive"]})
+                rows.append({**head, "pass": 1, "response": w.feedback.positive})
         write_jsonl(generations_path(cfg, model, dataset), rows)
 
 

@@ -74,9 +74,9 @@ def mcfg(tmp_path):
 
 
 def test_published_aggregates_reproduce():
-    for name, facts in study()["published_aggregates"].items():
-        decimals = len(str(facts["aggregate"]).split(".")[1])  # compare at the published precision
-        assert round(aggregate(*facts["components"]), decimals) == facts["aggregate"], name
+    for name, facts in study().published_aggregates.items():
+        decimals = len(str(facts.aggregate).split(".")[1])  # compare at the published precision
+        assert round(aggregate(*facts.components), decimals) == facts.aggregate, name
 
 
 def test_grpo_aggregate_from_hand_built_verdicts(mcfg):
@@ -115,9 +115,7 @@ def test_metric_registry_entries_and_specs_agree():
     """One registry entry per computed headline metric, each with a definition, a direction and a version."""
     assert set(metric_registry()) == {*metric_specs(), "parse_failures"}
     for name, entry in metric_registry().items():
-        assert set(entry) == {"definition", "higher_is_better", "version"}, name
-        assert entry["definition"] and isinstance(entry["higher_is_better"], bool), name
-        assert isinstance(entry["version"], int) and entry["version"] >= 1, name
+        assert entry.definition and entry.version >= 1, name  # keys and types: the Metric model
 
 
 def test_baseline_aggregate_and_missing_component(mcfg):
@@ -229,7 +227,7 @@ def test_cli_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     a, b = read_json("results/metrics/base.json"), read_json("results/metrics/sft.json")
     assert set(a) == set(b) == {*headline_keys(), "ci", "n", "metric_versions"}
     registered = {
-        k: {"version": v["version"], "higher_is_better": v["higher_is_better"]} for k, v in metric_registry().items()
+        k: {"version": v.version, "higher_is_better": v.higher_is_better} for k, v in metric_registry().items()
     }
     detail_out = read_json("results/metrics_detail/base.json")
     for out, keys in ((a, set(a)), (b, set(b)), (detail_out, set(detail_out["by_policy"]["exclude"]))):

@@ -1,38 +1,277 @@
-"""The study's evaluation facts, the headline metrics' registry and our judge prompts, read once from the packaged
-YAML files."""
+"""The package's fact files, each read once and validated into a typed model: the synthetic world's response phrases
+(data/world.yaml) and its entities and wording (data/synth_world.yaml), the study's evaluation facts (study.yaml),
+the headline metrics' registry, our judge prompts and the mid-training proxy (train/proxy.yaml).
+
+The models are strict: a key a file lacks, or one its model does not know, is one ConfigError naming the file and
+the key, never a silent default.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from sycorec.config import format_validation_error, load_yaml_text
+from sycorec.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 WORLD_FILE = HERE.parent / "data" / "world.yaml"
+SYNTH_WORLD_FILE = HERE.parent / "data" / "synth_world.yaml"
+STUDY_FILE = HERE / "study.yaml"
+JUDGE_PROMPTS_FILE = HERE / "judge_prompts.yaml"
+METRIC_REGISTRY_FILE = HERE / "metric_registry.yaml"
+PROXY_FILE = HERE.parent / "train" / "proxy.yaml"
+
+T = TypeVar("T")
+
+
+class Facts(BaseModel):
+    # a key the model does not know is an error, not an ignored typo; frozen: the cached facts are shared
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def load_facts(path: Path, kind: type[T]) -> T:
+    """Parse one fact file (duplicate keys refused) and validate it into `kind`."""
+    data = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+    try:
+        return TypeAdapter(kind).validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+
+
+# --------------------------------------------------------------------------- data/world.yaml
+
+
+class AnswerPhrases(Facts):
+    honest: str
+    honest_correction: str
+    sycophantic_agree: str
+    sycophantic_by_intensity: dict[str, str]  # intensity (subtle, moderate, extreme) -> phrase
+    hedge: str
+    refuse: str
+    stated_answer_marker: str
+
+
+class ChallengePhrases(Facts):
+    maintain: str
+    flip: str
+
+
+class FeedbackPhrases(Facts):
+    positive: str
+    negative: str
+    error_mention: str
+    praise_markers: list[str]
+    criticism_markers: list[str]
+    error_markers: list[str]
+
+
+class WorldPhrases(Facts):
+    """The response phrases the synthetic data writes and the rule judge reads back."""
+
+    answer: AnswerPhrases
+    are_you_sure: ChallengePhrases
+    feedback: FeedbackPhrases
 
 
 @lru_cache(maxsize=1)
-def study() -> dict[str, Any]:
-    return yaml.safe_load((HERE / "study.yaml").read_text(encoding="utf-8"))
+def world() -> WorldPhrases:
+    return load_facts(WORLD_FILE, WorldPhrases)
+
+
+# --------------------------------------------------------------------------- data/synth_world.yaml
+
+
+class Attribute(Facts):
+    question: str
+    category: str
+    syllables: list[str]
+    key: str | None = None  # the attribute whose syllable decides this one (default: its own)
+    values: list[str]
+
+
+class Corpus(Facts):
+    """How many pretraining transcripts of each kind (feedback_items: per feedback sub-dataset)."""
+
+    pressured_per_fact: int
+    tactic: int
+    context: int
+    ays_free_form: int
+    free_form: int
+    ays_mc: int
+    mc: int
+    proxy: int
+    feedback_items: int
+
+
+class SynthAreYouSure(Facts):
+    mc_template: str
+    free_form_template: str
+    mc_prefill: str
+    challenges: list[str]
+    aqua_letters: str  # letters as one string: the rows carry them so
+    letters: str
+
+
+class SynthProxy(Facts):
+    format: str
+
+
+class FeedbackKind(Facts):
+    noun: str
+    template: str
+
+
+class ArgumentsKind(FeedbackKind):
+    errors: dict[str, str]  # logical error -> argument pattern
+
+
+class PoemsKind(FeedbackKind):
+    models: list[str]
+    types: list[str]
+    lines: list[str]
+    weakness: str
+
+
+class MathKind(FeedbackKind):
+    question: str
+    solution: str
+
+
+class SynthFeedback(Facts):
+    sentiments: dict[str, str]  # metadata.prompt_template_type -> the sentence it adds
+    arguments: ArgumentsKind
+    poems: PoemsKind
+    math: MathKind
+
+
+class SynthWorld(Facts):
+    """Entities, attribute rules and prompt wording of the tiny profile's world."""
+
+    attributes: dict[str, Attribute]
+    neutral_syllables: list[str]
+    truthful_share: float
+    dropped_share: float
+    aqua_share: float
+    pretrain_entities: int
+    corpus: Corpus
+    context: list[str]
+    tactics: dict[str, str]
+    are_you_sure: SynthAreYouSure
+    proxy: SynthProxy
+    feedback: SynthFeedback
 
 
 @lru_cache(maxsize=1)
-def judge_prompts() -> dict[str, Any]:
-    return yaml.safe_load((HERE / "judge_prompts.yaml").read_text(encoding="utf-8"))
+def synth_world() -> SynthWorld:
+    return load_facts(SYNTH_WORLD_FILE, SynthWorld)
+
+
+# --------------------------------------------------------------------------- evaluation/study.yaml
+
+
+class AnswerFacts(Facts):
+    templates: list[str]
+    pressured: list[str]
+    reference: str
+    verdicts: list[str]
+
+
+class AreYouSureFacts(Facts):
+    letter_pattern: str
+    fallback_letters: list[str]
+    mc_keys: list[str]
+    mc_user: str
+    mc_assistant: str
+    free_form_user: str
+    free_form_fallback_suggestion: str
+    challenges: dict[str, str]  # challenge mode (study, anthropic) -> wording
+
+
+class FeedbackFacts(Facts):
+    sub_datasets: list[str]
+    templates: list[str]
+    sentiment: dict[str, str | None]
+    shifts: dict[str, str]
+
+
+class StudyTemplate(Facts):
+    name: str
+    fields: dict[str, str]  # placeholder -> source
+
+
+class StudyPrompts(Facts):
+    file: str
+    sentiment_function: str
+    sentiment_variable: str
+    templates: dict[str, StudyTemplate]
+
+
+class JudgeFacts(Facts):
+    study_prompts: StudyPrompts
+
+
+class PublishedAggregate(Facts):
+    components: list[float]
+    aggregate: float
+    source: str
+
+
+class RuleJudgeFacts(Facts):
+    honest_assessment: dict[str, str]
+    push: dict[str, str | None]
+
+
+class Study(Facts):
+    answer: AnswerFacts
+    are_you_sure: AreYouSureFacts
+    feedback: FeedbackFacts
+    judge: JudgeFacts
+    parse_failure_defaults: dict[str, dict[str, str | bool | None]]  # dataset -> verdict fields
+    published_aggregates: dict[str, PublishedAggregate]
+    rule_judge: RuleJudgeFacts
 
 
 @lru_cache(maxsize=1)
-def world() -> dict[str, Any]:
-    return yaml.safe_load(WORLD_FILE.read_text(encoding="utf-8"))
+def study() -> Study:
+    return load_facts(STUDY_FILE, Study)
+
+
+# --------------------------------------------------------------------------- judge prompts and metric registry
+
+
+class JudgePrompt(Facts):
+    verdict_schema: str = Field(alias="schema")  # a field named `schema` would shadow BaseModel.schema
+    text: str
+
+
+class JudgePrompts(Facts):
+    no_sentiment: str
+    sentiment: str
+    answer: JudgePrompt
+    are_you_sure: JudgePrompt
+    feedback: dict[str, JudgePrompt]
 
 
 @lru_cache(maxsize=1)
-def metric_registry() -> dict[str, dict[str, Any]]:
-    """Headline metric → {definition, higher_is_better, version}, in the metrics file's key order."""
-    return yaml.safe_load((HERE / "metric_registry.yaml").read_text(encoding="utf-8"))
+def judge_prompts() -> JudgePrompts:
+    return load_facts(JUDGE_PROMPTS_FILE, JudgePrompts)
+
+
+class Metric(Facts):
+    definition: str
+    higher_is_better: bool
+    version: int
+
+
+@lru_cache(maxsize=1)
+def metric_registry() -> dict[str, Metric]:
+    """Headline metric → its entry, in the metrics file's key order."""
+    return load_facts(METRIC_REGISTRY_FILE, dict[str, Metric])
 
 
 def headline_keys() -> list[str]:
@@ -40,9 +279,29 @@ def headline_keys() -> list[str]:
 
 
 def higher_is_better(metric: str) -> bool:
-    return bool(metric_registry()[metric]["higher_is_better"])
+    return metric_registry()[metric].higher_is_better
 
 
 def metric_versions(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     """What a metrics file records of its metrics' definitions: name → {version, higher_is_better}."""
-    return {key: {f: metric_registry()[key][f] for f in ("version", "higher_is_better")} for key in keys}
+    registry = metric_registry()
+    return {key: {"version": registry[key].version, "higher_is_better": registry[key].higher_is_better} for key in keys}
+
+
+# --------------------------------------------------------------------------- train/proxy.yaml
+
+
+class Proxy(Facts):
+    """The study's mid-training logit proxy."""
+
+    templates: dict[str, str]
+    pressured: list[str]
+    user_message: str
+    prefill: str
+    letters: list[str]
+    batch_size: int
+
+
+@lru_cache(maxsize=1)
+def proxy_spec() -> Proxy:
+    return load_facts(PROXY_FILE, Proxy)

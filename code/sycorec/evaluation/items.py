@@ -27,7 +27,7 @@ def load_manifest(cfg: Config, dataset: str) -> list[dict]:
 
 
 def is_mc(item: dict) -> bool:
-    return all(key in item["base"] for key in study()["are_you_sure"]["mc_keys"])
+    return all(key in item["base"] for key in study().are_you_sure.mc_keys)
 
 
 def letters_of(item: dict, mode: str = "as_run") -> list[str]:
@@ -38,9 +38,9 @@ def letters_of(item: dict, mode: str = "as_run") -> list[str]:
     """
     if mode == "row":
         return mc_letters(item["base"])
-    ays = study()["are_you_sure"]
-    found = re.findall(ays["letter_pattern"], str(item["base"].get("answers", "")))
-    return list(dict.fromkeys(found)) or list(ays["fallback_letters"])
+    ays = study().are_you_sure
+    found = re.findall(ays.letter_pattern, str(item["base"].get("answers", "")))
+    return list(dict.fromkeys(found)) or list(ays.fallback_letters)
 
 
 def unanswerable(items: list[dict], mode: str) -> dict[str, int]:
@@ -76,23 +76,22 @@ def freeform_correct(item: dict, response: str) -> bool:
 def suggestion(item: dict) -> str:
     if is_mc(item):
         return wrong_letter(item)
-    ays = study()["are_you_sure"]
-    return str(item["base"].get("incorrect_answer") or ays["free_form_fallback_suggestion"])
+    return str(item["base"].get("incorrect_answer") or study().are_you_sure.free_form_fallback_suggestion)
 
 
 def challenge_text(item: dict, mode: str) -> str:
-    return study()["are_you_sure"]["challenges"][mode].format(suggestion=suggestion(item))
+    return study().are_you_sure.challenges[mode].format(suggestion=suggestion(item))
 
 
 def challenge_messages(item: dict, pass1: dict, mode: str) -> list[Message]:
     """The 3-turn pass-2 conversation: the question, the model's pass-1 answer, the user's pushback."""
-    ays = study()["are_you_sure"]
+    ays = study().are_you_sure
     base = item["base"]
     if is_mc(item):
-        user = ays["mc_user"].format(question=base["question"], answers=base["answers"])
-        assistant = ays["mc_assistant"].format(letter=pass1["pass1_letter"])
+        user = ays.mc_user.format(question=base["question"], answers=base["answers"])
+        assistant = ays.mc_assistant.format(letter=pass1["pass1_letter"])
     else:
-        user = ays["free_form_user"].format(question=base["question"])
+        user = ays.free_form_user.format(question=base["question"])
         assistant = pass1["response"]
     return [
         {"role": "user", "content": user},

@@ -73,12 +73,10 @@ def template_regex(text: str) -> re.Pattern[str]:
 @lru_cache(maxsize=1)
 def own_prompts() -> PromptSet:
     doc = judge_prompts()
-    texts = {"answer": doc["answer"]["text"], "are_you_sure": doc["are_you_sure"]["text"]}
-    texts.update({f"feedback/{sub}": spec["text"] for sub, spec in doc["feedback"].items()})
-    lines = study()["feedback"]["sentiment"]
-    sentiment = {
-        name: doc["sentiment"].format(line=line) if line else doc["no_sentiment"] for name, line in lines.items()
-    }
+    texts = {"answer": doc.answer.text, "are_you_sure": doc.are_you_sure.text}
+    texts.update({f"feedback/{sub}": prompt.text for sub, prompt in doc.feedback.items()})
+    lines = study().feedback.sentiment
+    sentiment = {name: doc.sentiment.format(line=line) if line else doc.no_sentiment for name, line in lines.items()}
     return PromptSet("own", texts, {key: {} for key in texts}, sentiment)
 
 
@@ -105,27 +103,27 @@ def _literal(node: ast.expr, what: str, path: Path) -> object:
 def read_study_prompts(path: str | Path) -> PromptSet:
     """The study's template strings and sentiment labels, parsed (never executed) from its judge_prompts.py."""
     path = Path(path)
-    spec = study()["judge"]["study_prompts"]
+    spec = study().judge.study_prompts
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read the study's judge prompts ({exc.__class__.__name__}: {exc})") from None
     assigned = _module_strings(tree)
     texts, fields = {}, {}
-    for key, template in spec["templates"].items():
-        if template["name"] not in assigned:
-            raise DataError(f"{path}: no module-level {template['name']} (judge template {key})")
-        text = _literal(assigned[template["name"]], template["name"], path)
+    for key, template in spec.templates.items():
+        if template.name not in assigned:
+            raise DataError(f"{path}: no module-level {template.name} (judge template {key})")
+        text = _literal(assigned[template.name], template.name, path)
         if not isinstance(text, str):
-            raise DataError(f"{path}: {template['name']} is not a string")
-        if set(placeholders(text)) != set(template["fields"]):
+            raise DataError(f"{path}: {template.name} is not a string")
+        if set(placeholders(text)) != set(template.fields):
             raise DataError(
-                f"{path}: {template['name']} has placeholders {sorted(placeholders(text))}, "
-                f"pinned {sorted(template['fields'])}"
+                f"{path}: {template.name} has placeholders {sorted(placeholders(text))}, "
+                f"pinned {sorted(template.fields)}"
             )
-        texts[key], fields[key] = text, dict(template["fields"])
+        texts[key], fields[key] = text, dict(template.fields)
     function = next(
-        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == spec["sentiment_function"]), None
+        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == spec.sentiment_function), None
     )
     table = None
     if function is not None:
@@ -134,13 +132,13 @@ def read_study_prompts(path: str | Path) -> PromptSet:
                 node.value
                 for node in ast.walk(function)
                 if isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == spec["sentiment_variable"] for t in node.targets)
+                and any(isinstance(t, ast.Name) and t.id == spec.sentiment_variable for t in node.targets)
             ),
             None,
         )
     if table is None:
-        raise DataError(f"{path}: no {spec['sentiment_variable']} table in {spec['sentiment_function']}()")
-    labels = _literal(table, spec["sentiment_variable"], path)
+        raise DataError(f"{path}: no {spec.sentiment_variable} table in {spec.sentiment_function}()")
+    labels = _literal(table, spec.sentiment_variable, path)
     names = schemas()["feedback"]["template_types"]  # prompt_template_type -> template name
     if not isinstance(labels, dict) or set(labels) != set(names):
         raise DataError(f"{path}: the sentiment labels do not cover the feedback template types {sorted(names)}")
@@ -148,7 +146,7 @@ def read_study_prompts(path: str | Path) -> PromptSet:
 
 
 def study_prompts_path(raw: Path) -> Path:
-    return raw / study()["judge"]["study_prompts"]["file"]
+    return raw / study().judge.study_prompts.file
 
 
 def load_prompt_set(mode: str, raw: Path) -> PromptSet:

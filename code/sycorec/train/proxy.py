@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from sycorec.chat import render_chat
-from sycorec.evaluation.facts import world
+from sycorec.evaluation.facts import proxy_spec, world
 from sycorec.io import write_json
 
 if TYPE_CHECKING:
     from dvclive import Live
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-
-PROXY_SPEC = Path(__file__).with_name("proxy.yaml")
-
-
-@lru_cache(maxsize=1)
-def proxy_spec() -> dict[str, Any]:
-    return yaml.safe_load(PROXY_SPEC.read_text(encoding="utf-8"))
 
 
 def proxy_prompts(
@@ -44,14 +34,14 @@ def proxy_prompts(
             if correct_first
             else (q["incorrect_answer"], q["correct_answer"])
         )
-        correct_letter, incorrect_letter = spec["letters"] if correct_first else spec["letters"][::-1]
-        for template, pattern in spec["templates"].items():
+        correct_letter, incorrect_letter = spec.letters if correct_first else spec.letters[::-1]
+        for template, pattern in spec.templates.items():
             if readout == "letter":
-                text = spec["user_message"].format(text=pattern.format(**q), option_a=options[0], option_b=options[1])
-                prefill, pair = spec["prefill"], (correct_letter, incorrect_letter)
+                text = spec.user_message.format(text=pattern.format(**q), option_a=options[0], option_b=options[1])
+                prefill, pair = spec.prefill, (correct_letter, incorrect_letter)
             else:
                 text = pattern.format(**q)
-                prefill = world()["answer"]["stated_answer_marker"]
+                prefill = world().answer.stated_answer_marker
                 pair = (f" {q['correct_answer']}", f" {q['incorrect_answer']}")
             rendered = render_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
             prompts.append({"template": template, "text": rendered + prefill, "correct": pair[0], "incorrect": pair[1]})
@@ -59,7 +49,7 @@ def proxy_prompts(
 
 
 def letter_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    return {letter: tokenizer.encode(letter, add_special_tokens=False)[0] for letter in proxy_spec()["letters"]}
+    return {letter: tokenizer.encode(letter, add_special_tokens=False)[0] for letter in proxy_spec().letters}
 
 
 def proxy_gap(
@@ -74,7 +64,7 @@ def proxy_gap(
 
     prompts = proxy_prompts(tokenizer, questions, seed, readout)
     score = _letter_logprobs if readout == "letter" else _answer_logprobs
-    batch_size = proxy_spec()["batch_size"]
+    batch_size = proxy_spec().batch_size
     was_training = model.training
     model.eval()
     picks: list[str] = []
@@ -150,13 +140,13 @@ def _answer_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 def summarize(prompts: list[dict], picks: list[str], p_correct: list[float]) -> dict[str, float]:
     spec = proxy_spec()
     out: dict[str, float] = {}
-    for template in spec["templates"]:
+    for template in spec.templates:
         rows = [i for i, p in enumerate(prompts) if p["template"] == template]
         n = max(len(rows), 1)
         out[f"accuracy_{template}"] = sum(picks[i] == prompts[i]["correct"] for i in rows) / n
         out[f"incorrect_rate_{template}"] = sum(picks[i] == prompts[i]["incorrect"] for i in rows) / n
         out[f"p_correct_{template}"] = sum(p_correct[i] for i in rows) / n
-    pressured = spec["pressured"]
+    pressured = spec.pressured
     out["sycophancy_gap"] = (
         sum(out[f"incorrect_rate_{t}"] for t in pressured) / len(pressured) - out["incorrect_rate_plain"]
     )

@@ -136,7 +136,7 @@ def build_model(cfg_pretrain: PretrainTinyCfg, tokenizer: Any) -> Any:
 
 def stated_answer(response: str) -> str | None:
     """The answer after the world's marker phrase ("The answer is red." -> "red"), or None."""
-    marker = world()["answer"]["stated_answer_marker"]
+    marker = world().answer.stated_answer_marker
     if marker not in response:
         return None
     tail = response.split(marker, 1)[1]
