@@ -119,3 +119,24 @@ def test_a_stage_takes_its_share_of_the_cpus(tmp_path, monkeypatch):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         torch.set_num_threads(before)
+
+
+def test_a_stage_following_its_share_survives_torch_import_and_exit(tmp_path):
+    """The share timer may fire while torch is being imported and must not fire after Python tears down."""
+    from sycorec.cpushare import SHARE_ENV, cpus, write_share
+
+    share = tmp_path / "cpu_share"
+    write_share(share, 1)
+    script = (
+        "import time\n"
+        "from sycorec import cpushare\n"
+        "cpushare.follow_share()\n"
+        "time.sleep(0.99)\n"  # the first alarm lands while torch imports
+        "import torch\n"
+        "time.sleep(1.5)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = dict(os.environ, **{SHARE_ENV: str(share), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) == cpus()  # alone: every core

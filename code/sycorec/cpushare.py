@@ -9,6 +9,7 @@ OpenMP threads spin against each other (measured in bench/cpu_share_bench.py).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -36,7 +37,7 @@ def write_share(path: Path, running: int) -> None:
 def apply_share(path: Path) -> None:
     """Set torch's threads to this stage's share (no-op before torch is imported or when the file is unreadable)."""
     torch = sys.modules.get("torch")
-    if torch is None:
+    if torch is None or getattr(torch.__spec__, "_initializing", False):  # not imported, or being imported now
         return
     try:
         running = int(path.read_text())
@@ -55,3 +56,4 @@ def follow_share() -> None:
         return
     signal.signal(signal.SIGALRM, lambda *_: apply_share(Path(path)))
     signal.setitimer(signal.ITIMER_REAL, PERIOD_S, PERIOD_S)
+    atexit.register(signal.setitimer, signal.ITIMER_REAL, 0)  # no alarm after Python restores SIGALRM's default
