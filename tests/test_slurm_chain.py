@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dvc_support import BARRIER_PAIR, dvc_pipeline
 from sycorec.cli import main
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
@@ -435,24 +436,7 @@ def test_stage_commands_import_no_torch_until_they_need_it():
 
 def test_two_stage_jobs_at_once_in_one_workspace_both_land_in_dvc_lock(tmp_path):
     """Each stage waits until the other has started, so both run (and commit) concurrently."""
-    (tmp_path / "barrier.py").write_text(
-        "import pathlib, sys, time\n"
-        "me, other = sys.argv[1:]\n"
-        "pathlib.Path(me + '.started').touch()\n"
-        "for _ in range(1200):  # the two commands must overlap: fail if the other never starts\n"
-        "    if pathlib.Path(other + '.started').exists():\n"
-        "        break\n"
-        "    time.sleep(0.05)\n"
-        "else:\n"
-        "    sys.exit(other + ' never started: the stages did not run at the same time')\n"
-        "pathlib.Path(me + '.txt').write_text(me)\n"
-    )
-    (tmp_path / "dvc.yaml").write_text(
-        "stages:\n"
-        f"  a: {{cmd: {sys.executable} barrier.py a b, deps: [barrier.py], outs: [a.txt]}}\n"
-        f"  b: {{cmd: {sys.executable} barrier.py b a, deps: [barrier.py], outs: [b.txt]}}\n"
-    )
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    dvc_pipeline(tmp_path, BARRIER_PAIR)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", *jobs.stage_command(stage)],

@@ -5,27 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from dvc_support import BARRIER_PAIR, dvc_pipeline
 from sycorec.errors import SycorecError
 from sycorec.workspace import run_concurrently
-
-# Each command waits until its partner has started: the pair can only finish if the two ran at the same time.
-BARRIER = (
-    "import pathlib, sys, time\n"
-    "me, other = sys.argv[1:]\n"
-    "pathlib.Path(me + '.started').touch()\n"
-    "for _ in range(1200):\n"
-    "    if pathlib.Path(other + '.started').exists():\n"
-    "        break\n"
-    "    time.sleep(0.05)\n"
-    "else:\n"
-    "    sys.exit(other + ' never started: the stages did not run at the same time')\n"
-    "pathlib.Path(me + '.txt').write_text(me)\n"
-)
-
 
 # Fails if another holder is inside: serial stages must never overlap.
 EXCLUSIVE = (
@@ -42,21 +27,9 @@ def never_serial(stage: str) -> bool:
     return False
 
 
-def _pipeline(root: Path, stages: str) -> Path:
-    (root / "barrier.py").write_text(BARRIER)
-    (root / "dvc.yaml").write_text("stages:\n" + stages)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
-    return root
-
-
 def test_independent_stages_run_at_once_and_downstream_waits_for_both(tmp_path):
-    py = sys.executable
-    root = _pipeline(
-        tmp_path,
-        f"  a: {{cmd: {py} barrier.py a b, deps: [barrier.py], outs: [a.txt]}}\n"
-        f"  b: {{cmd: {py} barrier.py b a, deps: [barrier.py], outs: [b.txt]}}\n"
-        f"  c: {{cmd: cat a.txt b.txt > c.txt, deps: [a.txt, b.txt], outs: [c.txt]}}\n",
-    )
+    downstream = "  c: {cmd: cat a.txt b.txt > c.txt, deps: [a.txt, b.txt], outs: [c.txt]}\n"
+    root = dvc_pipeline(tmp_path, BARRIER_PAIR + downstream)
     run_concurrently(root, (), 2, dict(os.environ), never_serial)
     assert (root / "c.txt").read_text() == "ab"
     lock = (root / "dvc.lock").read_text()
@@ -69,7 +42,7 @@ def test_independent_stages_run_at_once_and_downstream_waits_for_both(tmp_path):
 
 
 def test_a_failed_stage_stops_its_downstream_and_names_its_log(tmp_path, capsys):
-    root = _pipeline(
+    root = dvc_pipeline(
         tmp_path,
         "  bad: {cmd: 'echo broken input >&2 && exit 3', outs: [bad.txt]}\n"
         "  after: {cmd: cp bad.txt after.txt, deps: [bad.txt], outs: [after.txt]}\n",
@@ -85,7 +58,7 @@ def test_serial_stages_never_overlap(tmp_path):
     """Stages that share one cache file (`serial` in slurm/stages.yaml, the judges) run one after another."""
     (tmp_path / "exclusive.py").write_text(EXCLUSIVE)
     py = sys.executable
-    root = _pipeline(
+    root = dvc_pipeline(
         tmp_path,
         "".join(f"  j{i}: {{cmd: {py} exclusive.py j{i}, deps: [exclusive.py], outs: [j{i}.txt]}}\n" for i in range(3)),
     )
