@@ -120,11 +120,13 @@ def run_concurrently(
     done: set[str] = set()
     failed: list[str] = []
     share = Path(env[SHARE_ENV]) if SHARE_ENV in env else None
+    shared = -1  # the count the share file holds
+    one_at_a_time = {name for name in pending if serial(name)}
     while running or (pending and not failed):
         for name in [n for n, upstream in pending.items() if done.issuperset(upstream)] if not failed else []:
             if len(running) == jobs:
                 break
-            if serial(name) and any(serial(other) for other in running):
+            if name in one_at_a_time and one_at_a_time.intersection(running):
                 continue
             with open(logs / f"{name}.log", "wb") as log:
                 cmd = [sys.executable, "-m", *stage_command(name)]
@@ -134,8 +136,9 @@ def run_concurrently(
                 )
             del pending[name]
             print(f"started  {name}", flush=True)
-        if share:
-            write_share(share, len(running))
+        if share and shared != len(running):  # the stages re-read it every second: write only changes
+            shared = len(running)
+            write_share(share, shared)
         time.sleep(0.1)
         for name, (proc, began) in list(running.items()):
             if proc.poll() is None:
