@@ -209,6 +209,19 @@ def test_model_loading_without_a_reachable_hub_is_one_line():
     assert "OSError: We couldn't connect" in line and "\n" not in line
 
 
+def test_staged_dir_clears_what_a_killed_run_left(tmp_path):
+    """SIGKILL skips the cleanup: the next write of the same destination removes the dead run's staging directory."""
+    (tmp_path / "out").mkdir()
+    leftover = tmp_path / ".model.0123456789ab.tmp"
+    (leftover / "shard").mkdir(parents=True)
+    other = tmp_path / ".model-2.0123456789ab.tmp"
+    other.mkdir()
+    with staged_dir(tmp_path / "model") as staging:
+        (staging / "config.json").write_text("{}")
+    assert not leftover.exists() and other.exists()  # only the same destination's
+    assert (tmp_path / "model" / "config.json").is_file()
+
+
 # --------------------------------------------------------------------------- the umask
 
 

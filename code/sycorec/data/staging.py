@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,10 +17,14 @@ from sycorec.io import create_temp, disk_full
 def staged_dir(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty directory beside `dest`; if the block succeeds it replaces `dest`, else it is removed.
 
-    A full disk becomes a DiskFullError naming `dest`, which is left as it was.
+    A full disk becomes a DiskFullError naming `dest`, which is left as it was. A staging directory that a killed
+    run left beside `dest` is removed first (one stage writes one destination).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):  # a killed run's (a 16 GB model at full scale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     staging = create_temp(dest, directory=True)
     try:
         yield staging
