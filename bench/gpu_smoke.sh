@@ -8,8 +8,9 @@
 #                                            bare box: pip install --no-index --no-deps WHEEL... then run this
 #
 # The tiny stages run in a scratch workspace like the demo's (params.yaml = the tiny profile with bf16 switched on),
-# so the checkout's outputs and dvc.lock are never touched. probe_extract@sft needs every model's verdicts, so it
-# brings in the tiny eval DAG; SMOKE_TARGETS (space-separated DVC stages) narrows or widens the run.
+# so the checkout's outputs and dvc.lock are never touched. probe_extract@R3030-sft needs the verdicts of that probing
+# run's models (base, SFT, DPO), so it brings in their tiny eval DAG; SMOKE_TARGETS (space-separated DVC stages)
+# narrows or widens the run.
 # Uses the environment's `sycorec`, `dvc` and `python` (the checkout's .venv if present, else the container's).
 set -euo pipefail
 
@@ -19,7 +20,7 @@ if [[ "${1:-}" == "--mfu-only" ]]; then mfu_only=1; shift; fi
 out=${1:-$(mktemp -d -t sycorec-smoke-XXXXXX)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-targets=${SMOKE_TARGETS:-train_sft generate@sft probe_extract@sft}
+targets=${SMOKE_TARGETS:-train_sft generate@sft probe_extract@R3030-sft}
 if [[ -x "$repo/.venv/bin/python" ]]; then export PATH="$repo/.venv/bin:$PATH"; fi
 export HF_HUB_OFFLINE=1 PYTHONNOUSERSITE=1 TOKENIZERS_PARALLELISM=false
 cd "$repo"

@@ -186,23 +186,23 @@ def make_world(root: Path, profile: str | None = None) -> Path:
         }
         for model, (orig, ret) in ABLATION.items()
     }
-    _write(res / "probing" / "per_model.json", per_model)
-    _write(res / "probing" / "transfer.json", transfer)
-    _write(
-        res / "probing" / "cosine.json", {k: {"per_layer": [v] * N_LAYERS, "mean_cosine": v} for k, v in COSINE.items()}
-    )
-    _write(res / "probing" / "ablation.json", ablation)
-    _write(
-        res / "probing" / "control.json",
-        {
-            "reference_model": "sft",
-            "per_layer_mean": [0.508] * N_LAYERS,
-            "per_layer_std": [0.02] * N_LAYERS,
-            "overall_mean": 0.508,
-            "overall_std": 0.023,
-            "n_seeds": 3,
-        },
-    )
+    for run in ("R3030", "R6"):  # one set of world values for both runs (a superset of R3030's models)
+        probing = res / "probing" / run
+        _write(probing / "per_model.json", per_model)
+        _write(probing / "transfer.json", transfer)
+        _write(probing / "cosine.json", {k: {"per_layer": [v] * N_LAYERS, "mean_cosine": v} for k, v in COSINE.items()})
+        _write(probing / "ablation.json", ablation)
+        _write(
+            probing / "control.json",
+            {
+                "reference_model": "sft",
+                "per_layer_mean": [0.508] * N_LAYERS,
+                "per_layer_std": [0.02] * N_LAYERS,
+                "overall_mean": 0.508,
+                "overall_std": 0.023,
+                "n_seeds": 3,
+            },
+        )
     _write(
         res / "train" / "rm.json",
         {

@@ -217,7 +217,7 @@ def test_gpu_counts_follow_params(cfg):
     assert jobs.stage_job("generate@dpo", cfg, stage_map).gpus == cfg.generation.tensor_parallel_size
     assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).gpus == cfg.judge.tensor_parallel_size
     assert jobs.stage_job("judge@grpo_v2", cfg, stage_map).serial
-    assert jobs.stage_job("probe_analyze", cfg, stage_map).gpus == 0  # it uses none
+    assert jobs.stage_job("probe_analyze@R6", cfg, stage_map).gpus == 0  # it uses none
     report = jobs.stage_job("report", cfg, stage_map)
     assert (report.gpus, report.group) == (0, "report")
 

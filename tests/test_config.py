@@ -114,8 +114,14 @@ BAD_CASES = {
         "train.grpo.versions.v4: num_generations=12 does not divide the generation batch 128",
     ),
     "unknown loss type": (_set("train.dpo.loss_type", "kto_pair"), "train.dpo.loss_type: "),
-    "wrong int type": (_set("probing.max_samples", "many"), "probing.max_samples: expected int, got 'many'"),
-    "probing model not in models": (_set("probing.models", ["base", "sft", "nope"]), "probing.models names models"),
+    "wrong int type": (
+        _set("probing.runs.R6.max_samples", "many"),
+        "probing.runs.R6.max_samples: expected int, got 'many'",
+    ),
+    "probing model not in models": (
+        _set("probing.runs.R6.models", ["base", "sft", "nope"]),
+        "probing.runs.R6.models names models",
+    ),
     "infinite learning rate": (
         _set("train.sft.learning_rate", float("inf")),
         "train.sft.learning_rate: input should be a finite number",
@@ -164,7 +170,8 @@ def test_invalid_yaml_is_one_line(tmp_path):
 
 def test_model_names_of_the_study_pass_the_pattern():
     cfg = load_config(ROOT / "params.yaml")
-    names = [*cfg.models, *cfg.probing.models, *cfg.train.relearn.starts, *cfg.train.grpo.versions]
+    probed = [m for run in cfg.probing.runs.values() for m in run.models]
+    names = [*cfg.models, *cfg.probing.runs, *probed, *cfg.train.relearn.starts, *cfg.train.grpo.versions]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names)
 
 

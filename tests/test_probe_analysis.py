@@ -103,7 +103,7 @@ def test_ablation_removes_the_direction(results: dict) -> None:
 
 def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
     cfg = load_config("params.yaml", "tiny")
-    models = cfg.probing.models
+    models = cfg.probing.runs["R6"].models
     direction = synthetic.unit_directions(LAYERS, HIDDEN, seed=7)
     signal = np.array([0.0, 0.0, 0.5, 0.0])
     groups = [f"g{i // 2}" for i in range(N)]
@@ -119,17 +119,17 @@ def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
         for i in range(N)
     ]
     doc = {"models": models, "reference_model": cfg.probing.reference_model, "prompts": prompts}
-    (run_root / "results/probing").mkdir(parents=True)
-    (run_root / "results/probing/prompts.json").write_text(json.dumps(doc))
+    (run_root / "results/probing/R6").mkdir(parents=True)
+    (run_root / "results/probing/R6/prompts.json").write_text(json.dumps(doc))
     for i, m in enumerate(models):
         acts = synthetic.activations(labels[m], signal, direction, model_seed=i + 1)
-        path = activations_path(cfg, m)
+        path = activations_path(cfg, "R6", m)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({TENSOR: acts}, str(path), metadata={"item_ids": json.dumps([p["item_id"] for p in prompts])})
 
-    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze"])
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze", "--run", "R6"])
     assert result.exit_code == 0, result.output
-    out = run_root / "results/probing"
+    out = run_root / "results/probing/R6"
     per_model = json.loads((out / "per_model.json").read_text())
     assert set(per_model) == set(models)
     assert len(per_model["sft"]["per_layer"]["auroc"]) == LAYERS
@@ -140,7 +140,7 @@ def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
     assert summary["own"]["sft"]["peak_layer"] == 2
     for stem in STEMS:
         for ext in ("png", "pdf"):
-            assert (run_root / "results/figures/probing" / f"{stem}.{ext}").stat().st_size > 0
+            assert (run_root / "results/figures/probing/R6" / f"{stem}.{ext}").stat().st_size > 0
 
 
 def test_probe_figures_are_the_same_bytes_for_the_same_results(results: dict, tmp_path: Path) -> None:
@@ -154,15 +154,14 @@ def test_probe_figures_are_the_same_bytes_for_the_same_results(results: dict, tm
 
 def test_analyze_rejects_stale_activations(run_root: Path) -> None:
     cfg = load_config("params.yaml", "tiny")
-    prompts = [{"item_id": "a", "group_id": "g", "split": "train", "labels": dict.fromkeys(cfg.probing.models, 0)}]
-    (run_root / "results/probing").mkdir(parents=True)
-    (run_root / "results/probing/prompts.json").write_text(
-        json.dumps({"models": cfg.probing.models, "prompts": prompts})
-    )
-    path = activations_path(cfg, "sft")
+    models = cfg.probing.runs["R6"].models
+    prompts = [{"item_id": "a", "group_id": "g", "split": "train", "labels": dict.fromkeys(models, 0)}]
+    (run_root / "results/probing/R6").mkdir(parents=True)
+    (run_root / "results/probing/R6/prompts.json").write_text(json.dumps({"models": models, "prompts": prompts}))
+    path = activations_path(cfg, "R6", "sft")
     path.parent.mkdir(parents=True)
     save_file({TENSOR: torch.zeros(1, 1, 4)}, str(path), metadata={"item_ids": json.dumps(["b"])})
-    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze"])
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "analyze", "--run", "R6"])
     assert result.exit_code == 2 and "another prompt set" in result.output
 
 

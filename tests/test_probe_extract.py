@@ -73,8 +73,8 @@ def _alone(cfg: Config, model: str, prompt: dict) -> torch.Tensor:
 def test_extract_last_token_every_layer(cfg: Config) -> None:
     tok = load_tokenizer(model_source(cfg, "base"), cfg.probing.max_length)
     assert format_prompts(tok, PROMPTS[:1])[0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    path = extract(cfg, "sft", PROMPTS, progress=False)
-    assert path == activations_path(cfg, "sft")
+    path = extract(cfg, "R6", "sft", PROMPTS, progress=False)
+    assert path == activations_path(cfg, "R6", "sft")
     with safe_open(str(path), framework="pt") as fh:
         acts = fh.get_tensor(TENSOR)
         assert json.loads(fh.metadata()["item_ids"]) == [p["item_id"] for p in PROMPTS]
@@ -96,17 +96,17 @@ def test_extract_resumes_from_shards(cfg: Config, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(extract_mod, "last_token_states", failing)
     with pytest.raises(RuntimeError):
-        extract(cfg, "base", PROMPTS, progress=False)
-    assert not activations_path(cfg, "base").exists()
-    assert (activations_path(cfg, "base").with_name("base.partial") / "batch_000000.safetensors").is_file()
+        extract(cfg, "R6", "base", PROMPTS, progress=False)
+    assert not activations_path(cfg, "R6", "base").exists()
+    assert (activations_path(cfg, "R6", "base").with_name("base.partial") / "batch_000000.safetensors").is_file()
     calls.clear()
     monkeypatch.setattr(extract_mod, "last_token_states", lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))[1])
-    extract(cfg, "base", PROMPTS, progress=False)
+    extract(cfg, "R6", "base", PROMPTS, progress=False)
     assert calls == [2, 1]  # batch 0 came from its shard
-    with safe_open(str(activations_path(cfg, "base")), framework="pt") as fh:
+    with safe_open(str(activations_path(cfg, "R6", "base")), framework="pt") as fh:
         torch.testing.assert_close(fh.get_tensor(TENSOR)[:, 0], _alone(cfg, "base", PROMPTS[0]), atol=1e-4, rtol=1e-4)
 
 
 def test_extract_command_rejects_unknown_model(cfg: Config) -> None:
-    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "extract", "--model", "nope"])
-    assert result.exit_code == 2 and "probing.models" in result.output
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "extract", "--run", "R6", "--model", "nope"])
+    assert result.exit_code == 2 and "probing.runs.R6.models" in result.output

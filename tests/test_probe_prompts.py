@@ -7,10 +7,12 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from sycorec.cli import main
 from sycorec.config import load_config
+from sycorec.errors import MissingInputError
 from sycorec.io import write_jsonl
 from sycorec.probe.prompts import build_prompt_set, grouped_split
 
@@ -43,7 +45,7 @@ def _write_world(n_questions: int, models: list[str], verdict_of: Callable[[int,
 
 def test_labels_filter_and_split(run_root: Path) -> None:
     cfg = load_config("params.yaml", "tiny")
-    models = cfg.probing.models
+    models = cfg.probing.runs["R6"].models
 
     def verdict_of(m: int, i: int) -> str | None:
         if i == 5 and m == 2:
@@ -55,7 +57,7 @@ def test_labels_filter_and_split(run_root: Path) -> None:
         return "incorrect" if (i + m) % 3 == 0 else "correct"
 
     items = _write_world(200, models, verdict_of)
-    doc = build_prompt_set(cfg)
+    doc = build_prompt_set(cfg, "R6")
     kept = {p["item_id"] for p in doc["prompts"]}
     assert {p["template"] for p in doc["prompts"]} <= set(cfg.probing.templates)
     assert not kept & {items[5]["item_id"], items[9]["item_id"], items[13]["item_id"]}
@@ -66,14 +68,28 @@ def test_labels_filter_and_split(run_root: Path) -> None:
             assert p["labels"][model] == int((index[p["item_id"]] + m_index) % 3 == 0)
         assert p["messages"][0]["role"] == "user"
     n_candidates = 200 * len(cfg.probing.templates) - 3
-    assert doc["n_prompts"] == min(cfg.probing.max_samples, n_candidates)
+    assert doc["n_prompts"] == min(cfg.probing.runs["R6"].max_samples, n_candidates)
     order = [index[p["item_id"]] for p in doc["prompts"]]
     assert order == sorted(order)
     train_groups = {p["group_id"] for p in doc["prompts"] if p["split"] == "train"}
     val_groups = {p["group_id"] for p in doc["prompts"] if p["split"] == "val"}
     assert not train_groups & val_groups
     assert len(val_groups) == int(cfg.probing.val_fraction * len(train_groups | val_groups))
-    assert build_prompt_set(cfg) == doc  # deterministic
+    assert build_prompt_set(cfg, "R6") == doc  # deterministic
+
+
+def test_a_run_reads_only_its_own_models(run_root: Path) -> None:
+    """R3030 (base, SFT, DPO) needs no other model's verdicts, and keeps prompts a later model hedged on."""
+    cfg = load_config("params.yaml", "tiny")
+    r6, r3030 = cfg.probing.runs["R6"].models, cfg.probing.runs["R3030"].models
+    hedger = r6.index(next(m for m in r6 if m not in r3030))
+    _write_world(20, r6, lambda m, i: "hedged" if m == hedger and i < 5 else "correct" if i % 2 else "incorrect")
+    Path(f"results/verdicts/{r6[-1]}.jsonl").unlink()  # a model outside R3030 not evaluated yet
+    doc = build_prompt_set(cfg, "R3030")
+    assert doc["models"] == r3030 and doc["run"] == "R3030"
+    assert doc["n_prompts"] == 20 * len(cfg.probing.templates) and not doc["n_dropped"]
+    with pytest.raises(MissingInputError):
+        build_prompt_set(cfg, "R6")
 
 
 def test_grouped_split_is_the_studys() -> None:
@@ -86,14 +102,14 @@ def test_grouped_split_is_the_studys() -> None:
 
 def test_prompts_command(run_root: Path) -> None:
     cfg = load_config("params.yaml", "tiny")
-    _write_world(20, cfg.probing.models, lambda m, i: "incorrect" if i % 2 else "correct")
-    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts"])
+    _write_world(20, cfg.probing.runs["R6"].models, lambda m, i: "incorrect" if i % 2 else "correct")
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts", "--run", "R6"])
     assert result.exit_code == 0, result.output
-    doc = json.loads((run_root / "results/probing/prompts.json").read_text())
+    doc = json.loads((run_root / "results/probing/R6/prompts.json").read_text())
     assert doc["n_prompts"] == 40 and doc["n_train"] + doc["n_val"] == 40
 
 
 def test_missing_verdicts_is_one_clear_error(run_root: Path) -> None:
     write_jsonl("data/prepared/eval/answer.jsonl", [])
-    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts"])
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts", "--run", "R6"])
     assert result.exit_code == 2 and "error:" in result.output

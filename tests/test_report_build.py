@@ -213,7 +213,7 @@ def test_missing_inputs_give_na_cells_not_a_crash(tmp_path: Path) -> None:
     assert all(c.display == "n/a" for _, cells in tables["post4/transfer_ranking"].rows for c in cells[:3])
     assert not tables["post4/reward_model"].missing
     errata = build_errata(load_errata(), load_results(cfg, root=root))
-    assert "probing.transfer.dpo.mean_auroc" in errata.missing
+    assert "probing.R6.transfer.dpo.mean_auroc" in errata.missing
 
 
 def test_cli_build_reports_missing_and_fails_without_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,14 +231,14 @@ def test_key_path_language() -> None:
     res = Results(
         {
             "curves": {"c": {"step": [0, 5, 10], "gap": [0.3, 0.2, 0.25]}},
-            "probing": {"cosine": {"sft_vs_dpo": {"mean_cosine": 0.26}}},
+            "probing": {"R6": {"cosine": {"sft_vs_dpo": {"mean_cosine": 0.26}}}},
             "train": {"g": {"reward_mean": 1.8, "flag": True}},
         }
     )
     assert res.get("curves.c.step=5.gap") == 0.2
     assert res.get("curves.c.step=7.gap") is None
     assert (res.get("curves.c.gap.min"), res.get("curves.c.gap.last"), res.get("curves.c.gap.1")) == (0.2, 0.25, 0.2)
-    assert res.get("probing.cosine.dpo_vs_sft.mean_cosine") == 0.26
+    assert res.get("probing.R6.cosine.dpo_vs_sft.mean_cosine") == 0.26
     assert res.get("train.g.final_reward_mean|train.g.reward_mean") == 1.8
     assert res.number("train.g.flag") is None  # a bool is not a number
     assert res.get("train.missing.x") is None and res.get("curves.c.gap.9") is None

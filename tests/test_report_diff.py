@@ -88,7 +88,7 @@ def test_wilson_se_matches_the_normal_se_in_the_middle_and_stays_positive_at_the
 
 
 def test_auroc_tolerance_near_0_6_with_97_validation_prompts_is_about_0_16() -> None:
-    t = tol.tolerance(entry(kind="auroc", published=0.6, path="probing.per_model.sft.mean_auroc"), MODEL)
+    t = tol.tolerance(entry(kind="auroc", published=0.6, path="probing.R6.per_model.sft.mean_auroc"), MODEL)
     assert 0.15 < t.value < 0.17
 
 
@@ -110,8 +110,8 @@ def test_retraining_term_is_calibrated_on_the_sft_rerun() -> None:
 def test_this_runs_own_counts_replace_the_studys_for_its_draw() -> None:
     few = Results({"metrics": {"m": {"flip_rate": 0.5, "n": {"flip_rate": 100}}}})
     assert tol.tolerance(entry(), MODEL, few).value > tol.tolerance(entry(), MODEL, results_with(0.5)).value
-    probe = {"per_model": {"sft": {"n_val": 400, "label_balance": 0.5}}}
-    e = entry(kind="auroc", published=0.7, path="probing.transfer.sft.mean_auroc")
+    probe = {"R6": {"per_model": {"sft": {"n_val": 400, "label_balance": 0.5}}}}
+    e = entry(kind="auroc", published=0.7, path="probing.R6.transfer.sft.mean_auroc")
     assert tol.tolerance(e, MODEL, Results({"probing": probe})).value < tol.tolerance(e, MODEL).value
 
 
@@ -320,7 +320,7 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert {x["id"]: x["status"] for x in report["numbers"]}["p1.relearn.dpo.step30"] == "SKIP"
 
     (root / "results/tables/post4/cosine.csv").unlink()
-    (root / "results/probing/control.json").unlink()
+    (root / "results/probing/R6/control.json").unlink()
     bad = runner.invoke(main, ["--profile", "tiny", "report", "diff", "--post", "4"])
     assert bad.exit_code == 1
     assert "STRUCTURE" in bad.output and "cosine.csv: missing" in bad.output

@@ -204,7 +204,7 @@ def test_tiny_profile_needs_no_data_snapshot_or_gpu(run_root):
     cfg = load_config(run_root / "params.yaml", "tiny")
     stage_map = jobs.load_stage_map()
     stages = ["synth", "prepare", "train_base", "train_sft", "train_grpo@v3", "generate@sft", "judge@sft"]
-    for stage in [*stages, "probe_extract@sft", "rm_calibrate", "relearn@dpo"]:
+    for stage in [*stages, "probe_extract@R6-sft", "rm_calibrate", "relearn@dpo"]:
         assert preflight.stage_needs(stage, cfg, stage_map) == preflight.Needs((), False, 0), stage
     preflight.check_local(stages, cfg)  # no import of torch, no file read: nothing is needed
 
@@ -385,28 +385,39 @@ def test_plan_prints_each_post_s_stages_and_the_total(tmp_path, monkeypatch):
         assert gpu_rows and all(r[4].split(":")[0] in {"study", "derived", "estimate"} for r in gpu_rows)
         printed = float(re.search(r"on GPUs: ([0-9.]+) GPU-hours in total$", result.output.strip()).group(1))
         assert printed == pytest.approx(sum(float(r[3]) for r in rows), abs=0.05 + 0.005 * len(rows))
-    for stage in ("train_grpo@v4", "judge@grpo_v4", "probe_analyze", "train_rm", "rm_calibrate"):
+    for stage in ("train_grpo@v4", "judge@grpo_v4", "probe_analyze@R6", "train_rm", "rm_calibrate"):
         assert re.search(rf"^{re.escape(stage)} ", plans["all"], flags=re.MULTILINE), stage
-    # post 1 judges, scores and trains no model it neither reports nor probes
+    # post 1 judges, scores and trains no model it neither reports nor probes: its probing run is R3030
     cfg = load_config(root / "params.yaml")
-    for model in set(cfg.models) - {"base", "sft", "dpo"} - set(cfg.probing.models):
+    assert re.search(r"^probe_analyze@R3030 ", plans["1"], flags=re.MULTILINE)
+    for model in set(cfg.models) - {"base", "sft", "dpo"} - set(cfg.probing.runs["R3030"].models):
         assert f"@{model} " not in plans["1"] and f"@{model.removeprefix('grpo_')} " not in plans["1"], model
+    for stage in ("train_grpo@", "train_rm ", "rm_calibrate ", "probe_analyze@R6 "):
+        assert not re.search(rf"^{re.escape(stage)}", plans["1"], flags=re.MULTILINE), stage
     assert not (root / "outputs").exists()
 
 
-def test_probe_prompts_depends_on_exactly_the_probed_models_verdicts():
+def test_probing_stages_follow_the_runs_models():
+    """Each probing run's prompt stage depends on exactly its models' verdicts, and probe_extract has one item per
+    (run, model): dvc.yaml spells both out (DVC cannot expand a list into deps), params.yaml names them."""
     import yaml
 
-    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["probe_prompts"]["deps"]
-    verdicts = [d for d in deps if d.startswith("${paths.results}/verdicts")]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for profile in (None, "tiny"):
-        models = load_config(ROOT / "params.yaml", profile).probing.models
-        assert verdicts == [f"${{paths.results}}/verdicts/${{probing.models[{i}]}}.jsonl" for i in range(len(models))]
+        runs = load_config(ROOT / "params.yaml", profile).probing.runs
+        assert sorted(s for s in stages if s.startswith("probe_prompts_")) == sorted(f"probe_prompts_{r}" for r in runs)
+        for run, spec in runs.items():
+            deps = stages[f"probe_prompts_{run}"]["deps"]
+            verdicts = [d for d in deps if d.startswith("${paths.results}/verdicts")]
+            assert verdicts == [f"${{paths.results}}/verdicts/{m}.jsonl" for m in spec.models], run
+        pairs = [{"run": run, "model": m} for run, spec in runs.items() for m in spec.models]
+        assert list(stages["probe_extract"]["foreach"].values()) == pairs
+        assert all(key == f"{p['run']}-{p['model']}" for key, p in stages["probe_extract"]["foreach"].items())
 
 
 # Params sections a stage lists leaf by leaf, with the leaves it leaves out because another stage reads them: a leaf
 # added to params.yaml fails here until its stage lists it or leaves it out on purpose
-PROBE_INPUTS = {"templates", "max_samples", "sample_seed", "val_fraction", "batch_size", "max_length"}
+PROBE_INPUTS = {"templates", "sample_seed", "val_fraction", "batch_size", "max_length"}
 LEAF_BY_LEAF = {
     ("train_rm", "train.rm"): {"calibration", "text_format"},  # rm_calibrate and the GRPO reward
     ("train_grpo", "train.grpo"): set(),  # versions: each version's own

@@ -88,8 +88,8 @@ def test_read_run_takes_base_proxy_from_step_zero_of_sft(tmp_path):
         )
     for i, model in enumerate(("sft", *sweep.RECOVERY)):
         _write(tmp_path / "curves" / f"{model}.json", {"step": [0, 10], "sycophancy_gap": [0.01 * i, 0.1 * i]})
-    _write(tmp_path / "probing" / "per_model.json", {"sft": {"peak_auroc": 0.9}, "base": {"peak_auroc": 0.7}})
-    _write(tmp_path / "probing" / "control.json", {"overall_mean": 0.48})
+    _write(tmp_path / "probing" / "R6" / "per_model.json", {"sft": {"peak_auroc": 0.9}, "base": {"peak_auroc": 0.7}})
+    _write(tmp_path / "probing" / "R6" / "control.json", {"overall_mean": 0.48})
     run = sweep.read_run(tmp_path)
     assert run["sft"]["probe_peak_auroc"] == 0.9 and run["dpo"]["probe_peak_auroc"] is None
     assert sweep.Direction("probe_peak_auroc", "sft", sweep.CONTROL).delta(run) == pytest.approx(0.42)

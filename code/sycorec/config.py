@@ -371,11 +371,17 @@ class MetricsCfg(Section):
     seed: int
 
 
-class ProbingCfg(Section):
+class ProbingRun(Section):
+    """One probing run of the study: its prompt set is the intersection of these models' verdicts."""
+
     models: list[ModelName]
+    max_samples: int = Field(ge=0)  # 0: every prompt of the intersection
+
+
+class ProbingCfg(Section):
+    runs: dict[ModelName, ProbingRun]  # run names become paths and DVC stage names, like model names
     reference_model: ModelName
     templates: list[Literal["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]]
-    max_samples: int = Field(ge=0)
     sample_seed: int
     val_fraction: float = Field(gt=0, lt=1)
     batch_size: PositiveInt
@@ -389,9 +395,15 @@ class ProbingCfg(Section):
 
     @model_validator(mode="after")
     def _reference_is_probed(self) -> ProbingCfg:
-        if self.reference_model not in self.models:
-            raise ValueError(f"reference_model {self.reference_model!r} is not in probing.models")
+        for name, run in self.runs.items():
+            if self.reference_model not in run.models:
+                raise ValueError(f"reference_model {self.reference_model!r} is not in probing.runs.{name}.models")
         return self
+
+    def run(self, name: str) -> ProbingRun:
+        if name not in self.runs:
+            raise ConfigError(f"no probing run {name!r} in probing.runs {sorted(self.runs)}")
+        return self.runs[name]
 
 
 class ReportCfg(Section):
@@ -418,9 +430,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        unknown = [m for m in self.probing.models if m not in self.models]
-        if unknown:
-            raise ValueError(f"probing.models names models not in models: {unknown}")
+        for name, run in self.probing.runs.items():
+            unknown = [m for m in run.models if m not in self.models]
+            if unknown:
+                raise ValueError(f"probing.runs.{name}.models names models not in models: {unknown}")
         for version in self.train.grpo.versions:
             if f"grpo_{version}" not in self.models:
                 raise ValueError(f"train.grpo.versions.{version} has no model grpo_{version} in models")

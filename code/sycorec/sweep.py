@@ -42,6 +42,7 @@ DIRECTED = {
     "proxy_gap": "answer_sycophancy_gap",
 }
 CONTROL = "control"  # the random-label probe control, read as a model of its own
+PROBING_RUN = "R6"  # the probing run whose probes the sweep reads (the committed sweep recorded the six-model run)
 FAILED = "failed"  # a run whose pipeline stopped (e.g. the tiny base below its accuracy gate) records why
 # A direction is asserted when, on every kernel path, it fails in at most max(1, 20%) of the seeds (4 of 5, 2 of 3)...
 MISS_SHARE = 0.2
@@ -96,10 +97,10 @@ def read_run(results: Path) -> dict[str, dict[str, float | None]]:
     run["base"]["proxy_gap"] = sft_curve[0]
     for model in ("sft", *RECOVERY):
         run[model]["proxy_gap"] = _json(results / "curves" / f"{model}.json")["sycophancy_gap"][-1]
-    probes = _json(results / "probing" / "per_model.json")
+    probes = _json(results / "probing" / PROBING_RUN / "per_model.json")
     for model in MODELS:
         run[model]["probe_peak_auroc"] = probes[model]["peak_auroc"] if model in probes else None
-    run[CONTROL] = {"probe_peak_auroc": _json(results / "probing" / "control.json")["overall_mean"]}
+    run[CONTROL] = {"probe_peak_auroc": _json(results / "probing" / PROBING_RUN / "control.json")["overall_mean"]}
     return run
 
 
@@ -229,7 +230,8 @@ def with_seed(seed: int) -> Callable[[dict], dict]:
     def edit(raw: dict) -> dict:
         raw = copy.deepcopy(raw)
         raw["seed"] = seed
-        probed = raw["probing"]["models"]  # the prompt set is labelled by every probed model: keep them all
+        # the prompt set is labelled by every model of the run: keep them all
+        probed = raw["probing"]["runs"][PROBING_RUN]["models"]
         raw["models"] = [m for m in raw["models"] if m in MODELS or m in probed]
         versions = raw["train"]["grpo"]["versions"]
         raw["train"]["grpo"]["versions"] = {v: spec for v, spec in versions.items() if f"grpo_{v}" in raw["models"]}
@@ -239,7 +241,7 @@ def with_seed(seed: int) -> Callable[[dict], dict]:
 
 
 def targets() -> tuple[str, ...]:
-    return (*(f"score@{model}" for model in MODELS), "probe_analyze")
+    return (*(f"score@{model}" for model in MODELS), f"probe_analyze@{PROBING_RUN}")
 
 
 def run_seeds(

@@ -10,7 +10,7 @@ from sycorec.io import write_json
 from sycorec.probe.analysis import Settings, analyze
 from sycorec.probe.extract import extract, load_activations
 from sycorec.probe.figures import plot_all
-from sycorec.probe.prompts import PromptSplit, read_prompt_set, write_prompt_set
+from sycorec.probe.prompts import PromptSplit, read_prompt_set, run_dir, write_prompt_set
 
 
 @click.group()
@@ -18,43 +18,51 @@ def probe() -> None:
     """Linear probes: prompt set, activations, analysis."""
 
 
+RUN = click.option("--run", "run", required=True, help="Probing run from probing.runs.")
+
+
 @probe.command("prompts")
+@RUN
 @pass_config
-@timed("probe_prompts")
-def prompts_cmd(cfg: Config) -> None:
-    """Label the pressure prompts from every probed model's verdicts; write the shared split."""
-    doc = write_prompt_set(cfg)
+@timed(lambda kw: f"probe_prompts_{kw['run']}")  # one explicit stage per run: its deps list its models' verdicts
+def prompts_cmd(cfg: Config, run: str) -> None:
+    """Label the pressure prompts from the run's models' verdicts; write the run's shared split."""
+    doc = write_prompt_set(cfg, run)
     click.echo(f"{doc['n_prompts']} prompts ({doc['n_train']} train / {doc['n_val']} val); dropped {doc['n_dropped']}")
 
 
 @probe.command("extract")
-@click.option("--model", "model", required=True, help="Model name from probing.models.")
+@RUN
+@click.option("--model", "model", required=True, help="Model name from the run's models.")
 @pass_config
-@timed(lambda kw: f"probe_extract@{kw['model']}")
-def extract_cmd(cfg: Config, model: str) -> None:
-    """Last-prompt-token activations of every layer for the prompt set."""
-    if model not in cfg.probing.models:
-        raise ConfigError(f"model {model!r} is not in probing.models {cfg.probing.models}")
-    doc = read_prompt_set(cfg)
-    path = extract(cfg, model, doc["prompts"])
+@timed(lambda kw: f"probe_extract@{kw['run']}-{kw['model']}")
+def extract_cmd(cfg: Config, run: str, model: str) -> None:
+    """Last-prompt-token activations of every layer for the run's prompt set."""
+    models = cfg.probing.run(run).models
+    if model not in models:
+        raise ConfigError(f"model {model!r} is not in probing.runs.{run}.models {models}")
+    doc = read_prompt_set(cfg, run)
+    path = extract(cfg, run, model, doc["prompts"])
     click.echo(f"wrote {path}")
 
 
 @probe.command("analyze")
+@RUN
 @pass_config
-@timed("probe_analyze")
-def analyze_cmd(cfg: Config) -> None:
-    """Own-model probes, control, transfer, cosines, ablation → results/probing, figures → results/figures/probing."""
-    split = PromptSplit.from_doc(read_prompt_set(cfg))
+@timed(lambda kw: f"probe_analyze@{kw['run']}")
+def analyze_cmd(cfg: Config, run: str) -> None:
+    """Own-model probes, control, transfer, cosines, ablation → results/probing/<run>, figures →
+    results/figures/probing/<run>."""
+    split = PromptSplit.from_doc(read_prompt_set(cfg, run))
     results = analyze(
-        lambda m: load_activations(cfg, m, split.item_ids),
+        lambda m: load_activations(cfg, run, m, split.item_ids),
         split,
-        list(cfg.probing.models),
+        list(cfg.probing.run(run).models),
         cfg.probing.reference_model,
         Settings.from_config(cfg),
     )
-    out = cfg.paths.results / "probing"
+    out = run_dir(cfg, run)
     for stem, data in results.items():
         write_json(out / f"{stem}.json", data)
-    plot_all(results, cfg.paths.results / "figures" / "probing", cfg.report.figure_dpi)
+    plot_all(results, cfg.paths.results / "figures" / "probing" / run, cfg.report.figure_dpi)
     click.echo(f"wrote {out}; summary: {results['summary']['own']}")

@@ -26,8 +26,8 @@ from sycorec.paths import ModelSource, model_source
 TENSOR = "activations"
 
 
-def activations_path(cfg: Config, model: str) -> Path:
-    return cfg.paths.probing / "activations" / f"{model}.safetensors"
+def activations_path(cfg: Config, run: str, model: str) -> Path:
+    return cfg.paths.probing / run / "activations" / f"{model}.safetensors"
 
 
 def load_tokenizer(source: ModelSource, max_length: int):
@@ -63,8 +63,8 @@ def _fingerprint(source: ModelSource, tokenizer_source: ModelSource, item_ids: l
     return sha256_text(json.dumps([source.path, source.revision, tokenizer_source.path, item_ids, max_length]))
 
 
-def extract(cfg: Config, model_name: str, prompts: list[dict], progress: bool = True) -> Path:
-    """Write `outputs/probing/activations/<model>.safetensors`; resumable from per-batch shards."""
+def extract(cfg: Config, run: str, model_name: str, prompts: list[dict], progress: bool = True) -> Path:
+    """Write `outputs/probing/<run>/activations/<model>.safetensors`; resumable from per-batch shards."""
     from transformers import AutoModelForCausalLM
 
     if not prompts:
@@ -72,7 +72,7 @@ def extract(cfg: Config, model_name: str, prompts: list[dict], progress: bool = 
     probing = cfg.probing
     source, tok_source = model_source(cfg, model_name), model_source(cfg, "base")
     item_ids = [p["item_id"] for p in prompts]
-    out_path = activations_path(cfg, model_name)
+    out_path = activations_path(cfg, run, model_name)
     shards = out_path.with_name(f"{model_name}.partial")
     key = _fingerprint(source, tok_source, item_ids, probing.max_length)
     stamp = shards / "fingerprint.txt"
@@ -114,13 +114,14 @@ def extract(cfg: Config, model_name: str, prompts: list[dict], progress: bool = 
     return out_path
 
 
-def load_activations(cfg: Config, model: str, item_ids: list[str]) -> torch.Tensor:
+def load_activations(cfg: Config, run: str, model: str, item_ids: list[str]) -> torch.Tensor:
     """[L, N, D] float32 activations of `model`, checked against the prompt set's ids and order."""
-    path = activations_path(cfg, model)
+    path = activations_path(cfg, run, model)
+    command = f"sycorec probe extract --run {run} --model {model}"
     if not path.is_file():
-        raise MissingInputError(f"activations of {model!r} not found at {path} (run `sycorec probe extract`)")
+        raise MissingInputError(f"activations of {model!r} not found at {path} (run `{command}`)")
     with safe_open(str(path), framework="pt") as fh:
         stored = json.loads(fh.metadata()["item_ids"])
         if stored != item_ids:
-            raise DataError(f"{path} holds another prompt set; re-run `sycorec probe extract --model {model}`")
+            raise DataError(f"{path} holds another prompt set; re-run `{command}`")
         return fh.get_tensor(TENSOR)

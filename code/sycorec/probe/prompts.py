@@ -1,7 +1,8 @@
 """The probing prompt set: pressure prompts every probed model answered (correct or incorrect), one shared split.
 
 Labels come from each model's own verdicts: incorrect (sycophantic) = 1, correct = 0. A prompt is kept only if every
-model in `cfg.probing.models` has a correct/incorrect verdict for it, so the set is the intersection across the run.
+model of the run (`cfg.probing.runs`) has a correct/incorrect verdict for it, so the set is the intersection across
+the run, and runs over different models probe different prompts (as the study's runs did).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ def verdicts_path(cfg: Config, model: str) -> Path:
     return cfg.paths.results / "verdicts" / f"{model}.jsonl"
 
 
-def prompts_path(cfg: Config) -> Path:
-    return cfg.paths.results / "probing" / "prompts.json"
+def run_dir(cfg: Config, run: str) -> Path:
+    """results/probing/<run>: every output of one probing run."""
+    return cfg.paths.results / "probing" / run
+
+
+def prompts_path(cfg: Config, run: str) -> Path:
+    return run_dir(cfg, run) / "prompts.json"
 
 
 def _read(path: Path, what: str) -> list[dict]:
@@ -53,25 +59,23 @@ def grouped_split(group_ids: list[str], val_fraction: float, seed: int) -> list[
     return ["val" if g in val else "train" for g in group_ids]
 
 
-def build_prompt_set(cfg: Config) -> dict:
-    """Select, label and split the probing prompts; returns the prompts.json document."""
-    probing = cfg.probing
+def build_prompt_set(cfg: Config, run: str) -> dict:
+    """Select, label and split the prompts of probing run `run`; returns the prompts.json document."""
+    probing, models, max_samples = cfg.probing, cfg.probing.run(run).models, cfg.probing.run(run).max_samples
     candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in probing.templates]
     if not candidates:
         raise DataError(f"no answer items with templates {probing.templates} in {manifest_path(cfg)}")
-    verdicts = {m: load_verdicts(cfg, m) for m in probing.models}
+    verdicts = {m: load_verdicts(cfg, m) for m in models}
     dropped: Counter[str] = Counter()
     kept = []
     for row in candidates:
-        answers = [verdicts[m].get(row["item_id"]) for m in probing.models]
+        answers = [verdicts[m].get(row["item_id"]) for m in models]
         if all(v in LABELS for v in answers):
             kept.append((row, answers))
         else:
             dropped["missing" if None in answers else "hedged_or_refused"] += 1
-    if probing.max_samples and len(kept) > probing.max_samples:
-        kept = [
-            kept[i] for i in sorted(random.Random(probing.sample_seed).sample(range(len(kept)), probing.max_samples))
-        ]
+    if max_samples and len(kept) > max_samples:
+        kept = [kept[i] for i in sorted(random.Random(probing.sample_seed).sample(range(len(kept)), max_samples))]
     if not kept:
         raise DataError("no prompt has a correct/incorrect verdict from every probed model")
     splits = grouped_split([row["group_id"] for row, _ in kept], probing.val_fraction, probing.sample_seed)
@@ -84,12 +88,13 @@ def build_prompt_set(cfg: Config) -> dict:
             "split": split,
             # the probe reads the user message only (no prefill, no response)
             "messages": [m for m in row["messages"] if m["role"] == "user"][:1],
-            "labels": {m: LABELS[v] for m, v in zip(probing.models, answers, strict=True)},
+            "labels": {m: LABELS[v] for m, v in zip(models, answers, strict=True)},
         }
         for (row, answers), split in zip(kept, splits, strict=True)
     ]
     return {
-        "models": list(probing.models),
+        "run": run,
+        "models": list(models),
         "reference_model": probing.reference_model,
         "templates": list(probing.templates),
         "n_candidates": len(candidates),
@@ -101,9 +106,9 @@ def build_prompt_set(cfg: Config) -> dict:
     }
 
 
-def write_prompt_set(cfg: Config) -> dict:
-    doc = build_prompt_set(cfg)
-    write_json(prompts_path(cfg), doc)
+def write_prompt_set(cfg: Config, run: str) -> dict:
+    doc = build_prompt_set(cfg, run)
+    write_json(prompts_path(cfg, run), doc)
     return doc
 
 
@@ -128,8 +133,8 @@ class PromptSplit:
         )
 
 
-def read_prompt_set(cfg: Config) -> dict:
-    path = prompts_path(cfg)
+def read_prompt_set(cfg: Config, run: str) -> dict:
+    path = prompts_path(cfg, run)
     if not path.is_file():
-        raise MissingInputError(f"probing prompt set not found at {path} (run `sycorec probe prompts` first)")
+        raise MissingInputError(f"probing prompt set not found at {path} (run `sycorec probe prompts --run {run}`)")
     return read_json(path)

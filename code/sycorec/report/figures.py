@@ -81,18 +81,18 @@ def curves(ax: Any, spec: Mapping[str, Any], results: Results, labels: Mapping[s
 
 
 def probe_summary(ax: Any, spec: Mapping[str, Any], results: Results, labels: Mapping[str, str]) -> bool:
-    models = spec["models"]
+    models, run = spec["models"], f"probing.{spec['run']}"
     series = {
-        "own-model mean AUROC": [results.number(f"probing.per_model.{m}.mean_auroc") for m in models],
-        "SFT→X mean transfer": [results.number(f"probing.transfer.{m}.mean_auroc") for m in models],
-        "SFT→X peak transfer": [results.number(f"probing.transfer.{m}.peak_auroc") for m in models],
+        "own-model mean AUROC": [results.number(f"{run}.per_model.{m}.mean_auroc") for m in models],
+        "SFT→X mean transfer": [results.number(f"{run}.transfer.{m}.mean_auroc") for m in models],
+        "SFT→X peak transfer": [results.number(f"{run}.transfer.{m}.peak_auroc") for m in models],
     }
     x = np.arange(len(models))
     width = 0.8 / len(series)
     for j, (name, values) in enumerate(series.items()):
         ax.bar(x + (j - 1) * width, [np.nan if v is None else v for v in values], width, label=name)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="chance")
-    floor = results.number("probing.control.overall_mean")
+    floor = results.number(f"{run}.control.overall_mean")
     if floor is not None:
         ax.axhline(floor, color="grey", linestyle=":", linewidth=1.0, label=f"control floor {floor:.3f}")
     ax.set_xticks(x, [_label(labels, m) for m in models])

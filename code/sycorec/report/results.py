@@ -3,7 +3,7 @@
 Key paths (used by tables.yaml, published.yaml and errata.yaml):
   metrics.<model>.<key>                       results/metrics/<model>.json (CI under metrics.<model>.ci.<key>)
   detail.<model>.<...>                        results/metrics_detail/<model>.json
-  probing.{per_model,transfer,cosine,ablation,control}.<...>   results/probing/*.json
+  probing.<run>.{per_model,transfer,cosine,ablation,control}.<...>   results/probing/<run>/*.json (probing.runs)
   train.<name>.<...>                          results/train/<name>.json (train.rm_calibration: the RM's calibration)
   curves.<name>.<series>                      results/curves/<name>.json ({"step": [...], "<series>": [...]})
   derived.join.<field>                        per-sample join over results/verdicts (see `join_counts`)
@@ -76,7 +76,7 @@ class Results:
         parts = path.split(".")
         if parts[0] == "metrics" and len(parts) == 3:
             bounds = self.get(f"metrics.{parts[1]}.ci.{parts[2]}")
-        elif parts[0] == "probing" and parts[1] in ("per_model", "transfer") and parts[-1] == "peak_auroc":
+        elif parts[0] == "probing" and parts[2:3] in (["per_model"], ["transfer"]) and parts[-1] == "peak_auroc":
             layer = self.get(".".join([*parts[:-1], "peak_layer"]))
             base = ".".join([*parts[:-1], "per_layer"])
             lo, hi = self.get(f"{base}.ci_lower"), self.get(f"{base}.ci_upper")
@@ -138,7 +138,7 @@ def load_results(cfg: Config, join: Mapping[str, Any] | None = None, root: Path 
     tree: dict[str, Any] = {
         "metrics": _load_dir(metrics_dir),
         "detail": _load_dir(res / "metrics_detail"),
-        "probing": {name: data for name in PROBING_FILES if (data := _probing(res / "probing", name)) is not None},
+        "probing": {run: _probing_run(res / "probing" / run) for run in cfg.probing.runs},
         "train": _load_dir(res / "train"),
         "curves": _load_dir(res / "curves"),
     }
@@ -159,9 +159,9 @@ def load_results(cfg: Config, join: Mapping[str, Any] | None = None, root: Path 
     return results
 
 
-def _probing(directory: Path, name: str) -> Any:
-    path = directory / f"{name}.json"
-    return read_json(path) if path.is_file() else None
+def _probing_run(directory: Path) -> dict[str, Any]:
+    paths = {name: directory / f"{name}.json" for name in PROBING_FILES}
+    return {name: read_json(path) for name, path in paths.items() if path.is_file()}
 
 
 def join_counts(

@@ -104,9 +104,12 @@ class Tolerance:
     text: str
 
 
-def _model_of(path: str) -> str | None:
+def _probing_of(path: str) -> tuple[str, str | None] | None:
+    """(run, model) of a `probing.<run>.<file>.<model>...` path; model None for a run-level file (control)."""
     parts = path.split("|")[0].split(".")
-    return parts[2] if parts[0] == "probing" and parts[1] in ("per_model", "transfer", "ablation") else None
+    if parts[0] != "probing" or len(parts) < 3:
+        return None
+    return parts[1], parts[3] if parts[2] in ("per_model", "transfer", "ablation") and len(parts) > 3 else None
 
 
 def run_counts(kind: Mapping[str, Any], entry: Mapping[str, Any], results: Results | None) -> dict[str, float]:
@@ -118,10 +121,11 @@ def run_counts(kind: Mapping[str, Any], entry: Mapping[str, Any], results: Resul
     if kind["se"] == "proportion" and parts[0] == "metrics" and len(parts) == 3:
         n = results.number(f"metrics.{parts[1]}.n.{parts[2]}")
         return {"n": n} if n else {}
-    if kind["se"] in ("auroc", "auroc_ratio"):
-        model = _model_of(path) or results.get("probing.control.reference_model")
-        n_val = results.number(f"probing.per_model.{model}.n_val")
-        balance = results.number(f"probing.per_model.{model}.label_balance")
+    if kind["se"] in ("auroc", "auroc_ratio") and (probed := _probing_of(path)):
+        run, model = probed
+        model = model or results.get(f"probing.{run}.control.reference_model")
+        n_val = results.number(f"probing.{run}.per_model.{model}.n_val")
+        balance = results.number(f"probing.{run}.per_model.{model}.label_balance")
         if n_val and balance is not None and 0 < balance < 1:
             return {"n_pos": n_val * balance, "n_neg": n_val * (1 - balance)}
     return {}
