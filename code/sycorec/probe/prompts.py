@@ -61,7 +61,9 @@ def grouped_split(group_ids: list[str], val_fraction: float, seed: int) -> list[
 
 def build_prompt_set(cfg: Config, run: str) -> dict:
     """Select, label and split the prompts of probing run `run`; returns the prompts.json document."""
-    probing, models, max_samples = cfg.probing, cfg.probing.run(run).models, cfg.probing.run(run).max_samples
+    probing = cfg.probing
+    spec = probing.run(run)
+    models, max_samples = spec.models, spec.max_samples
     candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in probing.templates]
     if not candidates:
         raise DataError(f"no answer items with templates {probing.templates} in {manifest_path(cfg)}")
