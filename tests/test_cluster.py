@@ -292,6 +292,19 @@ def test_plan_runs_upstream_stages_first_and_skips_up_to_date_ones(run_root):
     assert jobs.plan(run_root, ["c", "other"]) == ["a", "b", "c", "other"]
 
 
+def test_plan_reads_the_workspace_it_is_given_from_any_directory(run_root, tmp_path, monkeypatch):
+    # the seed sweep plans each seed's workspace from the project, whose dvc.yaml has the same stage names
+    (run_root / "dvc.yaml").write_text("stages:\n  a: {cmd: echo a > a.txt, outs: [a.txt]}\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=run_root, check=True)
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    (elsewhere / "dvc.yaml").write_text(
+        "stages:\n  z: {cmd: echo z > z.txt, outs: [z.txt]}\n  a: {cmd: cat z.txt, deps: [z.txt]}\n"
+    )
+    monkeypatch.chdir(elsewhere)
+    assert jobs.plan(run_root, ["a"]) == ["a"]
+
+
 # ---- benchmark scripts -------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ jobs of the chain at once; a stage whose job is already queued or running is not
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import shlex
 import subprocess
@@ -196,7 +197,9 @@ def plan_graph(root: Path, targets: Sequence[str], skip_up_to_date: bool = True)
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
     from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo, repo.lock:  # stage.changed() reads the workspace under the repo lock
+    # DVC resolves target names against the working directory, so a caller elsewhere (the sweep runs from the
+    # project, whose dvc.yaml has the same stage names) would plan another repository's stages
+    with contextlib.chdir(root), Repo(".") as repo, repo.lock:  # stage.changed() reads the workspace under the lock
         graph = get_active_graph(repo.index.graph)  # edges point from a stage to the stages it depends on
         order = [s for s in plan_repro(graph, collect_stages(repo, targets)) if isinstance(s, PipelineStage)]
         chosen: set = set()
