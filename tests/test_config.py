@@ -207,7 +207,7 @@ def test_loading_the_params_imports_no_training_library():
     """Checking against the TRL classes imports TRL (seconds): only a key the schema does not declare needs it."""
     code = (
         "import sys; from sycorec.config import load_config; load_config('params.yaml', 'tiny'); "
-        "sys.exit(sorted({'torch', 'transformers', 'trl', 'peft'} & set(sys.modules)))"
+        "sys.exit(' '.join(sorted({'torch', 'transformers', 'trl', 'peft'} & set(sys.modules))) or None)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
