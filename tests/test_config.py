@@ -106,6 +106,10 @@ def _drop(path: str):
 
 BAD_CASES = {
     "unknown key": (_set("train.dpo.betta", 0.2), "train.dpo.betta: unknown key (not a field of DPOConfig)"),
+    "misspelt key, its right name then missing": (
+        lambda raw: raw["train"]["dpo"].update(betta=raw["train"]["dpo"].pop("beta")),
+        "train.dpo.betta: unknown key (not a field of DPOConfig)",
+    ),
     "unknown key of train.common": (
         _set("train.common.sed", 1),
         "train.common.sed: unknown key (not a field of TrainingArguments)",

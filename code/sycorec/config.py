@@ -18,7 +18,7 @@ from collections.abc import Hashable
 from fnmatch import fnmatchcase
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -200,24 +200,26 @@ class LibrarySlice(Section):
     CONFIG_CLASS: ClassVar[str]
     OWN: ClassVar[frozenset[str]] = frozenset()
 
-    @model_validator(mode="after")
-    def _extra_keys_are_fields(self) -> Self:
-        extra = self.model_extra or {}
-        known = config_fields(self.CONFIG_CLASS) if extra else frozenset()
-        name = self.CONFIG_CLASS.split(":")[1]
+    @model_validator(mode="before")
+    @classmethod
+    def _undeclared_keys_are_fields(cls, data: Any) -> Any:
+        # before the fields, so that a misspelt key is named even when it leaves a required one missing
+        undeclared = [key for key in data if key not in cls.model_fields] if isinstance(data, dict) else []
+        known = config_fields(cls.CONFIG_CLASS) if undeclared else frozenset()
+        name = cls.CONFIG_CLASS.split(":")[1]
         errors = [
             InitErrorDetails(
                 type=PydanticCustomError("not_a_field", "unknown key (not a field of {name})", {"name": name}),
                 loc=(key,),
-                input=value,
+                input=data[key],
             )
-            for key, value in extra.items()
+            for key in undeclared
             if key not in known
         ]
         if errors:
             # raised as a ValidationError so that each error keeps its key's path
-            raise ValidationError.from_exception_data(type(self).__name__, errors)
-        return self
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
     def library_kwargs(self) -> dict[str, Any]:
         """This slice's arguments for CONFIG_CLASS: every field but the package's own."""
