@@ -25,7 +25,7 @@ def test_committed_params_validate_with_as_run_values():
     assert cfg.train.ipo.loss_type == "ipo"
     assert cfg.train.grpo.versions["v4"].reward == "binary"
     assert cfg.train.grpo.versions["v3"].num_gpus == 2
-    assert cfg.lora.r == 16 and cfg.lora.alpha == 32
+    assert cfg.lora.r == 16 and cfg.lora.lora_alpha == 32
     assert cfg.generation.top_k == 20 and cfg.judge.temperature == 0.0
 
 
@@ -105,7 +105,25 @@ def _drop(path: str):
 
 
 BAD_CASES = {
-    "unknown key": (_set("train.dpo.betta", 0.2), "train.dpo.betta: unknown key"),
+    "unknown key": (_set("train.dpo.betta", 0.2), "train.dpo.betta: unknown key (not a field of DPOConfig)"),
+    "misspelt key, its right name then missing": (
+        lambda raw: raw["train"]["dpo"].update(betta=raw["train"]["dpo"].pop("beta")),
+        "train.dpo.betta: unknown key (not a field of DPOConfig)",
+    ),
+    "unknown key of train.common": (
+        _set("train.common.sed", 1),
+        "train.common.sed: unknown key (not a field of TrainingArguments)",
+    ),
+    "LoRA key by our old name": (_set("lora.alpha", 32), "lora.alpha: unknown key (not a field of LoraConfig)"),
+    "unknown key of a GRPO version": (
+        _set("train.grpo.versions.v2.num_generation", 8),
+        "train.grpo.versions.v2.num_generation: unknown key (not a field of GRPOConfig)",
+    ),
+    "a DPO key in the SimPO slice": (
+        _set("train.simpo.rpo_alpha", 1.0),
+        "train.simpo.rpo_alpha: unknown key (not a field of CPOConfig)",
+    ),
+    "unknown key of our own schema": (_set("train.rm.calibration.top_k", 5), "train.rm.calibration.top_k: unknown key"),
     "wrong type": (_set("train.dpo.beta", "high"), "train.dpo.beta: expected float, got 'high'"),
     "missing required key": (_drop("train.sft.learning_rate"), "train.sft.learning_rate: required key is missing"),
     "negative learning rate": (_set("train.simpo.learning_rate", -5e-6), "train.simpo.learning_rate: "),
@@ -154,6 +172,49 @@ def test_malformed_params_fail_with_one_line_naming_the_key(tmp_path, case):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(expected) or expected in message, message
+
+
+def _slices(node, path: str):
+    """(key path, slice) of every LibrarySlice under `node`."""
+    from pydantic import BaseModel
+
+    from sycorec.config import LibrarySlice
+
+    if isinstance(node, LibrarySlice):
+        yield path, node
+    children = dict(node) if isinstance(node, BaseModel) else node if isinstance(node, dict) else {}
+    for key, child in children.items():
+        yield from _slices(child, f"{path}.{key}".lstrip("."))
+
+
+def test_trainer_slices_use_the_field_names_of_their_trl_and_peft_configs():
+    import dataclasses
+    import importlib
+
+    cfg = load_config(ROOT / "params.yaml")
+    found = dict(_slices(cfg, ""))
+    assert {"lora", "train.common", "train.sft", "train.rm", "train.grpo", "train.grpo.versions.v1"} <= set(found)
+    for path, part in found.items():
+        module, name = part.CONFIG_CLASS.split(":")
+        fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        assert set(part.library_kwargs()) <= fields, path  # every key it passes is a field of the class
+        assert not part.OWN & fields, path  # and the package's own keys never shadow one
+
+
+def test_any_field_of_the_trl_config_may_be_set_and_passes_through(tmp_path):
+    params = _write_params(tmp_path, _set("train.dpo.label_smoothing", 0.1))
+    dpo = validate(resolve_raw(params)).train.dpo
+    assert dpo.library_kwargs()["label_smoothing"] == 0.1 and "eval_every_steps" not in dpo.library_kwargs()
+
+
+def test_loading_the_params_imports_no_training_library():
+    """Checking against the TRL classes imports TRL (seconds): only a key the schema does not declare needs it."""
+    code = (
+        "import sys; from sycorec.config import load_config; load_config('params.yaml', 'tiny'); "
+        "sys.exit(' '.join(sorted({'torch', 'transformers', 'trl', 'peft'} & set(sys.modules))) or None)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unknown_profile_names_the_available_ones(tmp_path):

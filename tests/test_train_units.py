@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from sycorec.config import deep_merge, resolve_raw, validate
+from sycorec.errors import ConfigError
 from sycorec.train.proxy import proxy_gap, proxy_prompts, summarize
 from sycorec.train.reward import rm_text, summarize_scores
-from train_support import FACTS, build_tokenizer
+from train_support import FACTS, REPO, build_tokenizer
 
 torch = pytest.importorskip("torch")
 
@@ -156,3 +158,19 @@ def test_first_and_last_logged_values():
     assert (first_logged(history, "reward"), last_logged(history, "reward")) == (1.82, 1.9)
     assert (first_logged(history, "loss"), last_logged(history, "loss")) == (2.0, 1.0)
     assert first_logged(history, "kl") is None and last_logged(history, "kl") is None
+
+
+def test_trl_configs_take_the_params_slices_as_they_are():
+    from sycorec.train.common import lora_config
+    from sycorec.train.preference import preference_config
+
+    extra = {"train": {"dpo": {"label_smoothing": 0.1}, "simpo": {"output_dir": "elsewhere"}}}
+    cfg = validate(deep_merge(resolve_raw(REPO / "params.yaml", "tiny"), extra))
+    dpo = preference_config(cfg, "dpo")
+    assert (dpo.beta, dpo.learning_rate) == (cfg.train.dpo.beta, cfg.train.dpo.learning_rate)
+    assert dpo.loss_type == ["sigmoid"]  # TRL's own list form of the slice's string
+    assert dpo.label_smoothing == 0.1 and dpo.max_length == cfg.train.common.max_length
+    assert dpo.output_dir == "outputs/checkpoints/dpo"
+    assert lora_config(cfg).lora_alpha == cfg.lora.lora_alpha
+    with pytest.raises(ConfigError, match="simpo: params set output_dir, which the package sets itself"):
+        preference_config(cfg, "simpo")

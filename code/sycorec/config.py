@@ -2,17 +2,23 @@
 
 Every stage gets its slice from `load_config()`. Unknown keys and wrong types fail with one line that
 names the key path, e.g. `train.dpo.beta: expected float, got 'high'`.
+
+The trainer slices (`lora`, `train.common`, `train.sft|dpo|simpo|ipo|rm|grpo|relearn`) use TRL's and PEFT's own field
+names and go to their config class as they are (`LibrarySlice`); the package's own keys live beside them (`OWN`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib
 import re
+import warnings
 from collections.abc import Hashable
 from fnmatch import fnmatchcase
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sycorec.errors import ConfigError
 
@@ -167,15 +174,75 @@ class PrepareCfg(Section):
     duplicate_eval_rows: Literal["keep", "drop"]
 
 
-class LoraCfg(Section):
+@cache
+def config_fields(config_class: str) -> frozenset[str]:
+    """The init fields of a TRL/PEFT config dataclass named `module:Class`.
+
+    Importing TRL takes seconds, so this runs only for a key a slice does not declare: loading the committed params
+    imports none of torch, transformers, TRL or PEFT.
+    """
+    module, name = config_class.split(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental warns on import
+        cls = getattr(importlib.import_module(module), name)
+    return frozenset(field.name for field in dataclasses.fields(cls) if field.init)
+
+
+class LibrarySlice(Section):
+    """A slice whose keys are the field names of a TRL/PEFT config class (`CONFIG_CLASS`), passed to it as they are.
+
+    Declared fields keep their types and ranges; any other field of the class may be set and passes through unchecked;
+    a key that is no field of it is refused like any unknown key. `OWN` names the package's keys beside them (proxy
+    cadence, GPUs, calibration, ...), which never reach the class.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    CONFIG_CLASS: ClassVar[str]
+    OWN: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _undeclared_keys_are_fields(cls, data: Any) -> Any:
+        # before the fields, so that a misspelt key is named even when it leaves a required one missing
+        undeclared = [key for key in data if key not in cls.model_fields] if isinstance(data, dict) else []
+        known = config_fields(cls.CONFIG_CLASS) if undeclared else frozenset()
+        name = cls.CONFIG_CLASS.split(":")[1]
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("not_a_field", "unknown key (not a field of {name})", {"name": name}),
+                loc=(key,),
+                input=data[key],
+            )
+            for key in undeclared
+            if key not in known
+        ]
+        if errors:
+            # raised as a ValidationError so that each error keeps its key's path
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+    def library_kwargs(self) -> dict[str, Any]:
+        """This slice's arguments for CONFIG_CLASS: every field but the package's own."""
+        return self.model_dump(exclude=set(self.OWN))
+
+
+class LoraCfg(LibrarySlice):
+    CONFIG_CLASS = "peft:LoraConfig"
+
     r: PositiveInt
-    alpha: PositiveInt
-    dropout: float = Field(ge=0, lt=1)
+    lora_alpha: PositiveInt
+    lora_dropout: float = Field(ge=0, lt=1)
     target_modules: str | list[str]
     bias: Literal["none", "all", "lora_only"]
 
 
-class CommonTrainCfg(Section):
+class CommonTrainCfg(LibrarySlice):
+    """What every trainer stage shares; its TRL keys go to each stage's TRL config, under the stage's own slice."""
+
+    CONFIG_CLASS = "transformers:TrainingArguments"  # the base of every TRL config
+    # max_length is also the RM's and the proxy's; the stages whose TRL config has the field pass it explicitly
+    OWN = frozenset({"max_length", "keep_proxy_best", "proxy_readout", "num_gpus"})
+
     seed: int
     bf16: bool
     gradient_checkpointing: bool
@@ -207,8 +274,10 @@ class PretrainTinyCfg(Section):
     save_steps: PositiveInt  # checkpoint cadence: a killed run resumes from the last checkpoint
 
 
-class OptimCfg(Section):
+class OptimCfg(LibrarySlice):
     """What every trainer stage shares: schedule, batch and length of the run."""
+
+    OWN = frozenset({"eval_every_steps"})  # the mid-training proxy's cadence
 
     learning_rate: PositiveLR
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"]
@@ -222,15 +291,21 @@ class OptimCfg(Section):
 
 
 class SFTCfg(OptimCfg):
+    CONFIG_CLASS = "trl:SFTConfig"
+
     completion_only_loss: bool
 
 
 class DPOCfg(OptimCfg):
+    CONFIG_CLASS = "trl:DPOConfig"
+
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"]
     beta: PositiveFloat
 
 
 class SimPOCfg(OptimCfg):
+    CONFIG_CLASS = "trl.experimental.cpo:CPOConfig"
+
     loss_type: Literal["simpo"]
     beta: PositiveFloat
     simpo_gamma: float
@@ -246,13 +321,21 @@ class RMCalibrationCfg(Section):
 
 
 class RMCfg(OptimCfg):
+    CONFIG_CLASS = "trl:RewardConfig"
+    OWN = OptimCfg.OWN | {"head_init_seed", "text_format", "calibration"}
+
     center_rewards_coefficient: float = Field(ge=0)
     head_init_seed: int
     text_format: Literal["chat_template", "study"]
     calibration: RMCalibrationCfg
 
 
-class GRPOVersionCfg(Section):
+class GRPOVersionCfg(LibrarySlice):
+    """One GRPO run's fields, over train.grpo's shared ones."""
+
+    CONFIG_CLASS = "trl:GRPOConfig"
+    OWN = frozenset({"num_gpus", "reward"})
+
     learning_rate: PositiveLR
     num_train_epochs: float = Field(gt=0)
     max_steps: int = -1
@@ -276,7 +359,10 @@ class GRPOVersionCfg(Section):
         return self
 
 
-class GRPOCfg(Section):
+class GRPOCfg(LibrarySlice):
+    CONFIG_CLASS = "trl:GRPOConfig"
+    OWN = frozenset({"eval_every_steps", "versions"})
+
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"]
     scale_rewards: Literal["group", "batch", "none"]
     beta: float = Field(ge=0)
@@ -291,9 +377,13 @@ class GRPOCfg(Section):
     versions: dict[ModelName, GRPOVersionCfg]
 
 
-class RelearnCfg(Section):
+class RelearnCfg(LibrarySlice):
+    CONFIG_CLASS = "trl:SFTConfig"
+    OWN = frozenset({"starts", "eval_every_steps"})
+
     starts: list[ModelName]
     max_steps: PositiveInt
+    num_train_epochs: float = Field(default=1, gt=0)  # max_steps ends the run
     learning_rate: PositiveLR
     lr_scheduler_type: Literal["cosine", "linear", "constant"]
     warmup_ratio: float = Field(ge=0, lt=1)
@@ -478,6 +568,8 @@ def _describe(error: dict) -> str:
         message = f"expected {_TYPE_WORDS[kind]}, got {error['input']!r}"
     elif kind == "extra_forbidden":
         message = "unknown key"
+    elif kind == "not_a_field":
+        message = error["msg"]
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "value_error":

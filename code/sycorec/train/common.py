@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sycorec.config import Config, OptimCfg
+from sycorec.config import Config, LibrarySlice
 from sycorec.data.staging import staged_dir
-from sycorec.errors import MissingInputError
+from sycorec.errors import ConfigError, MissingInputError
 from sycorec.hub import require_gpu
 from sycorec.io import iter_jsonl, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
@@ -118,52 +118,32 @@ def load_causal_lm(cfg: Config, source: ModelSource) -> PreTrainedModel:
 def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str] | None = None) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        bias=cfg.lora.bias,
-        task_type=task,
-        modules_to_save=modules_to_save,
-    )
+    return LoraConfig(**cfg.lora.library_kwargs(), task_type=task, modules_to_save=modules_to_save)
 
 
 # --------------------------------------------------------------------------- trainer arguments
 
 
-def trainer_kwargs(cfg: Config, run: str, optim: OptimCfg | Any, **overrides: Any) -> dict[str, Any]:
-    """TrainingArguments shared by every TRL config; `optim` is the stage's (or GRPO version's) schedule slice."""
-    common = cfg.train.common
-    kwargs: dict[str, Any] = {
+def trainer_args(cfg: Config, run: str, *slices: LibrarySlice, **computed: Any) -> dict[str, Any]:
+    """A TRL config's arguments: train.common's TRL fields, then each slice's (a later one's value wins, e.g. a GRPO
+    version's save_total_limit), then what the package sets for this run: `computed` and the fields below."""
+    args: dict[str, Any] = {}
+    for part in (cfg.train.common, *slices):
+        args |= part.library_kwargs()
+    computed |= {
         "output_dir": str(CHECKPOINTS / run),
         # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
         "logging_dir": str(CHECKPOINTS / run / "logs"),
-        "seed": common.seed,
-        "bf16": common.bf16,
-        "gradient_checkpointing": common.gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if common.gradient_checkpointing else None,
-        "logging_steps": common.logging_steps,
-        "optim": common.optim,
-        "weight_decay": common.weight_decay,
-        "max_grad_norm": common.max_grad_norm,
-        "save_strategy": "steps",
-        "save_steps": getattr(optim, "save_steps", 500),
-        "save_total_limit": getattr(optim, "save_total_limit", common.save_total_limit),
-        "learning_rate": optim.learning_rate,
-        "lr_scheduler_type": optim.lr_scheduler_type,
-        "warmup_ratio": optim.warmup_ratio,
-        "num_train_epochs": getattr(optim, "num_train_epochs", 1),
-        "max_steps": optim.max_steps,
-        "per_device_train_batch_size": optim.per_device_train_batch_size,
-        "gradient_accumulation_steps": optim.gradient_accumulation_steps,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if cfg.train.common.gradient_checkpointing else None,
         "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
         "ddp_find_unused_parameters": False,
         "use_cpu": use_cpu(),
         "dataloader_num_workers": 0,
     }
-    kwargs.update(overrides)
-    return kwargs
+    clash = sorted(args.keys() & computed.keys())
+    if clash:
+        raise ConfigError(f"{run}: params set {', '.join(clash)}, which the package sets itself")
+    return args | computed
 
 
 # --------------------------------------------------------------------------- resume

@@ -10,7 +10,6 @@ library change that breaks sampling shows up in the run's own metrics.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from sycorec.config import Config
@@ -24,7 +23,7 @@ from sycorec.train.common import (
     load_tokenizer,
     prepared_dataset,
     require_model,
-    trainer_kwargs,
+    trainer_args,
     training_start,
 )
 from sycorec.train.reward import GRPO_PROMPTS, RMReward
@@ -101,9 +100,14 @@ def version_cfg(cfg: Config, version: str) -> Any:
     return cfg.train.grpo.versions[version]
 
 
-def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:
+def grpo_config(cfg: Config, version: str) -> Any:
+    """The version's GRPOConfig: train.common, train.grpo and train.grpo.versions.<version> as they are."""
     from trl import GRPOConfig
 
+    return GRPOConfig(**trainer_args(cfg, f"grpo_{version}", cfg.train.grpo, version_cfg(cfg, version)))
+
+
+def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:
     grpo = cfg.train.grpo
     grpo_version = version_cfg(cfg, version)
     start = training_start(cfg, "sft")
@@ -114,21 +118,7 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     # fails here, before training, without an RM or threshold
     reward = RMReward(cfg, binary=grpo_version.reward == "binary")
     run = Run(f"grpo_{version}", start, inputs, eval_every=grpo.eval_every_steps, keep_best=True, extra={"rm": rm.path})
-    schedule = SimpleNamespace(
-        **grpo_version.model_dump(), lr_scheduler_type=grpo.lr_scheduler_type, warmup_ratio=grpo.warmup_ratio
-    )
-    config = GRPOConfig(
-        **trainer_kwargs(cfg, run.name, schedule),
-        loss_type=grpo.loss_type,
-        scale_rewards=grpo.scale_rewards,
-        beta=grpo.beta,
-        epsilon=grpo.epsilon,
-        temperature=grpo.temperature,
-        max_completion_length=grpo.max_completion_length,
-        num_generations=grpo_version.num_generations,
-        use_vllm=grpo.use_vllm,
-        log_completions=grpo.log_completions,
-    )
+    config = grpo_config(cfg, version)
     tokenizer = load_tokenizer(start, padding_side="left")
     dataset = prepared_dataset(cfg, GRPO_PROMPTS, ("prompt",))
     build = lora_build(cfg, run, measured_trainer_class(), config, dataset, tokenizer, reward_funcs=[reward])

@@ -12,7 +12,7 @@ from typing import Any
 
 from sycorec.config import Config, DPOCfg, SimPOCfg
 from sycorec.errors import ConfigError
-from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_kwargs, training_start, write_train_summary
+from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_args, training_start, write_train_summary
 from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 PREFS_DATA = "prefs_train.jsonl"
@@ -27,25 +27,19 @@ def method_cfg(cfg: Config, method: str) -> DPOCfg | SimPOCfg:
     return getattr(cfg.train, method)
 
 
-def _config(cfg: Config, method: str, args: dict[str, Any]) -> Any:
+def preference_config(cfg: Config, method: str) -> Any:
+    """The method's DPOConfig, or CPOConfig for SimPO: train.common and train.<method> as they are."""
     preference = method_cfg(cfg, method)
     max_length = cfg.train.common.max_length
     if preference.loss_type == "simpo":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.cpo import CPOConfig
 
-        return CPOConfig(
-            **args,
-            loss_type="simpo",
-            beta=preference.beta,
-            simpo_gamma=preference.simpo_gamma,
-            cpo_alpha=preference.cpo_alpha,
-            max_length=max_length,
-            remove_unused_columns=False,  # CPO's collator needs the raw columns
-        )
+        # CPO's collator needs the raw columns
+        return CPOConfig(**trainer_args(cfg, method, preference, max_length=max_length, remove_unused_columns=False))
     from trl import DPOConfig
 
-    return DPOConfig(**args, loss_type=[preference.loss_type], beta=preference.beta, max_length=max_length)
+    return DPOConfig(**trainer_args(cfg, method, preference, max_length=max_length))
 
 
 def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
@@ -53,7 +47,7 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     preference = method_cfg(cfg, method)
     start = training_start(cfg, "sft")
     run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=preference.eval_every_steps, keep_best=True)
-    config = _config(cfg, method, trainer_kwargs(cfg, run.name, preference))
+    config = preference_config(cfg, method)
     tokenizer = load_tokenizer(start, padding_side="right")
     dataset = prepared_dataset(cfg, PREFS_DATA, ("prompt", "chosen", "rejected"))
     if preference.loss_type == "simpo":

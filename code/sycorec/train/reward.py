@@ -24,7 +24,7 @@ from sycorec.train.common import (
     lora_config,
     prepared_dataset,
     require_model,
-    trainer_kwargs,
+    trainer_args,
     training_start,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
@@ -84,10 +84,26 @@ def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, b
 # --------------------------------------------------------------------------- training
 
 
+def rm_config(cfg: Config, run: str = "rm") -> Any:
+    """The RewardConfig: train.common and train.rm as they are; the val split is evaluated at each epoch end."""
+    from trl import RewardConfig
+
+    rm = cfg.train.rm
+    args = trainer_args(
+        cfg,
+        run,
+        rm,
+        max_length=cfg.train.common.max_length,
+        eval_strategy="epoch",
+        per_device_eval_batch_size=rm.per_device_train_batch_size,
+    )
+    return RewardConfig(**args)
+
+
 def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     """LoRA (SEQ_CLS, `score` head fully trained) Bradley-Terry RM from the SFT model; seeded head init."""
     from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     start = training_start(cfg, "sft")
     rm = cfg.train.rm
@@ -96,13 +112,7 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     keep = ("prompt", "chosen", "rejected")
     train_set = prepared_dataset(cfg, RM_TRAIN, keep)
     val_set = prepared_dataset(cfg, RM_VAL, keep)
-    config = RewardConfig(
-        **trainer_kwargs(
-            cfg, run.name, rm, eval_strategy="epoch", per_device_eval_batch_size=rm.per_device_train_batch_size
-        ),
-        max_length=cfg.train.common.max_length,
-        center_rewards_coefficient=rm.center_rewards_coefficient,
-    )
+    config = rm_config(cfg, run.name)
 
     def build(callbacks: list[Any]) -> Any:
         set_seed(rm.head_init_seed)  # the score head is created at load time, before the trainer seeds anything

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from sycorec.config import Config
-from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_kwargs, training_start, write_train_summary
+from sycorec.config import Config, LibrarySlice
+from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_args, training_start, write_train_summary
 from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 SFT_DATA = "sft_train.jsonl"
 RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
 
 
-def _sft(
-    cfg: Config, run: Run, data: str, args: dict[str, Any], completion_only_loss: bool, hook: Any = None
-) -> Result:
-    from trl import SFTConfig, SFTTrainer
+def sft_config(cfg: Config, run: str = "sft") -> Any:
+    """The SFT stage's SFTConfig: train.common and train.sft as they are."""
+    return _config(cfg, run, cfg.train.sft)
+
+
+def relearn_config(cfg: Config, run: str) -> Any:
+    """The relearning test's SFTConfig: SFT's objective on train.relearn's short schedule, without checkpoints."""
+    return _config(
+        cfg, run, cfg.train.relearn, completion_only_loss=cfg.train.sft.completion_only_loss, save_strategy="no"
+    )
+
+
+def _config(cfg: Config, run: str, schedule: LibrarySlice, **computed: Any) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(cfg, run, schedule, max_length=cfg.train.common.max_length, **computed))
+
+
+def _sft(cfg: Config, run: Run, data: str, config: Any, hook: Any = None) -> Result:
+    from trl import SFTTrainer
 
     tokenizer = load_tokenizer(run.start, padding_side="right")
     dataset = prepared_dataset(cfg, data, ("prompt", "completion"))
-    config = SFTConfig(**args, max_length=cfg.train.common.max_length, completion_only_loss=completion_only_loss)
     result = run_trainer(cfg, run, tokenizer, lora_build(cfg, run, SFTTrainer, config, dataset, tokenizer), hook)
     finish(run)
     return result
@@ -30,7 +45,7 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
     start = training_start(cfg, "base")
     sft = cfg.train.sft
     run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=sft.eval_every_steps)
-    result = _sft(cfg, run, SFT_DATA, trainer_kwargs(cfg, run.name, sft), sft.completion_only_loss, hook)
+    result = _sft(cfg, run, SFT_DATA, sft_config(cfg, run.name), hook)
     write_train_summary(cfg, run.name, result.trainer, {"final_loss": "loss"})  # P1: "147 steps"
     return result
 
@@ -46,5 +61,4 @@ def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
         eval_every=relearn.eval_every_steps,
         merge=False,
     )
-    args = trainer_kwargs(cfg, run.name, relearn, save_strategy="no")
-    return _sft(cfg, run, RELEARN_DATA, args, cfg.train.sft.completion_only_loss, hook)
+    return _sft(cfg, run, RELEARN_DATA, relearn_config(cfg, run.name), hook)
