@@ -66,7 +66,7 @@ def _check_labels(model: str, y_train: np.ndarray, y_val: np.ndarray) -> None:
         if counts.min() == 0:
             raise DataError(
                 f"{model}: the {part} split has {counts[1]} incorrect and {counts[0]} correct answers; "
-                "a probe needs both classes (raise probing.max_samples or check the verdicts)"
+                "a probe needs both classes (raise the run's probing.runs.<run>.max_samples or check the verdicts)"
             )
 
 
