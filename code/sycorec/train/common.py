@@ -58,7 +58,8 @@ def barrier() -> None:
 # --------------------------------------------------------------------------- data and models
 
 
-def load_rows(cfg: Config, name: str) -> list[dict]:
+def prepared_rows(cfg: Config, name: str) -> list[dict]:
+    """The rows of the prepared file `name` (data/prepared)."""
     path = cfg.paths.prepared / name
     if not path.is_file():
         raise MissingInputError(f"{path} not found (run `sycorec data prepare` first)")
@@ -69,7 +70,7 @@ def prepared_dataset(cfg: Config, name: str, keep: tuple[str, ...]) -> Any:
     """The prepared split `name` as a `datasets.Dataset` of its `keep` columns."""
     from datasets import Dataset
 
-    return Dataset.from_list([{key: row[key] for key in keep} for row in load_rows(cfg, name)])
+    return Dataset.from_list([{key: row[key] for key in keep} for row in prepared_rows(cfg, name)])
 
 
 def torch_dtype(cfg: Config) -> Any:

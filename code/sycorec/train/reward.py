@@ -18,11 +18,11 @@ from sycorec.train.common import (
     is_main_process,
     last_logged,
     load_causal_lm,
-    load_rows,
     load_start,
     load_tokenizer,
     lora_config,
     prepared_dataset,
+    prepared_rows,
     require_model,
     trainer_args,
     training_start,
@@ -218,7 +218,7 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
 
     sft, rm = training_start(cfg, "sft"), require_model(cfg, "rm")
     calibration = cfg.train.rm.calibration
-    rows = load_rows(cfg, CALIBRATION_PROMPTS)
+    rows = prepared_rows(cfg, CALIBRATION_PROMPTS)
     picked = random.Random(cfg.seed).sample(rows, min(calibration.n_prompts, len(rows)))
     prompts = [row["prompt"] for row in picked]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

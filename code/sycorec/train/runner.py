@@ -18,11 +18,11 @@ from sycorec.train.common import (
     keep_epoch_when_skipping,
     live_callback,
     load_causal_lm,
-    load_rows,
     log_at_save,
     lora_config,
     open_live,
     prepare_checkpoints,
+    prepared_rows,
     save_merged,
 )
 from sycorec.train.proxy import ProxyCurve, proxy_callback
@@ -88,7 +88,7 @@ def run_trainer(
     curve = None
     best_dir = CHECKPOINTS / run.name / "proxy-best"
     if run.eval_every:
-        questions = load_rows(cfg, "proxy_questions.jsonl")
+        questions = prepared_rows(cfg, "proxy_questions.jsonl")
         curve = ProxyCurve(CHECKPOINTS / run.name / "proxy_curve.json")
         keep = run.keep_best and cfg.train.common.keep_proxy_best
         callbacks.append(
