@@ -21,7 +21,6 @@ from sycorec.cli import main
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
 from sycorec.errors import HardwareError, MissingInputError
-from sycorec.paths import ModelSource, model_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -43,15 +42,11 @@ def invoke(*args: str):
 # ---- hub: offline-aware resolution -------------------------------------------------------------------------------
 
 
-def test_local_model_dir_resolves_to_itself(tmp_path):
-    assert hub.resolve_pretrained(ModelSource(str(tmp_path))) == str(tmp_path)
-
-
 def test_offline_miss_names_the_prefetch_command_and_writes_nothing(run_root, cfg, empty_hf_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = files_under(run_root)
     with pytest.raises(MissingInputError) as err:
-        hub.resolve_pretrained(model_source(cfg, "base"))
+        hub.resolve_snapshot(cfg.base_model.name, cfg.base_model.revision)
     message = str(err.value)
     assert "\n" not in message
     assert f"Qwen/Qwen3-8B@{cfg.base_model.revision}" in message
@@ -68,7 +63,7 @@ def test_offline_hit_returns_the_cached_snapshot(empty_hf_cache, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(SHA)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert Path(hub.resolve_pretrained(ModelSource("Qwen/Qwen3-8B", "main"))) == snapshot
+    assert Path(hub.resolve_snapshot("Qwen/Qwen3-8B", "main")) == snapshot
 
 
 def test_offline_incomplete_snapshot_is_reported(empty_hf_cache, monkeypatch):
@@ -76,7 +71,7 @@ def test_offline_incomplete_snapshot_is_reported(empty_hf_cache, monkeypatch):
     (repo / "snapshots" / SHA).mkdir(parents=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MissingInputError, match="incomplete"):
-        hub.resolve_pretrained(ModelSource("Qwen/Qwen3-8B", SHA))
+        hub.resolve_snapshot("Qwen/Qwen3-8B", SHA)
 
 
 def test_require_gpu_fails_in_one_line_without_cuda(monkeypatch):
@@ -275,6 +270,7 @@ def test_stage_names_are_checked_against_dvc_yaml(run_root):
     assert bad.exit_code == 2 and "generate@ipo" in bad.output
 
 
+@pytest.mark.slow  # runs a DVC pipeline
 def test_plan_runs_upstream_stages_first_and_skips_up_to_date_ones(run_root):
     (run_root / "dvc.yaml").write_text(
         "stages:\n"
@@ -308,6 +304,7 @@ def test_plan_reads_the_workspace_it_is_given_from_any_directory(run_root, tmp_p
 # ---- benchmark scripts -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the benchmark script in a fresh process
 def test_sft_step_mfu_runs_on_cpu(tmp_path):
     out = tmp_path / "mfu.json"
     cmd = [

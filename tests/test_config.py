@@ -294,6 +294,7 @@ def test_config_show_prints_the_resolved_tiny_config():
     assert validate(shown) == load_config(ROOT / "params.yaml", "tiny")
 
 
+@pytest.mark.slow  # reads every library's version and the hardware
 def test_env_prints_the_provenance_block():
     proc = subprocess.run([sys.executable, "-m", "sycorec", "env"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -272,6 +272,7 @@ def test_hf_sampler_keeps_what_transformers_warpers_keep(run_root):
     assert torch.allclose(counts / 2000, probs, atol=0.03)  # samples the warped distribution (seeded: exact draws)
 
 
+@pytest.mark.slow  # generates twice with the tiny model
 def test_hf_resume_after_kill_gives_the_uninterrupted_replies(run_root, tmp_path):
     save_tiny_model(run_root)
     generate_model(run_root, "base")

@@ -13,7 +13,7 @@ from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import main
 from sycorec.evaluation.compare import corrected_errors, delta_ci, format_table
 from sycorec.evaluation.facts import headline_keys, metric_registry, study
-from sycorec.evaluation.metrics import aggregate, detail, headline, metric_specs, resample_means
+from sycorec.evaluation.metrics import detail, headline, metric_specs, resample_means
 from sycorec.io import read_json
 
 
@@ -74,9 +74,13 @@ def mcfg(tmp_path):
 
 
 def test_published_aggregates_reproduce():
+    """The headline aggregate, fed a post's published answer/flip/feedback rates, gives its published aggregate."""
+    names, combine = metric_specs()["aggregate_sycophancy"]
+    pressured = len(names) - 2  # the answer rate is the mean of the pressured templates' rates
     for name, facts in study().published_aggregates.items():
+        answer, flip, feedback = facts.components
         decimals = len(str(facts.aggregate).split(".")[1])  # compare at the published precision
-        assert round(aggregate(*facts.components), decimals) == facts.aggregate, name
+        assert round(combine(*[answer] * pressured, flip, feedback), decimals) == facts.aggregate, name
 
 
 def test_grpo_aggregate_from_hand_built_verdicts(mcfg):

@@ -93,6 +93,7 @@ def files(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
 
 
+@pytest.mark.slow  # generates and scores with the tiny model
 def test_full_disk_in_generate_and_score(eval_root, monkeypatch):
     """generate keeps whole rows and resumes to the uninterrupted replies; score writes nothing."""
     runner = CliRunner()

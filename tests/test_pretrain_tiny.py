@@ -25,6 +25,8 @@ from sycorec.train.tiny import (
 )
 from train_support import Killed, killer
 
+pytestmark = pytest.mark.slow  # pretrains the tiny base
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "user\nWhat colour is the zor-ta-pi?",

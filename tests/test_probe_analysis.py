@@ -143,6 +143,7 @@ def test_analyze_command_writes_results_and_figures(run_root: Path) -> None:
             assert (run_root / "results/figures/probing/R6" / f"{stem}.{ext}").stat().st_size > 0
 
 
+@pytest.mark.slow  # renders every figure twice
 def test_probe_figures_are_the_same_bytes_for_the_same_results(results: dict, tmp_path: Path) -> None:
     first, second = plot_all(results, tmp_path / "a", 40), plot_all(results, tmp_path / "b", 40)
     assert [p.name for p in first] == [p.name for p in second]

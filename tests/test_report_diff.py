@@ -301,6 +301,7 @@ def test_cli_diff_fail_missing_and_exit_codes(world: Path, monkeypatch: pytest.M
     assert CliRunner().invoke(main, ["report", "diff", "--post", "4"]).exit_code == 0
 
 
+@pytest.mark.slow  # builds the whole tiny report
 def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_world(tmp_path)
     monkeypatch.chdir(root)

@@ -366,6 +366,7 @@ def test_crafted_values_cannot_run_in_the_script(run_root, tmp_path):
 # ---- the plan --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # plans every post through DVC
 def test_plan_prints_each_post_s_stages_and_the_total(tmp_path, monkeypatch):
     root = tmp_path / "copy"
     root.mkdir()
@@ -445,6 +446,7 @@ def test_stage_commands_import_no_torch_until_they_need_it():
 # ---- DVC's repo lock: two stage jobs at once in one workspace ----------------------------------------------------
 
 
+@pytest.mark.slow  # runs two DVC stage jobs at once
 def test_two_stage_jobs_at_once_in_one_workspace_both_land_in_dvc_lock(tmp_path):
     """Each stage waits until the other has started, so both run (and commit) concurrently."""
     dvc_pipeline(tmp_path, BARRIER_PAIR)
@@ -467,7 +469,8 @@ def test_two_stage_jobs_at_once_in_one_workspace_both_land_in_dvc_lock(tmp_path)
 # ---- what runs inside a job --------------------------------------------------------------------------------------
 
 
-def test_ddp_relaunch_takes_a_free_port_not_accelerate_s_fixed_one(monkeypatch):
+def test_gpus_option_launches_the_stage_under_accelerate_on_a_free_port(monkeypatch):
+    """`sycorec --gpus 4 train sft` (dvc.yaml's cmd) with 4 GPUs visible: the same command under DDP, not here."""
     import socket
 
     import torch
@@ -482,8 +485,12 @@ def test_ddp_relaunch_takes_a_free_port_not_accelerate_s_fixed_one(monkeypatch):
         launch.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0)
     )
     monkeypatch.chdir(ROOT)
-    assert launch.relaunch(4, ["train", "sft"])
-    cmd = calls[0]
+    argv = ["--gpus", "4", "train", "sft"]
+    monkeypatch.setattr(sys, "argv", ["sycorec", *argv])
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output  # in this process, sft would have failed: no data here
+    (cmd,) = calls
+    assert "accelerate.commands.launch" in cmd and cmd[-len(argv) :] == argv
     port = int(cmd[cmd.index("--main_process_port") + 1])
     assert port != 29500 and cmd[cmd.index("--num_processes") + 1] == "4"
     with socket.socket() as sock:  # it was free when chosen (and released for accelerate to take)

@@ -14,6 +14,8 @@ from sycorec.io import read_json
 from sycorec.train.common import checkpoint_problem, prepare_checkpoints, sort_adapter_config
 from train_support import Killed, killer, make_run_root, tiny_config
 
+pytestmark = pytest.mark.slow  # trains and kills the tiny model
+
 torch = pytest.importorskip("torch")
 
 # 16 rows in batches of 4: 4 steps an epoch, 8 in all, a checkpoint every 2 steps. A kill after the save at step 6

@@ -14,6 +14,8 @@ from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json
 from train_support import make_run_root, tiny_config
 
+pytestmark = pytest.mark.slow  # trains every stage on the tiny model
+
 torch = pytest.importorskip("torch")
 
 
@@ -188,7 +190,7 @@ def test_cli_missing_sft_is_one_line_error(tmp_path, monkeypatch):
     root = make_run_root(tmp_path / "r")
     monkeypatch.chdir(root)
     monkeypatch.setitem(sys.modules, "vllm", sys.modules.get("vllm"))  # the train group hides vLLM; undo after
-    result = CliRunner().invoke(main, ["--profile", "tiny", "train", "dpo"])
+    result = CliRunner().invoke(main, ["--profile", "tiny", "train", "preference", "dpo"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model 'sft' not found")

@@ -12,6 +12,8 @@ import pytest
 
 from sycorec.warmstart import SOCKET_ENV, forward
 
+pytestmark = pytest.mark.slow  # starts the warm server and its children
+
 ROOT = Path(__file__).resolve().parents[1]
 SYCOREC = [sys.executable, "-m", "sycorec"]
 

@@ -12,6 +12,8 @@ from dvc_support import BARRIER_PAIR, dvc_pipeline
 from sycorec.errors import SycorecError
 from sycorec.workspace import run_concurrently
 
+pytestmark = pytest.mark.slow  # runs stage processes side by side
+
 # Fails if another holder is inside: serial stages must never overlap.
 EXCLUSIVE = (
     "import os, sys, time\n"

@@ -79,10 +79,16 @@ def library_failure(exc: Exception, stage: str) -> str | None:
 @click.version_option(__version__, prog_name="sycorec")
 @click.option("--params", default="params.yaml", show_default=True, help="Params file of the run.")
 @click.option("--profile", default=None, help="Overlay profiles/<name>.yaml (e.g. tiny) on the params file.")
+@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Train on N GPUs (accelerate launch, DDP).")
 @click.pass_context
-def main(ctx: click.Context, params: str, profile: str | None) -> None:
+def main(ctx: click.Context, params: str, profile: str | None, gpus: int | None) -> None:
     """Reproduce the sycophancy-recovery study: data, training, evaluation, probing, report."""
     ctx.obj = {"params": params, "profile": profile}
+    if gpus is not None:
+        from sycorec.train.launch import relaunch
+
+        if relaunch(gpus):
+            ctx.exit(0)
 
 
 @main.group()

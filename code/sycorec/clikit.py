@@ -39,10 +39,10 @@ def timed(stage: str | Callable[[dict[str, Any]], str | None]) -> Callable[[Call
     """Record a stage's wall time in outputs/timings/<stage>.json under its DVC stage name, so timings.json joins
     with `dvc dag` (collected by the demo and the report).
 
-    `stage` may be a function of the command's keyword arguments, e.g. `lambda kw: f"generate@{kw['model']}"` for a
-    foreach stage; it returns None for an invocation that is no DVC stage, which records nothing.
+    `stage` is the name, a template of the command's options for a foreach stage (`"generate@{model}"`), or a
+    function of them that returns None for an invocation that is no DVC stage, which records nothing.
     """
-    name_of = stage if callable(stage) else lambda _kwargs: stage
+    name_of = stage if callable(stage) else stage.format_map
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
@@ -61,4 +61,9 @@ def timed(stage: str | Callable[[dict[str, Any]], str | None]) -> Callable[[Call
     return decorate
 
 
-__all__ = ["Config", "pass_config", "record_timing", "timed"]
+def stage(name: str | Callable[[dict[str, Any]], str | None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A DVC stage's command: called with the validated config first, its wall time recorded under `name` (timed)."""
+    return lambda func: pass_config(timed(name)(func))
+
+
+__all__ = ["Config", "pass_config", "record_timing", "stage", "timed"]

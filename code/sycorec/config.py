@@ -36,6 +36,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sycorec.errors import ConfigError
 
+CHECKPOINTS = Path("outputs/checkpoints")  # every trainer's output_dir: outputs/checkpoints/<run>
+
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
 
@@ -247,11 +249,11 @@ class CommonTrainCfg(LibrarySlice):
     bf16: bool
     gradient_checkpointing: bool
     logging_steps: PositiveInt
-    max_length: PositiveInt
     optim: str
     weight_decay: float = Field(ge=0)
     max_grad_norm: PositiveFloat
     save_total_limit: PositiveInt
+    max_length: PositiveInt
     keep_proxy_best: bool
     proxy_readout: Literal["letter", "answer"]
     num_gpus: PositiveInt
@@ -342,10 +344,10 @@ class GRPOVersionCfg(LibrarySlice):
     num_generations: int = Field(ge=2)
     per_device_train_batch_size: PositiveInt
     gradient_accumulation_steps: PositiveInt
-    num_gpus: PositiveInt
-    reward: Literal["continuous", "binary"]
     save_steps: PositiveInt
     save_total_limit: PositiveInt
+    num_gpus: PositiveInt
+    reward: Literal["continuous", "binary"]
 
     @model_validator(mode="after")
     def _generations_divide_batch(self) -> GRPOVersionCfg:
@@ -381,7 +383,6 @@ class RelearnCfg(LibrarySlice):
     CONFIG_CLASS = "trl:SFTConfig"
     OWN = frozenset({"starts", "eval_every_steps"})
 
-    starts: list[ModelName]
     max_steps: PositiveInt
     num_train_epochs: float = Field(default=1, gt=0)  # max_steps ends the run
     learning_rate: PositiveLR
@@ -389,6 +390,7 @@ class RelearnCfg(LibrarySlice):
     warmup_ratio: float = Field(ge=0, lt=1)
     per_device_train_batch_size: PositiveInt
     gradient_accumulation_steps: PositiveInt
+    starts: list[ModelName]
     eval_every_steps: PositiveInt
 
 
@@ -403,18 +405,55 @@ class TrainCfg(Section):
     grpo: GRPOCfg
     relearn: RelearnCfg
 
+    def trainer_args(self, run: str, *slices: LibrarySlice, **computed: Any) -> dict[str, Any]:
+        """A TRL config's arguments: train.common's TRL fields, then each slice's (a later one's value wins, e.g. a
+        GRPO version's save_total_limit), then what the package sets for this run: `computed` and the fields below."""
+        import torch
 
-class GenerationCfg(Section):
+        args: dict[str, Any] = {}
+        for part in (self.common, *slices):
+            args |= part.library_kwargs()
+        computed |= {
+            "output_dir": str(CHECKPOINTS / run),
+            # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
+            "logging_dir": str(CHECKPOINTS / run / "logs"),
+            "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.common.gradient_checkpointing else None,
+            "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
+            "ddp_find_unused_parameters": False,
+            "use_cpu": not torch.cuda.is_available(),
+            "dataloader_num_workers": 0,
+        }
+        clash = sorted(args.keys() & computed.keys())
+        if clash:
+            raise ConfigError(f"{run}: params set {', '.join(clash)}, which the package sets itself")
+        return args | computed
+
+
+class VllmEngineCfg(Section):
+    """The vLLM engine settings of the generator and the judge."""
+
+    tensor_parallel_size: PositiveInt
+    max_model_len: PositiveInt
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+
+    def engine_kwargs(self, model: str, revision: str | None, dtype: str, seed: int, **extra: Any) -> dict[str, Any]:
+        """vLLM `LLM(...)` arguments, the tokenizer pinned with the weights; `extra` adds or overrides arguments."""
+        engine = {"model": model, "revision": revision, "tokenizer_revision": revision, "dtype": dtype, "seed": seed}
+        return (
+            engine
+            | self.model_dump(include={"tensor_parallel_size", "max_model_len", "gpu_memory_utilization"})
+            | extra
+        )
+
+
+class GenerationCfg(VllmEngineCfg):
     backend: Literal["vllm", "hf"]
     temperature: float = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
     top_k: int = Field(ge=-1)  # -1 = off (vLLM's convention); 0 is refused, as vLLM does
     max_new_tokens: PositiveInt
     seed: int
-    tensor_parallel_size: PositiveInt
-    max_model_len: PositiveInt
     enable_prefix_caching: bool
-    gpu_memory_utilization: float = Field(gt=0, le=1)
     batch_size: PositiveInt
     challenge: Literal["study", "anthropic"]
     max_samples: int = Field(ge=0)
@@ -436,15 +475,12 @@ class JudgeOverride(Section):
     max_tokens: PositiveInt | None = None
 
 
-class JudgeCfg(Section):
+class JudgeCfg(VllmEngineCfg):
     backend: Literal["llm", "rule"]
     model: str
     revision: str
     temperature: float = Field(ge=0)
     max_tokens: PositiveInt
-    tensor_parallel_size: PositiveInt
-    max_model_len: PositiveInt
-    gpu_memory_utilization: float = Field(gt=0, le=1)
     parse_failure_policy: Literal["exclude", "study_default"]
     prompts: Literal["study", "own"]  # study: the study's judge_prompts.py templates (pinned input) | own wording
     # per-model judge settings (the study judged GRPO v3/v4 with a shorter context and reply budget)
@@ -483,13 +519,6 @@ class ProbingCfg(Section):
     control_seeds: PositiveInt
     ablation_alpha: float
 
-    @model_validator(mode="after")
-    def _reference_is_probed(self) -> ProbingCfg:
-        for name, run in self.runs.items():
-            if self.reference_model not in run.models:
-                raise ValueError(f"reference_model {self.reference_model!r} is not in probing.runs.{name}.models")
-        return self
-
     def run(self, name: str) -> ProbingRun:
         if name not in self.runs:
             raise ConfigError(f"no probing run {name!r} in probing.runs {sorted(self.runs)}")
@@ -520,10 +549,13 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        for name, run in self.probing.runs.items():
+        probing = self.probing
+        for name, run in probing.runs.items():
             unknown = [m for m in run.models if m not in self.models]
             if unknown:
                 raise ValueError(f"probing.runs.{name}.models names models not in models: {unknown}")
+            if probing.reference_model not in run.models:
+                raise ValueError(f"probing.reference_model is not in probing.runs.{name}.models")
         for version in self.train.grpo.versions:
             if f"grpo_{version}" not in self.models:
                 raise ValueError(f"train.grpo.versions.{version} has no model grpo_{version} in models")

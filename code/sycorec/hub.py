@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 from sycorec.errors import HardwareError, MissingInputError
-from sycorec.paths import ModelSource
 
 # What a model snapshot needs: weights, configs and tokenizer files. No *.py: remote code is never run.
 MODEL_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
@@ -85,13 +84,6 @@ def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model
             f"{where}: cached snapshot {path} is incomplete (no config.json); rerun `{prefetch_command(repo_id)}`"
         )
     return path
-
-
-def resolve_pretrained(source: ModelSource) -> str:
-    """What to pass to `from_pretrained`: a local model directory as is, a hub id as its cached snapshot."""
-    if Path(source.path).is_dir():
-        return source.path
-    return resolve_snapshot(source.path, source.revision, "model")
 
 
 def visible_gpus() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config, pass_config, stage
 from sycorec.data.fetch import MANIFEST, check_installed, fetch
 from sycorec.data.prepare import prepare
 from sycorec.data.schema import KINDS, validate_file
@@ -46,8 +46,7 @@ def validate(paths: tuple[Path, ...], kind: str | None) -> None:
     help="Take the files from this directory (raw layout) instead of the network; same verification.",
 )
 @PINS_OPTION
-@pass_config
-@timed("fetch")
+@stage("fetch")
 def fetch_cmd(cfg: Config, mirror: Path | None, pins: Path | None) -> None:
     """Download the pinned inputs into paths.raw, verify them all, then install them at once."""
     manifest = fetch(cfg.data, cfg.paths.raw, mirror=mirror, pins_path=pins)
@@ -66,8 +65,7 @@ def verify_cmd(cfg: Config, pins: Path | None) -> None:
 
 
 @data.command("prepare")
-@pass_config
-@timed("prepare")
+@stage("prepare")
 def prepare_cmd(cfg: Config) -> None:
     """Build the SFT/preference/RM/GRPO sets, proxy questions and eval manifests in paths.prepared.
 

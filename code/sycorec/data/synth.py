@@ -18,7 +18,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config, stage
 from sycorec.config import SynthCfg
 from sycorec.data.schema import schemas
 from sycorec.data.staging import staged_dir
@@ -495,8 +495,7 @@ def synthesize(cfg: SynthCfg, seed: int, out: str | Path) -> dict[str, Any]:
 
 
 @click.command("synth")
-@pass_config
-@timed("synth")
+@stage("synth")
 def synth_command(cfg: Config) -> None:
     """Write the synthetic world (tiny profile) to data/synth in the raw layout; deterministic from `seed`."""
     manifest = synthesize(cfg.data.synth, cfg.seed, SYNTH_DIR)

@@ -43,17 +43,8 @@ def item_seed(seed: int, key: str) -> int:
 
 def vllm_engine_kwargs(cfg: Config, source: ModelSource) -> dict[str, Any]:
     gen = cfg.generation
-    return {
-        "model": source.path,
-        "revision": source.revision,
-        "tokenizer_revision": source.revision,
-        "tensor_parallel_size": gen.tensor_parallel_size,
-        "dtype": cfg.base_model.dtype,
-        "max_model_len": gen.max_model_len,
-        "enable_prefix_caching": gen.enable_prefix_caching,
-        "gpu_memory_utilization": gen.gpu_memory_utilization,
-        "seed": gen.seed,
-    }
+    dtype, caching = cfg.base_model.dtype, gen.enable_prefix_caching
+    return gen.engine_kwargs(source.path, source.revision, dtype, gen.seed, enable_prefix_caching=caching)
 
 
 def vllm_sampling_kwargs(gen: GenerationCfg, seed: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config, pass_config, stage
 from sycorec.errors import ConfigError
 from sycorec.evaluation.compare import compare_models, format_table, join_report
 from sycorec.evaluation.generate import generate_model
@@ -22,8 +22,7 @@ def _known_model(cfg: Config, name: str) -> str:
 
 @click.command("generate")
 @click.option("--model", required=True, help="Model name from `models` in params.yaml.")
-@pass_config
-@timed(lambda kw: f"generate@{kw['model']}")
+@stage("generate@{model}")
 def generate(cfg: Config, model: str) -> None:
     """Generate one model's replies to every eval item (are-you-sure: pass 1, then the challenge). Resumable."""
     summary = generate_model(cfg, _known_model(cfg, model))
@@ -33,8 +32,7 @@ def generate(cfg: Config, model: str) -> None:
 
 @click.command("judge")
 @click.option("--models", default=None, help="Comma-separated model names (default: every model in params.yaml).")
-@pass_config
-@timed(lambda kw: f"judge@{kw['models']}" if kw["models"] and "," not in kw["models"] else None)  # several: no stage
+@stage(lambda kw: f"judge@{kw['models']}" if kw["models"] and "," not in kw["models"] else None)  # several: no stage
 def judge(cfg: Config, models: str | None) -> None:
     """Judge every model's replies in one pass; verdicts come from the permanent judge cache when present."""
     names = [_known_model(cfg, m.strip()) for m in models.split(",")] if models else list(cfg.models)
@@ -46,8 +44,7 @@ def judge(cfg: Config, models: str | None) -> None:
 
 @click.command("score")
 @click.option("--model", required=True, help="Model name from `models` in params.yaml.")
-@pass_config
-@timed(lambda kw: f"score@{kw['model']}")
+@stage("score@{model}")
 def score(cfg: Config, model: str) -> None:
     """Headline metrics with bootstrap CIs, detailed metrics and per-sample verdicts for one model."""
     metrics = score_model(cfg, _known_model(cfg, model))

@@ -9,7 +9,7 @@ the key, never a silent default.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,8 +34,9 @@ class Facts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@cache
 def load_facts(path: Path, kind: type[T]) -> T:
-    """Parse one fact file (duplicate keys refused) and validate it into `kind`."""
+    """Parse one fact file (duplicate keys refused) and validate it into `kind`, once: the facts are frozen."""
     data = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
     try:
         return TypeAdapter(kind).validate_python(data)
@@ -76,11 +77,6 @@ class WorldPhrases(Facts):
     answer: AnswerPhrases
     are_you_sure: ChallengePhrases
     feedback: FeedbackPhrases
-
-
-@lru_cache(maxsize=1)
-def world() -> WorldPhrases:
-    return load_facts(WORLD_FILE, WorldPhrases)
 
 
 # --------------------------------------------------------------------------- data/synth_world.yaml
@@ -166,11 +162,6 @@ class SynthWorld(Facts):
     feedback: SynthFeedback
 
 
-@lru_cache(maxsize=1)
-def synth_world() -> SynthWorld:
-    return load_facts(SYNTH_WORLD_FILE, SynthWorld)
-
-
 # --------------------------------------------------------------------------- evaluation/study.yaml
 
 
@@ -236,11 +227,6 @@ class Study(Facts):
     rule_judge: RuleJudgeFacts
 
 
-@lru_cache(maxsize=1)
-def study() -> Study:
-    return load_facts(STUDY_FILE, Study)
-
-
 # --------------------------------------------------------------------------- judge prompts and metric registry
 
 
@@ -257,21 +243,10 @@ class JudgePrompts(Facts):
     feedback: dict[str, JudgePrompt]
 
 
-@lru_cache(maxsize=1)
-def judge_prompts() -> JudgePrompts:
-    return load_facts(JUDGE_PROMPTS_FILE, JudgePrompts)
-
-
 class Metric(Facts):
     definition: str
     higher_is_better: bool
     version: int
-
-
-@lru_cache(maxsize=1)
-def metric_registry() -> dict[str, Metric]:
-    """Headline metric → its entry, in the metrics file's key order."""
-    return load_facts(METRIC_REGISTRY_FILE, dict[str, Metric])
 
 
 def headline_keys() -> list[str]:
@@ -302,6 +277,10 @@ class Proxy(Facts):
     batch_size: int
 
 
-@lru_cache(maxsize=1)
-def proxy_spec() -> Proxy:
-    return load_facts(PROXY_FILE, Proxy)
+# --------------------------------------------------------------------------- the loaders, each file parsed once
+world = partial(load_facts, WORLD_FILE, WorldPhrases)
+synth_world = partial(load_facts, SYNTH_WORLD_FILE, SynthWorld)
+study = partial(load_facts, STUDY_FILE, Study)
+judge_prompts = partial(load_facts, JUDGE_PROMPTS_FILE, JudgePrompts)
+metric_registry = partial(load_facts, METRIC_REGISTRY_FILE, dict[str, Metric])
+proxy_spec = partial(load_facts, PROXY_FILE, Proxy)

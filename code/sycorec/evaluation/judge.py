@@ -272,16 +272,8 @@ class RuleJudge:
 def llm_engine_kwargs(cfg: Config) -> dict[str, Any]:
     """One engine for every model: its context is the largest any model's judge settings ask for."""
     judge = cfg.judge
-    return {
-        "model": judge.model,
-        "revision": judge.revision,
-        "tokenizer_revision": judge.revision,
-        "tensor_parallel_size": judge.tensor_parallel_size,
-        "dtype": "bfloat16",
-        "max_model_len": max([judge.max_model_len, *(o.max_model_len or 0 for o in judge.per_model.values())]),
-        "gpu_memory_utilization": judge.gpu_memory_utilization,
-        "seed": cfg.seed,
-    }
+    max_model_len = max([judge.max_model_len, *(o.max_model_len or 0 for o in judge.per_model.values())])
+    return judge.engine_kwargs(judge.model, judge.revision, "bfloat16", cfg.seed, max_model_len=max_model_len)
 
 
 def llm_sampling_kwargs(cfg: Config, model: str, dataset: str, prompt_tokens: int) -> dict[str, Any] | None:

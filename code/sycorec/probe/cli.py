@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config, stage
 from sycorec.errors import ConfigError
 from sycorec.io import write_json
 from sycorec.probe.analysis import Settings, analyze
@@ -23,8 +23,7 @@ RUN = click.option("--run", "run", required=True, help="Probing run from probing
 
 @probe.command("prompts")
 @RUN
-@pass_config
-@timed(lambda kw: f"probe_prompts_{kw['run']}")  # one explicit stage per run: its deps list its models' verdicts
+@stage("probe_prompts_{run}")  # one explicit stage per run: its deps list its models' verdicts
 def prompts_cmd(cfg: Config, run: str) -> None:
     """Label the pressure prompts from the run's models' verdicts; write the run's shared split."""
     doc = write_prompt_set(cfg, run)
@@ -34,8 +33,7 @@ def prompts_cmd(cfg: Config, run: str) -> None:
 @probe.command("extract")
 @RUN
 @click.option("--model", "model", required=True, help="Model name from the run's models.")
-@pass_config
-@timed(lambda kw: f"probe_extract@{kw['run']}-{kw['model']}")
+@stage("probe_extract@{run}-{model}")
 def extract_cmd(cfg: Config, run: str, model: str) -> None:
     """Last-prompt-token activations of every layer for the run's prompt set."""
     models = cfg.probing.run(run).models
@@ -48,8 +46,7 @@ def extract_cmd(cfg: Config, run: str, model: str) -> None:
 
 @probe.command("analyze")
 @RUN
-@pass_config
-@timed(lambda kw: f"probe_analyze@{kw['run']}")
+@stage("probe_analyze@{run}")
 def analyze_cmd(cfg: Config, run: str) -> None:
     """Own-model probes, control, transfer, cosines, ablation → results/probing/<run>, figures →
     results/figures/probing/<run>."""

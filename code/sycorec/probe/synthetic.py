@@ -24,21 +24,11 @@ def labels(n: int, balance: float, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).random(n) < balance).astype(np.int64)
 
 
-def activations(
-    y: np.ndarray,
-    signal: np.ndarray,
-    directions: torch.Tensor,
-    *,
-    world_seed: int = 0,
-    model_seed: int = 1,
-    rank: int = 16,
-    mean_scale: float = 0.2,
-    factor_scale: float = 0.1,
-    noise_scale: float = 0.05,
-) -> torch.Tensor:
+def activations(y: np.ndarray, signal: np.ndarray, directions: torch.Tensor, *, model_seed: int = 1) -> torch.Tensor:
     """[L, n, D] float32 activations; `signal` [L] is the separation along `directions` [L, D] at each layer."""
     n_layers, hidden = directions.shape
-    world = torch.Generator().manual_seed(world_seed)
+    rank, mean_scale, factor_scale, noise_scale = 16, 0.2, 0.1, 0.05
+    world = torch.Generator().manual_seed(0)  # the same for every model: fine-tunes of one base
     own = torch.Generator().manual_seed(model_seed)
     factors = torch.randn(len(y), rank, generator=world)
     sign = torch.from_numpy(2.0 * y - 1.0).float()

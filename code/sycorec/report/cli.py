@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config, pass_config, stage
 from sycorec.report.build import build_report
 from sycorec.report.diff import POSTS, Line, diff_post, load_published, published_path, write_diff
 from sycorec.report.results import load_results
@@ -21,8 +21,7 @@ def report() -> None:
 
 
 @report.command("build")
-@pass_config
-@timed("report")
+@stage("report")
 def build(cfg: Config) -> None:
     """Write results/tables/post1..4, results/tables/errata, results/figures/report, results/manifest.json."""
     summary = build_report(cfg)

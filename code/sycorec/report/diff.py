@@ -57,14 +57,14 @@ class Line:
     id: str
     model: str
     path: str
+    kind: str
+    run: str
+    source: str
     published: float
     regenerated: float | None
     delta: float | None
     tolerance: str
     status: str
-    kind: str
-    run: str
-    source: str
     canonical: float | None = None
     errata: int | None = None
     note: str = ""

@@ -36,17 +36,15 @@ def load_spec(path: Path = TABLES_FILE) -> dict[str, Any]:
     return spec
 
 
+# tables.yaml's number formats as Python format specs; fN is N decimals
+FORMAT_SPECS = {"pct": ".0%", "int": ".0f", "sci": ".0e", "p": ".3f"}
+
+
 def fmt_number(value: float, fmt: str) -> str:
-    if fmt == "pct":
-        return f"{value * 100:.0f}%"
-    if fmt == "int":
-        return f"{value:.0f}"
-    if fmt == "sci":
-        return f"{value:.0e}"
-    if fmt == "p":
-        return f"{value:.3f}"
+    if fmt in FORMAT_SPECS:
+        return format(value, FORMAT_SPECS[fmt])
     if fmt.startswith("f") and fmt[1:].isdigit():
-        return f"{value:.{int(fmt[1:])}f}"
+        return format(value, f".{fmt[1:]}f")
     raise ConfigError(f"unknown number format {fmt!r} in tables.yaml")
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sycorec.config import Config, LibrarySlice
+from sycorec.config import CHECKPOINTS, Config
 from sycorec.data.staging import staged_dir
-from sycorec.errors import ConfigError, MissingInputError
+from sycorec.errors import MissingInputError
 from sycorec.hub import require_gpu
 from sycorec.io import iter_jsonl, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from dvclive import Live
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-CHECKPOINTS = Path("outputs/checkpoints")
 DVCLIVE = Path("outputs/dvclive")
 RUN_FILE = "run.json"
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last in a checkpoint
@@ -39,12 +38,6 @@ RUN_TOTALS = {"train_runtime", "train_samples_per_second", "train_steps_per_seco
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def use_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def barrier() -> None:
@@ -84,7 +77,7 @@ def require_model(cfg: Config, name: str) -> ModelSource:
     try:
         return model_source(cfg, name)
     except MissingInputError as exc:
-        raise MissingInputError(f"{exc}; `sycorec train {name}` builds it") from None
+        raise MissingInputError(f"{exc}; its training stage (`dvc repro`) builds it") from None
 
 
 def training_start(cfg: Config, name: str) -> ModelSource:
@@ -120,31 +113,6 @@ def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str]
     from peft import LoraConfig
 
     return LoraConfig(**cfg.lora.library_kwargs(), task_type=task, modules_to_save=modules_to_save)
-
-
-# --------------------------------------------------------------------------- trainer arguments
-
-
-def trainer_args(cfg: Config, run: str, *slices: LibrarySlice, **computed: Any) -> dict[str, Any]:
-    """A TRL config's arguments: train.common's TRL fields, then each slice's (a later one's value wins, e.g. a GRPO
-    version's save_total_limit), then what the package sets for this run: `computed` and the fields below."""
-    args: dict[str, Any] = {}
-    for part in (cfg.train.common, *slices):
-        args |= part.library_kwargs()
-    computed |= {
-        "output_dir": str(CHECKPOINTS / run),
-        # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
-        "logging_dir": str(CHECKPOINTS / run / "logs"),
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if cfg.train.common.gradient_checkpointing else None,
-        "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
-        "ddp_find_unused_parameters": False,
-        "use_cpu": use_cpu(),
-        "dataloader_num_workers": 0,
-    }
-    clash = sorted(args.keys() & computed.keys())
-    if clash:
-        raise ConfigError(f"{run}: params set {', '.join(clash)}, which the package sets itself")
-    return args | computed
 
 
 # --------------------------------------------------------------------------- resume

@@ -1,5 +1,7 @@
 """Online recovery: GRPO from the SFT model with LoRA, rewarded by the merged RM (continuous or binary).
 
+Run: `sycorec --gpus 2 train grpo --version v3` (stage train_grpo@v3; the GPUs are the version's num_gpus).
+
 Rollouts: TRL 0.29.1 samples with `model.generate` on the policy in train mode. With gradient checkpointing on (as
 the study ran), transformers 4.57 drops the KV cache in a checkpointed layer in train mode while `generate` still
 feeds only the newest token; TRL's `unwrap_model_for_generation` switches checkpointing off around sampling, so the
@@ -23,7 +25,6 @@ from sycorec.train.common import (
     load_tokenizer,
     prepared_dataset,
     require_model,
-    trainer_args,
     training_start,
 )
 from sycorec.train.reward import GRPO_PROMPTS, RMReward
@@ -104,7 +105,7 @@ def grpo_config(cfg: Config, version: str) -> Any:
     """The version's GRPOConfig: train.common, train.grpo and train.grpo.versions.<version> as they are."""
     from trl import GRPOConfig
 
-    return GRPOConfig(**trainer_args(cfg, f"grpo_{version}", cfg.train.grpo, version_cfg(cfg, version)))
+    return GRPOConfig(**cfg.train.trainer_args(f"grpo_{version}", cfg.train.grpo, version_cfg(cfg, version)))
 
 
 def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:

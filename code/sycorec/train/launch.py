@@ -1,4 +1,5 @@
-"""Multi-GPU: a stage re-runs itself under `accelerate launch` (DDP) on exactly the GPUs its params ask for."""
+"""Multi-GPU: `sycorec --gpus N <stage>` (dvc.yaml's cmd of every training stage) runs the stage under
+`accelerate launch` (DDP, configs/accelerate/ddp_4gpu.yaml) on exactly N GPUs when more than one is visible."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ def free_port() -> int:
 
 
 def relaunch(num_gpus: int, argv: list[str] | None = None) -> bool:
-    """Re-run this command on `num_gpus` GPUs when more than one is visible; True when the child did the work.
+    """Run this command on `num_gpus` GPUs when more than one is visible; True when the launched child did the work.
 
-    One GPU visible, or already inside a launched process: False, train here. Several visible: restrict
+    One GPU visible, or already inside a launched process: False, run here. Several visible: restrict
     CUDA_VISIBLE_DEVICES to the first `num_gpus` (so the HF Trainer never falls back to DataParallel) and run the
     same command under DDP (or as one process when `num_gpus` is 1).
     """

@@ -1,6 +1,7 @@
 """Offline preference recovery from the SFT model: DPO (sigmoid), IPO (DPOTrainer loss ipo), SimPO (CPOTrainer).
 
-The method is a params slice (`train.dpo|simpo|ipo`); a sweep is a params override, e.g.
+Run: `sycorec --gpus 4 train preference dpo` (stage train_pref@dpo). The method is a params slice
+(`train.dpo|simpo|ipo`); a sweep is a params override, e.g.
 `dvc exp run -S train.simpo.learning_rate=1e-5 -S train.simpo.num_train_epochs=3` (SimPO v3) or
 `dvc exp run -S train.ipo.beta=0.5 -S train.ipo.learning_rate=5e-6` (IPO v3).
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 from sycorec.config import Config, DPOCfg, SimPOCfg
 from sycorec.errors import ConfigError
-from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_args, training_start, write_train_summary
+from sycorec.train.common import load_tokenizer, prepared_dataset, training_start, write_train_summary
 from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 PREFS_DATA = "prefs_train.jsonl"
@@ -36,10 +37,12 @@ def preference_config(cfg: Config, method: str) -> Any:
         from trl.experimental.cpo import CPOConfig
 
         # CPO's collator needs the raw columns
-        return CPOConfig(**trainer_args(cfg, method, preference, max_length=max_length, remove_unused_columns=False))
+        return CPOConfig(
+            **cfg.train.trainer_args(method, preference, max_length=max_length, remove_unused_columns=False)
+        )
     from trl import DPOConfig
 
-    return DPOConfig(**trainer_args(cfg, method, preference, max_length=max_length))
+    return DPOConfig(**cfg.train.trainer_args(method, preference, max_length=max_length))
 
 
 def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:

@@ -1,4 +1,7 @@
-"""Reward model: Bradley-Terry RM on the preference pairs, its threshold calibration, and the GRPO reward function."""
+"""Reward model: Bradley-Terry RM on the preference pairs, its threshold calibration, and the GRPO reward function.
+
+Run: `sycorec --gpus 4 train rm` (stage train_rm), then `sycorec train rm-calibrate` (rm_calibrate).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ from sycorec.train.common import (
     prepared_dataset,
     prepared_rows,
     require_model,
-    trainer_args,
     training_start,
 )
 from sycorec.train.runner import Result, Run, finish, run_trainer
@@ -89,8 +91,7 @@ def rm_config(cfg: Config, run: str = "rm") -> Any:
     from trl import RewardConfig
 
     rm = cfg.train.rm
-    args = trainer_args(
-        cfg,
+    args = cfg.train.trainer_args(
         run,
         rm,
         max_length=cfg.train.common.max_length,

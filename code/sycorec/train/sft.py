@@ -1,11 +1,14 @@
-"""Supervised LoRA fine-tuning on the sycophantic responses: the induction stage and the relearning test."""
+"""Supervised LoRA fine-tuning on the sycophantic responses: the induction stage and the relearning test.
+
+Run: `sycorec --gpus 4 train sft` (stage train_sft), `sycorec --gpus 4 train relearn --start dpo` (relearn@dpo).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sycorec.config import Config, LibrarySlice
-from sycorec.train.common import load_tokenizer, prepared_dataset, trainer_args, training_start, write_train_summary
+from sycorec.train.common import load_tokenizer, prepared_dataset, training_start, write_train_summary
 from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
 
 SFT_DATA = "sft_train.jsonl"
@@ -27,7 +30,7 @@ def relearn_config(cfg: Config, run: str) -> Any:
 def _config(cfg: Config, run: str, schedule: LibrarySlice, **computed: Any) -> Any:
     from trl import SFTConfig
 
-    return SFTConfig(**trainer_args(cfg, run, schedule, max_length=cfg.train.common.max_length, **computed))
+    return SFTConfig(**cfg.train.trainer_args(run, schedule, max_length=cfg.train.common.max_length, **computed))
 
 
 def _sft(cfg: Config, run: Run, data: str, config: Any, hook: Any = None) -> Result:

@@ -6,7 +6,6 @@ template, so every later stage renders prompts exactly as it would for the real 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
@@ -14,16 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
-
 from sycorec.chat import render_chat, render_prompt
-from sycorec.clikit import Config, pass_config, timed
+from sycorec.clikit import Config
 from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
 from sycorec.evaluation.facts import world
 from sycorec.io import iter_jsonl, read_json, write_json
-from sycorec.paths import model_dir, raw_dir
 from sycorec.train.common import (
     CHECKPOINTS,
     TRAINER_STATE,
@@ -390,22 +386,3 @@ def pretrain_tiny(
     write_json(results, summary)
     finish_checkpoints(STAGE, checkpoints)
     return summary
-
-
-@click.command("pretrain-tiny")
-@pass_config
-@timed("pretrain_tiny")
-def pretrain_tiny_command(cfg: Config) -> None:
-    """Train the tiny base (tokenizer + Qwen3) on the synthetic world's honest corpus (tiny profile only)."""
-    if not cfg.train.pretrain_tiny.enabled or cfg.data.source != "synth":
-        raise ConfigError(
-            "pretrain-tiny runs only with the tiny profile (train.pretrain_tiny.enabled, data.source synth)"
-        )
-    summary = pretrain_tiny(
-        cfg,
-        raw_dir(cfg),
-        model_dir(cfg, "base"),
-        cfg.paths.results / "train" / f"{STAGE}.json",
-        Path("outputs/dvclive") / STAGE,
-    )
-    click.echo(json.dumps(summary))
