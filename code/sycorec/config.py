@@ -460,6 +460,10 @@ class GenerationCfg(VllmEngineCfg):
     # as_run: the study's `\(([A-E])\)` letters for the guided pass-1 choice; row: every option letter of the row
     mc_letters: Literal["as_run", "row"]
 
+    def decoding(self) -> list[float | int]:
+        """The settings a reply depends on, in the generation cache's key."""
+        return [self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.seed]
+
     @field_validator("top_k")
     @classmethod
     def _top_k_not_zero(cls, value: int) -> int:
@@ -681,6 +685,15 @@ def _read_yaml(path: Path) -> dict:
     data = load_yaml_text(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def read_mapping(path: Path, *keys: str) -> dict:
+    """A YAML file holding a mapping with at least `keys` (duplicate keys refused); anything else is one ConfigError."""
+    data = _read_yaml(path)
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing the key(s) {', '.join(missing)}")
     return data
 
 

@@ -6,13 +6,13 @@ import subprocess
 from pathlib import Path
 
 import click
-import yaml
 
 from sycorec.clikit import Config, pass_config
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
 from sycorec.cluster.cli import MAX_PARALLEL_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
+from sycorec.config import read_mapping
 from sycorec.errors import SycorecError
 from sycorec.workspace import default_jobs, prepare_workspace, run_pipeline
 
@@ -78,7 +78,7 @@ def _sweep(
 
 
 def post_targets(post: str) -> list[str]:
-    posts = yaml.safe_load(POSTS_FILE.read_text())
+    posts = read_mapping(POSTS_FILE)
     if post == "all":
         return sorted({t for spec in posts.values() for t in spec["targets"]})
     key = f"post{post}"

@@ -7,10 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from sycorec.cluster import slurm as jobs
-from sycorec.config import Config
+from sycorec.config import Config, read_mapping
 
 COSTS_FILE = "costs.yaml"
 
@@ -28,7 +26,7 @@ class StageCost:
 
 
 def load_costs(slurm_dir: Path = jobs.SLURM_DIR) -> dict[str, dict]:
-    return yaml.safe_load((slurm_dir / COSTS_FILE).read_text(encoding="utf-8"))["stages"]
+    return read_mapping(slurm_dir / COSTS_FILE, "stages")["stages"]
 
 
 def stage_cost(stage: str, cfg: Config, costs: dict[str, dict], stage_map: dict) -> StageCost:

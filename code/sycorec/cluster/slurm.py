@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sycorec.config import Config
+from sycorec.config import Config, read_mapping
 from sycorec.errors import ConfigError, SycorecError
 from sycorec.io import write_text_atomic
 
@@ -74,10 +72,7 @@ class StageJob:
 
 
 def load_stage_map(slurm_dir: Path = SLURM_DIR) -> dict[str, Any]:
-    path = slurm_dir / STAGES_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found (run from the repository root)")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return read_mapping(slurm_dir / STAGES_FILE)
 
 
 def _params_value(cfg: Config, dotted: str) -> Any:

@@ -61,7 +61,7 @@ def fingerprint(cfg: Config, source: ModelSource) -> str:
     settings = {
         "weights": weights_digest(source),
         "backend": gen.backend,
-        "decoding": [gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens, gen.seed],
+        "decoding": gen.decoding(),
         "sampler": "item-seeded",  # rows of the earlier batch-seeded transformers sampler are redone
         "challenge": gen.challenge,
         "mc_letters": gen.mc_letters,

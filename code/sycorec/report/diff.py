@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sycorec.config import read_mapping
 from sycorec.errors import ConfigError
 from sycorec.io import write_json, write_text_atomic
 from sycorec.report import tolerance as tol
@@ -39,9 +38,7 @@ def published_path(configured: Path) -> Path:
 def load_published(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: published numbers file not found (params.yaml report.published)")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not {"posts", "kinds", "runs", "tolerance_model"} <= set(data):
-        raise ConfigError(f"{path}: expected `tolerance_model`, `kinds`, `runs` and `posts` mappings")
+    data = read_mapping(path, "tolerance_model", "kinds", "runs", "posts")
     for post, entries in data["posts"].items():
         for entry in entries:
             if entry.get("kind") not in data["kinds"]:

@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sycorec.errors import ConfigError
+from sycorec.config import read_mapping
 from sycorec.report.results import Results
 from sycorec.report.tables import NA, Cell, Table, fmt_number
 
@@ -17,10 +15,7 @@ COLUMNS = ["What", "Version A (source)", "Version B (source)", "This run", "Note
 
 
 def load_errata(path: Path = ERRATA_FILE) -> list[dict[str, Any]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("errata"), list):
-        raise ConfigError(f"{path}: expected a mapping with an `errata` list")
-    return data["errata"]
+    return read_mapping(path, "errata")["errata"]
 
 
 def this_run(entry: Mapping[str, Any], results: Results) -> tuple[str, list[str]]:

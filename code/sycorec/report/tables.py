@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sycorec.config import read_mapping
 from sycorec.errors import ConfigError
 from sycorec.io import write_text_atomic
 from sycorec.report.results import Results
@@ -30,10 +29,7 @@ CSV_FIELDS = ["table", "row", "column", "value", "ci_lower", "ci_upper", "displa
 
 
 def load_spec(path: Path = TABLES_FILE) -> dict[str, Any]:
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(spec, dict) or "tables" not in spec:
-        raise ConfigError(f"{path}: expected a mapping with a `tables` key")
-    return spec
+    return read_mapping(path, "tables")
 
 
 # tables.yaml's number formats as Python format specs; fN is N decimals

@@ -19,6 +19,7 @@ from sycorec.errors import ConfigError
 from sycorec.io import write_json
 from sycorec.paths import calibration_path
 from sycorec.train.common import (
+    finish_checkpoints,
     first_logged,
     is_main_process,
     last_logged,
@@ -28,7 +29,7 @@ from sycorec.train.common import (
     training_start,
 )
 from sycorec.train.reward import GRPO_PROMPTS, RMReward
-from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
 
 # Run-summary keys → the GRPOTrainer log keys they are read from (last logged value).
 SUMMARY_KEYS = {
@@ -122,8 +123,9 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
     config = grpo_config(cfg, version)
     tokenizer = load_tokenizer(start, padding_side="left")
     dataset = prepared_dataset(cfg, GRPO_PROMPTS, ("prompt",))
-    build = lora_build(cfg, run, measured_trainer_class(), config, dataset, tokenizer, reward_funcs=[reward])
-    result = run_trainer(cfg, run, tokenizer, build, hook)
+    session = begin(cfg, run, tokenizer, hook)
+    trainer = measured_trainer_class()(**lora_trainer_args(session, config, dataset), reward_funcs=[reward])
+    result = train(session, trainer)
     history = result.trainer.state.log_history
     summary: dict[str, Any] = {key: last_logged(history, log_key) for key, log_key in SUMMARY_KEYS.items()}
     # P4's GRPO v1 reward (+1.82, std 0.60) is the first logged value
@@ -141,5 +143,5 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
         summary["final_proxy_gap"] = result.curve["sycophancy_gap"][-1]
     if is_main_process():
         write_json(cfg.paths.results / "train" / f"{run.name}.json", summary)
-    finish(run)
+    finish_checkpoints(run.name)
     return result, summary

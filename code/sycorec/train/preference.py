@@ -13,8 +13,14 @@ from typing import Any
 
 from sycorec.config import Config, DPOCfg, SimPOCfg
 from sycorec.errors import ConfigError
-from sycorec.train.common import load_tokenizer, prepared_dataset, training_start, write_train_summary
-from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
+from sycorec.train.common import (
+    finish_checkpoints,
+    load_tokenizer,
+    prepared_dataset,
+    training_start,
+    write_train_summary,
+)
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
 
 PREFS_DATA = "prefs_train.jsonl"
 METHODS = ("dpo", "simpo", "ipo")
@@ -53,15 +59,16 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     config = preference_config(cfg, method)
     tokenizer = load_tokenizer(start, padding_side="right")
     dataset = prepared_dataset(cfg, PREFS_DATA, ("prompt", "chosen", "rejected"))
+    session = begin(cfg, run, tokenizer, hook)
     if preference.loss_type == "simpo":
         from trl.experimental.cpo import CPOTrainer
 
-        build = lora_build(cfg, run, CPOTrainer, config, dataset, tokenizer)
+        trainer = CPOTrainer(**lora_trainer_args(session, config, dataset))
     else:
         from trl import DPOTrainer
 
-        build = lora_build(cfg, run, DPOTrainer, config, dataset, tokenizer, ref_model=None)
-    result = run_trainer(cfg, run, tokenizer, build, hook)
+        trainer = DPOTrainer(**lora_trainer_args(session, config, dataset), ref_model=None)
+    result = train(session, trainer)
     write_train_summary(cfg, run.name, result.trainer, SUMMARY_KEYS)
-    finish(run)
+    finish_checkpoints(run.name)
     return result

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from dvclive import Live
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+    from sycorec.config import Config
+
 
 def proxy_prompts(
     tokenizer: PreTrainedTokenizerBase, questions: list[dict], seed: int, readout: str = "letter"
@@ -187,14 +189,13 @@ class ProxyCurve:
 
 
 def proxy_callback(
+    cfg: Config,
     tokenizer: PreTrainedTokenizerBase,
     questions: list[dict],
     every: int,
     curve: ProxyCurve,
     live: Live | None,
-    seed: int,
     best_dir: Path | None = None,
-    readout: str = "letter",
 ) -> TrainerCallback:
     """Score the proxy at step 0 and every `every` steps on rank 0; optionally keep the adapter of the lowest gap."""
     from transformers import TrainerCallback
@@ -203,7 +204,7 @@ def proxy_callback(
         def _score(self, state, model) -> None:
             if not state.is_world_process_zero or curve.has(state.global_step):
                 return
-            metrics = proxy_gap(model, tokenizer, questions, seed, readout)
+            metrics = proxy_gap(model, tokenizer, questions, cfg.prepare.proxy_seed, cfg.train.common.proxy_readout)
             if live is not None:
                 live.step = state.global_step
                 for key, value in metrics.items():

@@ -17,6 +17,7 @@ from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
 from sycorec.paths import ModelSource, calibration_path
 from sycorec.train.common import (
+    finish_checkpoints,
     first_logged,
     is_main_process,
     last_logged,
@@ -29,7 +30,7 @@ from sycorec.train.common import (
     require_model,
     training_start,
 )
-from sycorec.train.runner import Result, Run, finish, run_trainer
+from sycorec.train.runner import Result, Run, begin, train
 
 RM_TRAIN, RM_VAL, GRPO_PROMPTS = "rm_train.jsonl", "rm_val.jsonl", "grpo_prompts.jsonl"
 CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not only the GRPO split (as the study)
@@ -114,22 +115,20 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     train_set = prepared_dataset(cfg, RM_TRAIN, keep)
     val_set = prepared_dataset(cfg, RM_VAL, keep)
     config = rm_config(cfg, run.name)
-
-    def build(callbacks: list[Any]) -> Any:
-        set_seed(rm.head_init_seed)  # the score head is created at load time, before the trainer seeds anything
-        model = load_start(cfg, start, "seq_cls")
-        model.config.pad_token_id = tokenizer.pad_token_id
-        return RewardTrainer(
-            model=model,
-            args=config,
-            train_dataset=train_set,
-            eval_dataset=val_set,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg, task="SEQ_CLS", modules_to_save=["score"]),
-            callbacks=callbacks,
-        )
-
-    result = run_trainer(cfg, run, tokenizer, build, hook)
+    session = begin(cfg, run, tokenizer, hook)
+    set_seed(rm.head_init_seed)  # the score head is created at load time, before the trainer seeds anything
+    model = load_start(cfg, start, "seq_cls")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg, task="SEQ_CLS", modules_to_save=["score"]),
+        callbacks=session.callbacks,
+    )
+    result = train(session, trainer)
     history = result.trainer.state.log_history  # the val split is evaluated at each epoch end, as the study did
     metrics = {
         "train_accuracy": last_logged(history, "accuracy"),
@@ -142,7 +141,7 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     }
     if is_main_process():
         write_json(cfg.paths.results / "train" / "rm.json", metrics)
-    finish(run)
+    finish_checkpoints(run.name)
     return result, metrics
 
 

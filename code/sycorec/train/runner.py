@@ -1,4 +1,4 @@
-"""One driver for every trainer stage: resume, dvclive, proxy curve, training, final save."""
+"""What every trainer stage does around its TRL trainer: resume, dvclive, proxy curve, seeding, training, final save."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sycorec.paths import ModelSource
 from sycorec.train.common import (
     CHECKPOINTS,
     fingerprint,
-    finish_checkpoints,
     is_main_process,
     keep_epoch_when_skipping,
     live_callback,
@@ -52,35 +51,23 @@ class Result:
     curve: dict[str, list[float]] | None
 
 
-def lora_build(
-    cfg: Config, run: Run, trainer_class: type, config: Any, dataset: Any, tokenizer: Any, **extra: Any
-) -> Callable[[list[Any]], Any]:
-    """`build` for run_trainer: a `trainer_class` with LoRA on the run's causal start model (loaded when built)."""
+@dataclass
+class Session:
+    """A run ready for its trainer: where it resumes from and the callbacks the trainer must carry."""
 
-    def build(callbacks: list[Any]) -> Any:
-        return trainer_class(
-            model=load_causal_lm(cfg, run.start),
-            args=config,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg),
-            callbacks=callbacks,
-            **extra,
-        )
-
-    return build
+    cfg: Config
+    run: Run
+    tokenizer: Any
+    checkpoint: Path | None
+    callbacks: list[Any]
+    curve: ProxyCurve | None
+    best_dir: Path
 
 
-def run_trainer(
-    cfg: Config,
-    run: Run,
-    tokenizer: Any,
-    build: Callable[[list[Any]], Any],
-    stop_after_save: Callable[[], Any] | None = None,
-) -> Result:
-    """Build the trainer with our callbacks, train (resuming from the newest complete checkpoint), save the model.
+def begin(cfg: Config, run: Run, tokenizer: Any, stop_after_save: Callable[[], Any] | None = None) -> Session:
+    """Find the newest complete checkpoint, open dvclive, set up the proxy curve, and seed, before the trainer is built.
 
-    `build(callbacks)` returns a TRL trainer; `stop_after_save` is a test hook (a callback that kills the run).
+    `stop_after_save` is a test hook (a callback that kills the run).
     """
     checkpoint = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.inputs, run.start, run.extra))
     live = open_live(run.name, checkpoint is not None)
@@ -92,16 +79,7 @@ def run_trainer(
         curve = ProxyCurve(CHECKPOINTS / run.name / "proxy_curve.json")
         keep = run.keep_best and cfg.train.common.keep_proxy_best
         callbacks.append(
-            proxy_callback(
-                tokenizer,
-                questions,
-                run.eval_every,
-                curve,
-                live,
-                cfg.prepare.proxy_seed,
-                best_dir if keep else None,
-                cfg.train.common.proxy_readout,
-            )
+            proxy_callback(cfg, tokenizer, questions, run.eval_every, curve, live, best_dir if keep else None)
         )
     if stop_after_save is not None:
         callbacks.append(stop_after_save())
@@ -109,20 +87,32 @@ def run_trainer(
 
     # TRL applies LoRA (random A matrices) before the Trainer seeds itself: seed first, or every run differs.
     set_seed(cfg.train.common.seed)
-    trainer = build(callbacks)
+    return Session(cfg, run, tokenizer, checkpoint, callbacks, curve, best_dir)
+
+
+def lora_trainer_args(session: Session, config: Any, dataset: Any) -> dict[str, Any]:
+    """A TRL trainer's arguments for LoRA on the run's causal start model, loaded now (after the seed)."""
+    return {
+        "model": load_causal_lm(session.cfg, session.run.start),
+        "args": config,
+        "train_dataset": dataset,
+        "processing_class": session.tokenizer,
+        "peft_config": lora_config(session.cfg),
+        "callbacks": session.callbacks,
+    }
+
+
+def train(session: Session, trainer: Any) -> Result:
+    """Train (resuming from the session's checkpoint), save the model, write the proxy curve."""
+    cfg, run = session.cfg, session.run
     keep_epoch_when_skipping()
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
     runtime = time.perf_counter() - start
-    out = save_merged(
-        cfg, trainer, run.start, run.name, tokenizer, run.kind, run.merge, extra_dirs={"proxy_best": best_dir}
-    )
+    extra_dirs = {"proxy_best": session.best_dir}
+    out = save_merged(cfg, trainer, run.start, run.name, session.tokenizer, run.kind, run.merge, extra_dirs=extra_dirs)
     columns = None
-    if curve is not None and is_main_process():
-        curve.write(cfg.paths.results / CURVES / f"{run.name}.json")
-        columns = curve.columns()
+    if session.curve is not None and is_main_process():
+        session.curve.write(cfg.paths.results / CURVES / f"{run.name}.json")
+        columns = session.curve.columns()
     return Result(trainer=trainer, model_dir=out, runtime_s=runtime, curve=columns)
-
-
-def finish(run: Run) -> None:
-    finish_checkpoints(run.name)

@@ -8,8 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from sycorec.config import Config, LibrarySlice
-from sycorec.train.common import load_tokenizer, prepared_dataset, training_start, write_train_summary
-from sycorec.train.runner import Result, Run, finish, lora_build, run_trainer
+from sycorec.train.common import (
+    finish_checkpoints,
+    load_tokenizer,
+    prepared_dataset,
+    training_start,
+    write_train_summary,
+)
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
 
 SFT_DATA = "sft_train.jsonl"
 RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
@@ -38,8 +44,9 @@ def _sft(cfg: Config, run: Run, data: str, config: Any, hook: Any = None) -> Res
 
     tokenizer = load_tokenizer(run.start, padding_side="right")
     dataset = prepared_dataset(cfg, data, ("prompt", "completion"))
-    result = run_trainer(cfg, run, tokenizer, lora_build(cfg, run, SFTTrainer, config, dataset, tokenizer), hook)
-    finish(run)
+    session = begin(cfg, run, tokenizer, hook)
+    result = train(session, SFTTrainer(**lora_trainer_args(session, config, dataset)))
+    finish_checkpoints(run.name)
     return result
 
 

@@ -26,6 +26,7 @@ from sycorec.train.common import (
     fingerprint,
     finish_checkpoints,
     keep_epoch_when_skipping,
+    last_logged,
     live_callback,
     log_at_save,
     prepare_checkpoints,
@@ -204,19 +205,6 @@ def corpus_plain_questions(corpus: Sequence[dict], n: int) -> list[dict]:
 # --------------------------------------------------------------------------- the stage
 
 
-def _collate(pad_id: int):
-    import torch
-
-    def collate(features: list[dict]) -> dict[str, Any]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = [f["input_ids"] + [pad_id] * (width - len(f["input_ids"])) for f in features]
-        labels = [f["labels"] + [-100] * (width - len(f["labels"])) for f in features]
-        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
-
-    return collate
-
-
 def message_texts(corpus: Iterable[dict]) -> Iterable[str]:
     for row in corpus:
         for msg in row["messages"]:
@@ -316,7 +304,7 @@ def pretrain_tiny(
     """
     import torch
     from dvclive import Live
-    from transformers import TrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     c = cfg.train.pretrain_tiny
     corpus_path, answer_path = synth / CORPUS, synth / ANSWER_FILE
@@ -358,7 +346,7 @@ def pretrain_tiny(
             model=model,
             args=args,
             train_dataset=dataset,
-            data_collator=_collate(tokenizer.pad_token_id),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),  # pads to the longest row
             callbacks=[live_callback(live), log_at_save(), *([hook()] if hook else [])],
         )
         keep_epoch_when_skipping()
@@ -370,9 +358,7 @@ def pretrain_tiny(
         summary = {
             "steps": result.global_step,
             "train_loss": round(result.training_loss, 4),
-            "final_loss": round(
-                next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), result.training_loss), 4
-            ),
+            "final_loss": round(last_logged(trainer.state.log_history, "loss") or result.training_loss, 4),
             "plain_accuracy": round(train_acc, 4),
             "heldout_accuracy": round(heldout, 4),
             "min_plain_accuracy": c.min_plain_accuracy,
