@@ -277,7 +277,7 @@ class PretrainTinyCfg(Section):
 
 
 class OptimCfg(LibrarySlice):
-    """What every trainer stage shares: schedule, batch and length of the run."""
+    """A trainer stage's own schedule, batch and length; train.common holds what the stages share."""
 
     OWN = frozenset({"eval_every_steps"})  # the mid-training proxy's cadence
 
