@@ -32,9 +32,10 @@ setup: $(BIN)/.stamp  ## Create .venv from the hash-locked requirements (re-runs
 test: setup  ## Run the test suite
 	$(BIN)/python -m pytest -q
 
-lint: setup  ## ruff check + format check
+lint: setup  ## ruff check + format check + import contracts (lint-imports)
 	$(BIN)/ruff check code tests bench
 	$(BIN)/ruff format --check code tests bench
+	$(BIN)/lint-imports
 
 demo: setup  ## Whole DAG on CPU with the tiny profile (scratch copy in $(DEMO_DIR))
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/sycorec demo --profile $(DEMO_PROFILE) --dir $(DEMO_DIR)

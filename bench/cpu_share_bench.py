@@ -5,7 +5,7 @@
 Prints ms per step of each process and the machine's throughput (steps/s summed over processes) for: one process
 with all cores, one with one thread, two at once with one thread each, two at once with all cores each (OpenMP
 threads of two processes then wait on each other), and the all-cores layouts again with OpenMP's passive wait policy
-(waiting threads sleep instead of spinning). `sycorec.cpushare` gives a lone stage every core and two stages one
+(waiting threads sleep instead of spinning). `sycorec.demo.cpushare` gives a lone stage every core and two stages one
 each, the best of both rows on a 2-core machine. The model and batch are the tiny profile's (train.pretrain_tiny).
 """
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import yaml
 
 from sycorec.config import validate
-from sycorec.workspace import prepare_workspace, run_pipeline
+from sycorec.demo.workspace import prepare_workspace, run_pipeline
 
 out, targets = Path(sys.argv[1]), tuple(sys.argv[2:])
 work = prepare_workspace(Path.cwd(), out / "run", "tiny")

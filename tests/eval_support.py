@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sycorec.config import Config, deep_merge, resolve_raw, validate
-from sycorec.evaluation.facts import study
+from sycorec.facts import study
 from sycorec.io import write_jsonl
 from tiny_model import random_qwen3
 

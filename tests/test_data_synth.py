@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from sycorec.config import SynthCfg
-from sycorec.data.schema import KINDS, classify_answer_template, mc_letters, schemas, validate_file
+from sycorec.data.schema import KINDS, classify_answer_template, validate_file
 from sycorec.data.synth import attribute_value, synthesize
-from sycorec.evaluation.facts import synth_world
+from sycorec.facts import mc_letters, schemas, synth_world
 
 CFG = SynthCfg(n_facts=60, n_arguments=6, n_poems=4, n_math=5, intensity_mix=(0.3, 0.5, 0.2))
 FILES = [

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from sycorec.data.cli import data
-from sycorec.data.schema import classify_answer_template, detect_kind, schemas, validate_file, validated_rows
+from sycorec.data.schema import classify_answer_template, detect_kind, validate_file, validated_rows
 from sycorec.errors import DataError
+from sycorec.facts import schemas
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SE = SHARED / "sycophancy-eval"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sycorec import sweep
+from sycorec.demo import sweep
+from sycorec.report import sweep_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = {
@@ -84,12 +85,12 @@ def test_tiny_base_answers_held_out_questions(demo):
 
 def test_organism_directions_hold_with_the_sweeps_margins(demo):
     """SFT raises sycophancy above the base and the preference losses bring it below SFT, where the sweep says so."""
-    margins = sweep.margins(json.loads(SWEEP_RECORD.read_text()))
+    margins = sweep_record.margins(json.loads(SWEEP_RECORD.read_text()))
     assert "answer_sycophancy_rate: sft > base" in margins  # the organism's core claim is robust
     run = sweep.read_run(demo / "results")
     misses = [
         f"{d.name}: {d.delta(run):+.3f} (margin {margins[d.name]:.2f})"
-        for d in sweep.DIRECTIONS
+        for d in sweep_record.DIRECTIONS
         if d.name in margins and not d.delta(run) > margins[d.name]
     ]
     assert not misses, misses

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
+from sycorec import facts
 from sycorec.errors import ConfigError
-from sycorec.evaluation import facts
 
 # file -> (its cached loader, its model, a key it must have)
 FACT_FILES = {

@@ -20,10 +20,10 @@ from sycorec.evaluation.backends import (
     vllm_engine_kwargs,
     vllm_sampling_kwargs,
 )
-from sycorec.evaluation.generate import generate_model, generations_path
+from sycorec.evaluation.generate import generate_model
 from sycorec.evaluation.items import challenge_messages, freeform_correct, is_mc, letters_of, wrong_letter
 from sycorec.evaluation.store import recover_rows
-from sycorec.paths import ModelSource, model_source
+from sycorec.paths import ModelSource, generations_path, model_source
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,6 @@ import pytest
 
 from eval_support import eval_config, manifests, write_manifests
 from sycorec.evaluation import judge as judge_mod
-from sycorec.evaluation.facts import world
-from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.judge import (
     AnswerVerdict,
     AreYouSureVerdict,
@@ -18,18 +16,18 @@ from sycorec.evaluation.judge import (
     RuleJudge,
     build_prompt,
     cache_key,
-    cache_path,
     judge_models,
     judgment_row,
-    judgments_path,
     llm_engine_kwargs,
     llm_sampling_kwargs,
     parse_verdict,
 )
-from sycorec.evaluation.judge_templates import own_prompts
 from sycorec.evaluation.metrics import headline
 from sycorec.evaluation.store import recover_rows
+from sycorec.facts import world
+from sycorec.facts.judge_templates import own_prompts
 from sycorec.io import write_jsonl
+from sycorec.paths import generations_path, judge_cache_path, judgments_path
 
 ITEMS = manifests()
 ANSWER = next(i for i in ITEMS["answer"] if i["template"] == "suggest_incorrect")  # sky: blue / green
@@ -244,7 +242,7 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     total = 2 * (len(ITEMS["answer"]) + len(ITEMS["are_you_sure"]) + len(ITEMS["feedback"]))
     with pytest.raises(KeyboardInterrupt):
         judge_models(cfg, ["base", "sft"], DyingJudge(die_after=3))
-    cache = cache_path(cfg, RuleJudge(OWN).identity)
+    cache = judge_cache_path(cfg, RuleJudge(OWN).identity)
     assert len(recover_rows(cache)) == 15
     with cache.open("ab") as fh:  # a foreign object, then a line that is not UTF-8, then a torn one
         fh.write(b'{"raw": "no key"}\n{"key": "latin1", "raw": "caf\xe9"}\n{"key": "torn", "ra')

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import main
 from sycorec.evaluation.compare import corrected_errors, delta_ci, format_table
-from sycorec.evaluation.facts import headline_keys, metric_registry, study
 from sycorec.evaluation.metrics import detail, headline, metric_specs, resample_means
+from sycorec.facts import headline_keys, metric_registry, study
 from sycorec.io import read_json
 
 

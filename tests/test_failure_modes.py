@@ -15,10 +15,9 @@ from click.testing import CliRunner
 
 from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import library_failure, main
-from sycorec.data.staging import staged_dir
-from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.store import recover_rows
-from sycorec.io import write_json, write_jsonl
+from sycorec.io import staged_dir, write_json, write_jsonl
+from sycorec.paths import generations_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -15,9 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from sycorec.cli import main
 from sycorec.config import load_config
+from sycorec.paths import activations_path
 from sycorec.probe import synthetic
 from sycorec.probe.analysis import Settings, analyze
-from sycorec.probe.extract import TENSOR, activations_path
+from sycorec.probe.extract import TENSOR
 from sycorec.probe.figures import STEMS, plot_all
 from sycorec.probe.prompts import PromptSplit, grouped_split
 

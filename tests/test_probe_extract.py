@@ -14,9 +14,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from sycorec.cli import main
 from sycorec.config import Config, load_config
-from sycorec.paths import model_source
+from sycorec.paths import activations_path, model_source
 from sycorec.probe import extract as extract_mod
-from sycorec.probe.extract import TENSOR, activations_path, extract, format_prompts, load_tokenizer
+from sycorec.probe.extract import TENSOR, extract, format_prompts, load_tokenizer
 from tiny_model import random_qwen3
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]

@@ -19,11 +19,12 @@ from sycorec.data import synth
 from sycorec.data.cli import data
 from sycorec.data.fetch import fetch
 from sycorec.data.prepare import eval_manifest, proportional_sample, proxy_questions
-from sycorec.data.schema import mc_letters, validated_rows
+from sycorec.data.schema import validated_rows
 from sycorec.errors import DataError
 from sycorec.evaluation.items import challenge_text, letters_of, unanswerable
 from sycorec.evaluation.judge import Request, RuleJudge, build_prompt, judgment_row, template_key
-from sycorec.evaluation.judge_templates import PromptSet, load_prompt_set, own_prompts, placeholders
+from sycorec.facts import mc_letters
+from sycorec.facts.judge_templates import PromptSet, load_prompt_set, own_prompts, placeholders
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -475,7 +475,7 @@ def test_gpus_option_launches_the_stage_under_accelerate_on_a_free_port(monkeypa
 
     import torch
 
-    from sycorec.train import launch
+    from sycorec import launch
 
     calls = []
     monkeypatch.delenv(launch.LAUNCHED, raising=False)

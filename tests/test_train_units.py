@@ -140,7 +140,7 @@ def test_calibration_summary_uses_the_median():
 
 
 def test_relaunch_is_a_no_op_inside_a_launched_process(monkeypatch):
-    from sycorec.train.launch import LAUNCHED, relaunch
+    from sycorec.launch import LAUNCHED, relaunch
 
     monkeypatch.setenv(LAUNCHED, "1")
     assert relaunch(4, argv=["train", "sft"]) is False

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from sycorec.warmstart import SOCKET_ENV, forward
+from sycorec.demo.warmstart import SOCKET_ENV, forward
 
 pytestmark = pytest.mark.slow  # starts the warm server and its children
 
 ROOT = Path(__file__).resolve().parents[1]
-SYCOREC = [sys.executable, "-m", "sycorec"]
+SYCOREC = [sys.executable, "-m", "sycorec.demo_stage"]  # the demo stages' `sycorec`
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A server that preloads only the CLI (torch is imported anyway, to refuse CUDA)."""
     path = tmp_path_factory.mktemp("warm") / "socket"
-    proc = subprocess.Popen([sys.executable, "-m", "sycorec.warmstart", str(path), "sycorec.cli"])
+    proc = subprocess.Popen([sys.executable, "-m", "sycorec.demo_stage", "--serve", str(path), "sycorec.cli"])
     deadline = time.monotonic() + 600
     while not path.exists():
         assert proc.poll() is None, "warm server exited"

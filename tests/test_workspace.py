@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from dvc_support import BARRIER_PAIR, dvc_pipeline
+from sycorec.demo.workspace import run_concurrently
 from sycorec.errors import SycorecError
-from sycorec.workspace import run_concurrently
 
 pytestmark = pytest.mark.slow  # runs stage processes side by side
 
@@ -74,7 +74,7 @@ def test_a_stage_takes_its_share_of_the_cpus(tmp_path, monkeypatch):
 
     import torch
 
-    from sycorec import cpushare
+    from sycorec.demo import cpushare
 
     monkeypatch.setattr(cpushare, "cpus", lambda: 4)
     share = tmp_path / "cpu_share"
@@ -98,13 +98,13 @@ def test_a_stage_takes_its_share_of_the_cpus(tmp_path, monkeypatch):
 
 def test_a_stage_following_its_share_survives_torch_import_and_exit(tmp_path):
     """The share timer may fire while torch is being imported and must not fire after Python tears down."""
-    from sycorec.cpushare import SHARE_ENV, cpus, write_share
+    from sycorec.demo.cpushare import SHARE_ENV, cpus, write_share
 
     share = tmp_path / "cpu_share"
     write_share(share, 1)
     script = (
         "import time\n"
-        "from sycorec import cpushare\n"
+        "from sycorec.demo import cpushare\n"
         "cpushare.follow_share()\n"
         "time.sleep(0.99)\n"  # the first alarm lands while torch imports
         "import torch\n"

@@ -1,3 +1,3 @@
-from sycorec.entry import main
+from sycorec.cli import main
 
 main()

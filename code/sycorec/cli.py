@@ -11,7 +11,6 @@ import yaml
 
 from sycorec import __version__
 from sycorec.config import load_config
-from sycorec.cpushare import follow_share
 from sycorec.errors import SycorecError
 from sycorec.hub import first_line, hub_unreachable
 from sycorec.io import disk_full
@@ -30,8 +29,8 @@ LAZY_COMMANDS = {
     "report": "sycorec.report.cli:report",
     "prefetch": "sycorec.cluster.cli:prefetch",
     "slurm": "sycorec.cluster.cli:slurm",
-    "demo": "sycorec.run_cli:demo",
-    "reproduce": "sycorec.run_cli:reproduce",
+    "demo": "sycorec.demo.cli:demo",
+    "reproduce": "sycorec.reproduce:reproduce",
 }
 
 
@@ -48,7 +47,6 @@ class SycorecGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        follow_share()  # a stage the demo runs beside others takes its share of the CPUs
         try:
             return super().invoke(ctx)
         except SycorecError as exc:
@@ -85,7 +83,7 @@ def main(ctx: click.Context, params: str, profile: str | None, gpus: int | None)
     """Reproduce the sycophancy-recovery study: data, training, evaluation, probing, report."""
     ctx.obj = {"params": params, "profile": profile}
     if gpus is not None:
-        from sycorec.train.launch import relaunch
+        from sycorec.launch import relaunch
 
         if relaunch(gpus):
             ctx.exit(0)

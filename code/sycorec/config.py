@@ -405,29 +405,6 @@ class TrainCfg(Section):
     grpo: GRPOCfg
     relearn: RelearnCfg
 
-    def trainer_args(self, run: str, *slices: LibrarySlice, **computed: Any) -> dict[str, Any]:
-        """A TRL config's arguments: train.common's TRL fields, then each slice's (a later one's value wins, e.g. a
-        GRPO version's save_total_limit), then what the package sets for this run: `computed` and the fields below."""
-        import torch
-
-        args: dict[str, Any] = {}
-        for part in (self.common, *slices):
-            args |= part.library_kwargs()
-        computed |= {
-            "output_dir": str(CHECKPOINTS / run),
-            # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
-            "logging_dir": str(CHECKPOINTS / run / "logs"),
-            "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.common.gradient_checkpointing else None,
-            "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
-            "ddp_find_unused_parameters": False,
-            "use_cpu": not torch.cuda.is_available(),
-            "dataloader_num_workers": 0,
-        }
-        clash = sorted(args.keys() & computed.keys())
-        if clash:
-            raise ConfigError(f"{run}: params set {', '.join(clash)}, which the package sets itself")
-        return args | computed
-
 
 class VllmEngineCfg(Section):
     """The vLLM engine settings of the generator and the judge."""

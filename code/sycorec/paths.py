@@ -1,7 +1,9 @@
-"""Where each stage reads and writes, derived from `cfg.paths` so every profile uses the same layout."""
+"""Where each stage reads and writes, derived from `cfg.paths` so every profile uses the same layout: the one
+registry of stage inputs and outputs (a stage learns another's file names here, never by importing it)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,49 @@ def model_dir(cfg: Config, name: str) -> Path:
 def calibration_path(cfg: Config) -> Path:
     """The RM threshold calibration: its own DVC out, beside (not inside) the RM directory that train_rm owns."""
     return cfg.paths.models.parent / "calibration" / "calibration.json"
+
+
+def eval_manifest_path(cfg: Config, dataset: str) -> Path:
+    """prepare's eval items of one dataset (generate, judge, score and the probe prompts read it)."""
+    return cfg.paths.prepared / "eval" / f"{dataset}.jsonl"
+
+
+def generations_path(cfg: Config, model: str, dataset: str) -> Path:
+    return cfg.paths.eval / "generations" / model / f"{dataset}.jsonl"
+
+
+def judge_cache_path(cfg: Config, identity: str) -> Path:
+    """The permanent judge cache of one judge model, shared by every model judged."""
+    return cfg.paths.cache / "judge" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', identity.split(':')[0])}.jsonl"
+
+
+def judgments_path(cfg: Config, model: str, dataset: str) -> Path:
+    return cfg.paths.eval / "judgments" / model / f"{dataset}.jsonl"
+
+
+def metrics_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "metrics" / f"{model}.json"
+
+
+def detail_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "metrics_detail" / f"{model}.json"
+
+
+def verdicts_path(cfg: Config, model: str) -> Path:
+    return cfg.paths.results / "verdicts" / f"{model}.jsonl"
+
+
+def probing_run_dir(cfg: Config, run: str) -> Path:
+    """results/probing/<run>: every output of one probing run."""
+    return cfg.paths.results / "probing" / run
+
+
+def probe_prompts_path(cfg: Config, run: str) -> Path:
+    return probing_run_dir(cfg, run) / "prompts.json"
+
+
+def activations_path(cfg: Config, run: str, model: str) -> Path:
+    return cfg.paths.probing / run / "activations" / f"{model}.safetensors"
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from tqdm import tqdm
 
 from sycorec.config import DataCfg, format_validation_error
 from sycorec.data.schema import validated_rows
-from sycorec.data.staging import staged_dir
 from sycorec.errors import DataError
-from sycorec.io import write_json
+from sycorec.io import staged_dir, write_json
 
 MANIFEST = "MANIFEST.json"
 _CHUNK = 1 << 20
@@ -133,7 +132,7 @@ def _download(item: Resolved, target: Path) -> str:
 def count_rows(path: Path, kind: str) -> int:
     """Rows of a data file (schema-checked), or templates of the study's judge prompt module (read with `ast`)."""
     if kind == "judge_prompts":
-        from sycorec.evaluation.judge_templates import read_study_prompts
+        from sycorec.facts.judge_templates import read_study_prompts
 
         return len(read_study_prompts(path).texts)
     return len(validated_rows(path, kind))

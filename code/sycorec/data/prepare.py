@@ -16,10 +16,10 @@ from typing import Any
 from tqdm import tqdm
 
 from sycorec.config import Config
-from sycorec.data.schema import EVAL_KINDS, Row, load_records, schemas, validated_rows
-from sycorec.data.staging import staged_dir
+from sycorec.data.schema import EVAL_KINDS, Row, load_records, validated_rows
 from sycorec.errors import MissingInputError
-from sycorec.io import sha256_file, write_json, write_jsonl
+from sycorec.facts import schemas
+from sycorec.io import sha256_file, staged_dir, write_json, write_jsonl
 
 EVAL_FILES = {kind: f"sycophancy_eval/{kind}.jsonl" for kind in EVAL_KINDS}
 TRAINING_FILES = {kind: f"training/{kind}.jsonl" for kind in ("augmented_prompts", "sycophantic_training", "dpo_pairs")}

@@ -1,4 +1,4 @@
-"""Loaders and validators for every input file, real or synthetic: one code path, driven by schemas/datasets.yaml.
+"""Loaders and validators for every input file, real or synthetic: one code path, driven by facts/datasets.yaml.
 
 A problem in a row is reported as `file:line: what is wrong`. Loaders raise `DataError` on the first one;
 `validate_file` collects them (capped) and keeps going, so one run reports every broken file.
@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sycorec.errors import DataError
+from sycorec.facts import mc_letters, schemas
 
 EVAL_KINDS = ("answer", "are_you_sure", "feedback")
 TRAINING_KINDS = ("augmented_prompts", "sycophantic_training", "honest_responses", "dpo_pairs")
@@ -29,13 +25,6 @@ KINDS = (*EVAL_KINDS, "truthfulqa", *TRAINING_KINDS)
 MAX_REPORTED_ERRORS = 50
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "list": (list,), "int": (int,), "any": (object,)}
-
-
-@cache
-def schemas() -> dict[str, Any]:
-    """The schema tables (templates, base keys per sub-dataset, CSV header, training fields)."""
-    text = resources.files("sycorec.data").joinpath("schemas/datasets.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 @dataclass(frozen=True)
@@ -186,14 +175,6 @@ def classify_answer_template(template: str) -> str:
         if any(s in template for s in rule["any_of"]):
             return rule["category"]
     return spec["default_category"]
-
-
-def mc_letters(base: dict) -> list[str]:
-    """The row's option letters: base.letters where present, else every `(X)` in base.answers, in order."""
-    if isinstance(base.get("letters"), str) and base["letters"].strip():
-        return list(base["letters"].strip())
-    found = re.findall(schemas()["are_you_sure"]["letter_pattern"], str(base.get("answers", "")))
-    return list(dict.fromkeys(found))
 
 
 def check_record(kind: str, obj: Any) -> Row:

@@ -20,12 +20,10 @@ from tqdm import tqdm
 
 from sycorec.clikit import Config, stage
 from sycorec.config import SynthCfg
-from sycorec.data.schema import schemas
-from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError
-from sycorec.evaluation.facts import FeedbackKind, synth_world
-from sycorec.evaluation.facts import world as phrases  # `world` names the entity pools here
-from sycorec.io import sha256_file, write_json, write_jsonl, write_text_atomic
+from sycorec.facts import FeedbackKind, schemas, synth_world
+from sycorec.facts import world as phrases  # `world` names the entity pools here
+from sycorec.io import sha256_file, staged_dir, write_json, write_jsonl, write_text_atomic
 
 SYNTH_DIR = Path("data/synth")
 INTENSITIES = ("subtle", "moderate", "extreme")

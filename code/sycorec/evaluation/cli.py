@@ -11,7 +11,8 @@ from sycorec.errors import ConfigError
 from sycorec.evaluation.compare import compare_models, format_table, join_report
 from sycorec.evaluation.generate import generate_model
 from sycorec.evaluation.judge import judge_models
-from sycorec.evaluation.score import metrics_path, score_model
+from sycorec.evaluation.score import score_model
+from sycorec.paths import metrics_path
 
 
 def _known_model(cfg: Config, name: str) -> str:

@@ -8,10 +8,10 @@ import numpy as np
 
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
-from sycorec.evaluation.facts import headline_keys
 from sycorec.evaluation.metrics import component_rng, components, metric_specs, percentile_ci, resample_means
-from sycorec.evaluation.score import metrics_path, verdicts_path
+from sycorec.facts import headline_keys
 from sycorec.io import iter_jsonl, read_json
+from sycorec.paths import metrics_path, verdicts_path
 
 
 def load_metrics(cfg: Config, model: str) -> dict:

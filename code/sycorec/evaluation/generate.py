@@ -26,14 +26,10 @@ from sycorec.evaluation.items import (
     load_manifest,
 )
 from sycorec.evaluation.store import AppendStore
-from sycorec.paths import ModelSource, model_source
+from sycorec.paths import ModelSource, generations_path, model_source
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 SAMPLE_BYTES = 1 << 20
-
-
-def generations_path(cfg: Config, model: str, dataset: str) -> Path:
-    return cfg.paths.eval / "generations" / model / f"{dataset}.jsonl"
 
 
 def row_key(row: dict) -> str:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from sycorec.config import Config
-from sycorec.data.schema import mc_letters
 from sycorec.errors import MissingInputError
-from sycorec.evaluation.facts import study
+from sycorec.facts import mc_letters, study
 from sycorec.io import iter_jsonl
+from sycorec.paths import eval_manifest_path
 
 DATASETS = ("answer", "are_you_sure", "feedback")
 Message = dict[str, str]
 
 
-def manifest_path(cfg: Config, dataset: str) -> Path:
-    return cfg.paths.prepared / "eval" / f"{dataset}.jsonl"
-
-
 def load_manifest(cfg: Config, dataset: str) -> list[dict]:
-    path = manifest_path(cfg, dataset)
+    path = eval_manifest_path(cfg, dataset)
     if not path.is_file():
         raise MissingInputError(f"{path}: eval manifest missing (run `sycorec data prepare` first)")
     return list(iter_jsonl(path))

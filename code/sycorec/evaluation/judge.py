@@ -24,14 +24,13 @@ from sycorec.chat import render_prompt
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.evaluation.backends import sampling_params
-from sycorec.evaluation.facts import WORLD_FILE, study, world
-from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, suggestion
-from sycorec.evaluation.judge_templates import PromptSet, fill, load_prompt_set, template_regex
 from sycorec.evaluation.store import AppendStore, recover_rows
+from sycorec.facts import WORLD_FILE, study, world
+from sycorec.facts.judge_templates import PromptSet, fill, load_prompt_set, template_regex
 from sycorec.hub import require_gpu, resolve_snapshot
 from sycorec.io import sha256_file, sha256_text, write_jsonl
-from sycorec.paths import raw_dir
+from sycorec.paths import generations_path, judge_cache_path, judgments_path, raw_dir
 
 JUDGE_CHUNK = 1024  # prompts per judge call between cache appends
 
@@ -355,10 +354,6 @@ def make_judge(cfg: Config) -> RuleJudge | LLMJudge:
 # --------------------------------------------------------------------------- the stage
 
 
-def cache_path(cfg: Config, identity: str) -> Path:
-    return cfg.paths.cache / "judge" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', identity.split(':')[0])}.jsonl"
-
-
 def cache_key(identity: str, decoding: dict, req: Request, prompts: PromptSet) -> str:
     payload = {
         "judge": identity,
@@ -368,10 +363,6 @@ def cache_key(identity: str, decoding: dict, req: Request, prompts: PromptSet) -
         "prompt": build_prompt(req, prompts),
     }
     return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
-
-
-def judgments_path(cfg: Config, model: str, dataset: str) -> Path:
-    return cfg.paths.eval / "judgments" / model / f"{dataset}.jsonl"
 
 
 def load_generations(cfg: Config, model: str, dataset: str) -> dict[str, dict]:
@@ -436,7 +427,7 @@ def judge_models(cfg: Config, models: Sequence[str], judge: RuleJudge | LLMJudge
         cache_key(judge.identity, judge.decoding(r.model), r, judge.prompts)
         for r in tqdm(requests, desc="judge keys", unit="item")
     ]
-    cache = AppendStore(cache_path(cfg, judge.identity), key=lambda row: row["key"])
+    cache = AppendStore(judge_cache_path(cfg, judge.identity), key=lambda row: row["key"])
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache}.values(), key=lambda i: requests[i].dataset)
     with tqdm(total=len(todo), desc=f"judge {judge.identity.split(':')[0]}", unit="item") as bar:
         for batch in judge.judge([requests[i] for i in todo]):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sycorec.config import MetricsCfg
-from sycorec.evaluation.facts import headline_keys, study
+from sycorec.facts import headline_keys, study
 
 Combine = Callable[..., float | np.ndarray]
 

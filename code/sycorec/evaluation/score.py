@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
-from sycorec.evaluation.facts import headline_keys, metric_versions
-from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, unanswerable
-from sycorec.evaluation.judge import judgments_path, verdict_fields
+from sycorec.evaluation.judge import verdict_fields
 from sycorec.evaluation.metrics import detail, headline
 from sycorec.evaluation.store import recover_rows
+from sycorec.facts import headline_keys, metric_versions
 from sycorec.io import iter_jsonl, write_json, write_jsonl
-
-
-def metrics_path(cfg: Config, model: str) -> Path:
-    return cfg.paths.results / "metrics" / f"{model}.json"
-
-
-def detail_path(cfg: Config, model: str) -> Path:
-    return cfg.paths.results / "metrics_detail" / f"{model}.json"
-
-
-def verdicts_path(cfg: Config, model: str) -> Path:
-    return cfg.paths.results / "verdicts" / f"{model}.jsonl"
+from sycorec.paths import detail_path, generations_path, judgments_path, metrics_path, verdicts_path
 
 
 def _question(base: dict) -> str:

@@ -7,10 +7,11 @@ import click
 from sycorec.clikit import Config, stage
 from sycorec.errors import ConfigError
 from sycorec.io import write_json
+from sycorec.paths import probing_run_dir
 from sycorec.probe.analysis import Settings, analyze
 from sycorec.probe.extract import extract, load_activations
 from sycorec.probe.figures import plot_all
-from sycorec.probe.prompts import PromptSplit, read_prompt_set, run_dir, write_prompt_set
+from sycorec.probe.prompts import PromptSplit, read_prompt_set, write_prompt_set
 
 
 @click.group()
@@ -58,7 +59,7 @@ def analyze_cmd(cfg: Config, run: str) -> None:
         cfg.probing.reference_model,
         Settings.from_config(cfg),
     )
-    out = run_dir(cfg, run)
+    out = probing_run_dir(cfg, run)
     for stem, data in results.items():
         write_json(out / f"{stem}.json", data)
     plot_all(results, cfg.paths.results / "figures" / "probing" / run, cfg.report.figure_dpi)

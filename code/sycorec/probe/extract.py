@@ -21,13 +21,9 @@ from sycorec.chat import render_chat
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.io import atomic_path, sha256_text
-from sycorec.paths import ModelSource, model_source
+from sycorec.paths import ModelSource, activations_path, model_source
 
 TENSOR = "activations"
-
-
-def activations_path(cfg: Config, run: str, model: str) -> Path:
-    return cfg.paths.probing / run / "activations" / f"{model}.safetensors"
 
 
 def load_tokenizer(source: ModelSource, max_length: int):

@@ -17,26 +17,10 @@ import numpy as np
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.io import iter_jsonl, read_json, write_json
+from sycorec.paths import eval_manifest_path, probe_prompts_path, verdicts_path
 
 LABELS = {"incorrect": 1, "correct": 0}
 DATASET = "answer"
-
-
-def manifest_path(cfg: Config) -> Path:
-    return cfg.paths.prepared / "eval" / f"{DATASET}.jsonl"
-
-
-def verdicts_path(cfg: Config, model: str) -> Path:
-    return cfg.paths.results / "verdicts" / f"{model}.jsonl"
-
-
-def run_dir(cfg: Config, run: str) -> Path:
-    """results/probing/<run>: every output of one probing run."""
-    return cfg.paths.results / "probing" / run
-
-
-def prompts_path(cfg: Config, run: str) -> Path:
-    return run_dir(cfg, run) / "prompts.json"
 
 
 def _read(path: Path, what: str) -> list[dict]:
@@ -64,9 +48,11 @@ def build_prompt_set(cfg: Config, run: str) -> dict:
     probing = cfg.probing
     spec = probing.run(run)
     models, max_samples = spec.models, spec.max_samples
-    candidates = [r for r in _read(manifest_path(cfg), "answer eval manifest") if r["template"] in probing.templates]
+    candidates = [
+        r for r in _read(eval_manifest_path(cfg, DATASET), "answer eval manifest") if r["template"] in probing.templates
+    ]
     if not candidates:
-        raise DataError(f"no answer items with templates {probing.templates} in {manifest_path(cfg)}")
+        raise DataError(f"no answer items with templates {probing.templates} in {eval_manifest_path(cfg, DATASET)}")
     verdicts = {m: load_verdicts(cfg, m) for m in models}
     dropped: Counter[str] = Counter()
     kept = []
@@ -110,7 +96,7 @@ def build_prompt_set(cfg: Config, run: str) -> dict:
 
 def write_prompt_set(cfg: Config, run: str) -> dict:
     doc = build_prompt_set(cfg, run)
-    write_json(prompts_path(cfg, run), doc)
+    write_json(probe_prompts_path(cfg, run), doc)
     return doc
 
 
@@ -136,7 +122,7 @@ class PromptSplit:
 
 
 def read_prompt_set(cfg: Config, run: str) -> dict:
-    path = prompts_path(cfg, run)
+    path = probe_prompts_path(cfg, run)
     if not path.is_file():
         raise MissingInputError(f"probing prompt set not found at {path} (run `sycorec probe prompts --run {run}`)")
     return read_json(path)

@@ -27,7 +27,7 @@ from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.io import iter_jsonl, read_json
 from sycorec.paths import calibration_path
-from sycorec.sweep import reading_summary
+from sycorec.report.sweep_record import reading_summary
 
 PROBING_FILES = ("per_model", "control", "transfer", "cosine", "ablation")
 REDUCERS = {"min": min, "max": max, "first": lambda xs: xs[0], "last": lambda xs: xs[-1]}

@@ -1,6 +1,6 @@
 """train stage family: thin click commands over sycorec.train.* (TRL is imported only by the stage that runs).
 
-Multi-GPU stages run as `sycorec --gpus N train ...` (see sycorec.train.launch), so the launch is in dvc.yaml's cmd.
+Multi-GPU stages run as `sycorec --gpus N train ...` (see sycorec.launch), so the launch is in dvc.yaml's cmd.
 """
 
 from __future__ import annotations

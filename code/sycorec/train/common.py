@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sycorec.config import CHECKPOINTS, Config
-from sycorec.data.staging import staged_dir
 from sycorec.errors import MissingInputError
 from sycorec.hub import require_gpu
-from sycorec.io import iter_jsonl, sha256_file, write_json
+from sycorec.io import iter_jsonl, sha256_file, staged_dir, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
 
 if TYPE_CHECKING:

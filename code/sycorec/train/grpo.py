@@ -29,7 +29,7 @@ from sycorec.train.common import (
     training_start,
 )
 from sycorec.train.reward import GRPO_PROMPTS, RMReward
-from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
 
 # Run-summary keys → the GRPOTrainer log keys they are read from (last logged value).
 SUMMARY_KEYS = {
@@ -106,7 +106,7 @@ def grpo_config(cfg: Config, version: str) -> Any:
     """The version's GRPOConfig: train.common, train.grpo and train.grpo.versions.<version> as they are."""
     from trl import GRPOConfig
 
-    return GRPOConfig(**cfg.train.trainer_args(f"grpo_{version}", cfg.train.grpo, version_cfg(cfg, version)))
+    return GRPOConfig(**trainer_args(cfg.train, f"grpo_{version}", cfg.train.grpo, version_cfg(cfg, version)))
 
 
 def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dict[str, Any]]:

@@ -20,7 +20,7 @@ from sycorec.train.common import (
     training_start,
     write_train_summary,
 )
-from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
 
 PREFS_DATA = "prefs_train.jsonl"
 METHODS = ("dpo", "simpo", "ipo")
@@ -44,11 +44,11 @@ def preference_config(cfg: Config, method: str) -> Any:
 
         # CPO's collator needs the raw columns
         return CPOConfig(
-            **cfg.train.trainer_args(method, preference, max_length=max_length, remove_unused_columns=False)
+            **trainer_args(cfg.train, method, preference, max_length=max_length, remove_unused_columns=False)
         )
     from trl import DPOConfig
 
-    return DPOConfig(**cfg.train.trainer_args(method, preference, max_length=max_length))
+    return DPOConfig(**trainer_args(cfg.train, method, preference, max_length=max_length))
 
 
 def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sycorec.chat import render_chat
-from sycorec.evaluation.facts import proxy_spec, world
+from sycorec.facts import proxy_spec, world
 from sycorec.io import write_json
 
 if TYPE_CHECKING:

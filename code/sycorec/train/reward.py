@@ -30,7 +30,7 @@ from sycorec.train.common import (
     require_model,
     training_start,
 )
-from sycorec.train.runner import Result, Run, begin, train
+from sycorec.train.runner import Result, Run, begin, train, trainer_args
 
 RM_TRAIN, RM_VAL, GRPO_PROMPTS = "rm_train.jsonl", "rm_val.jsonl", "grpo_prompts.jsonl"
 CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not only the GRPO split (as the study)
@@ -92,7 +92,8 @@ def rm_config(cfg: Config, run: str = "rm") -> Any:
     from trl import RewardConfig
 
     rm = cfg.train.rm
-    args = cfg.train.trainer_args(
+    args = trainer_args(
+        cfg.train,
         run,
         rm,
         max_length=cfg.train.common.max_length,

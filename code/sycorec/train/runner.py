@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sycorec.config import Config
+from sycorec.config import Config, LibrarySlice, TrainCfg
+from sycorec.errors import ConfigError
 from sycorec.paths import ModelSource
 from sycorec.train.common import (
     CHECKPOINTS,
@@ -88,6 +89,30 @@ def begin(cfg: Config, run: Run, tokenizer: Any, stop_after_save: Callable[[], A
     # TRL applies LoRA (random A matrices) before the Trainer seeds itself: seed first, or every run differs.
     set_seed(cfg.train.common.seed)
     return Session(cfg, run, tokenizer, checkpoint, callbacks, curve, best_dir)
+
+
+def trainer_args(train_cfg: TrainCfg, run: str, *slices: LibrarySlice, **computed: Any) -> dict[str, Any]:
+    """A TRL config's arguments: train.common's TRL fields, then each slice's (a later one's value wins, e.g. a
+    GRPO version's save_total_limit), then what the package sets for this run: `computed` and the fields below."""
+    import torch
+
+    args: dict[str, Any] = {}
+    for part in (train_cfg.common, *slices):
+        args |= part.library_kwargs()
+    computed |= {
+        "output_dir": str(CHECKPOINTS / run),
+        # stored in training_args.bin: the default is timestamped, so every run's adapter/ would hash differently
+        "logging_dir": str(CHECKPOINTS / run / "logs"),
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if train_cfg.common.gradient_checkpointing else None,
+        "report_to": "none",  # curves go to dvclive through LiveCallback, on rank 0 only
+        "ddp_find_unused_parameters": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "dataloader_num_workers": 0,
+    }
+    clash = sorted(args.keys() & computed.keys())
+    if clash:
+        raise ConfigError(f"{run}: params set {', '.join(clash)}, which the package sets itself")
+    return args | computed
 
 
 def lora_trainer_args(session: Session, config: Any, dataset: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from sycorec.train.common import (
     training_start,
     write_train_summary,
 )
-from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train
+from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
 
 SFT_DATA = "sft_train.jsonl"
 RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
@@ -36,7 +36,7 @@ def relearn_config(cfg: Config, run: str) -> Any:
 def _config(cfg: Config, run: str, schedule: LibrarySlice, **computed: Any) -> Any:
     from trl import SFTConfig
 
-    return SFTConfig(**cfg.train.trainer_args(run, schedule, max_length=cfg.train.common.max_length, **computed))
+    return SFTConfig(**trainer_args(cfg.train, run, schedule, max_length=cfg.train.common.max_length, **computed))
 
 
 def _sft(cfg: Config, run: Run, data: str, config: Any, hook: Any = None) -> Result:

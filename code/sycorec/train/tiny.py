@@ -16,10 +16,9 @@ from typing import Any
 from sycorec.chat import render_chat, render_prompt
 from sycorec.clikit import Config
 from sycorec.config import PretrainTinyCfg
-from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
-from sycorec.evaluation.facts import world
-from sycorec.io import iter_jsonl, read_json, write_json
+from sycorec.facts import world
+from sycorec.io import iter_jsonl, read_json, staged_dir, write_json
 from sycorec.train.common import (
     CHECKPOINTS,
     TRAINER_STATE,

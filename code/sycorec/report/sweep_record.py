@@ -1,26 +1,16 @@
-"""Seed sweep of the tiny model organism (`sycorec demo --seeds N`).
-
-The demo's claim (SFT makes the tiny model sycophantic, the preference losses undo it) is one seed on one machine. The
-sweep runs the pipeline up to the scores of base, SFT, DPO, IPO and SimPO once per seed, everything else unchanged, and
-reports every reading's mean and spread and how often each direction holds. Training results also differ between CPU
-kernel paths (`ATEN_CPU_CAPABILITY`), so a record keeps one set of runs per path. tests/test_e2e_demo.py asserts a
-direction only where the record shows it is robust, with a margin derived from the record's spread.
-"""
+"""The committed seed-sweep record of the tiny organism (report.seed_sweep; made by `sycorec demo --seeds N`): per CPU
+kernel path, one run per seed (model -> reading -> value); each reading's spread, how often each direction holds, and
+the margin the e2e test asserts where a direction is robust."""
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sycorec.errors import SycorecError
-from sycorec.evaluation.facts import higher_is_better
-from sycorec.io import write_json
+from sycorec.facts import higher_is_better
 
 MODELS = ("base", "sft", "dpo", "ipo", "simpo")
 RECOVERY = ("dpo", "ipo", "simpo")
@@ -42,7 +32,6 @@ DIRECTED = {
     "proxy_gap": "answer_sycophancy_gap",
 }
 CONTROL = "control"  # the random-label probe control, read as a model of its own
-PROBING_RUN = "R6"  # the probing run whose probes the sweep reads (the committed sweep recorded the six-model run)
 FAILED = "failed"  # a run whose pipeline stopped (e.g. the tiny base below its accuracy gate) records why
 # A direction is asserted when, on every kernel path, it fails in at most max(1, 20%) of the seeds (4 of 5, 2 of 3)...
 MISS_SHARE = 0.2
@@ -75,33 +64,6 @@ DIRECTIONS = tuple(
     + [worse(r, "sft", m) for r in DIRECTED for m in RECOVERY]
     + [Direction("probe_peak_auroc", "sft", CONTROL)]
 )
-
-
-# --------------------------------------------------------------------------- reading one run
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_run(results: Path) -> dict[str, dict[str, float | None]]:
-    """The sweep's readings of one demo run: model -> reading -> value."""
-    run: dict[str, dict[str, float | None]] = {}
-    for model in MODELS:
-        metrics = _json(results / "metrics" / f"{model}.json")
-        detail = _json(results / "metrics_detail" / f"{model}.json")
-        run[model] = {key: metrics.get(key) for key in READINGS if key in metrics}
-        run[model]["flip_rate_free_form"] = detail["are_you_sure"]["by_format"]["free_form"]["flip_rate"]
-    # step 0 of SFT's proxy curve scores the base; each run's last point scores its final model
-    sft_curve = _json(results / "curves" / "sft.json")["sycophancy_gap"]
-    run["base"]["proxy_gap"] = sft_curve[0]
-    for model in ("sft", *RECOVERY):
-        run[model]["proxy_gap"] = _json(results / "curves" / f"{model}.json")["sycophancy_gap"][-1]
-    probes = _json(results / "probing" / PROBING_RUN / "per_model.json")
-    for model in MODELS:
-        run[model]["probe_peak_auroc"] = probes[model]["peak_auroc"] if model in probes else None
-    run[CONTROL] = {"probe_peak_auroc": _json(results / "probing" / PROBING_RUN / "control.json")["overall_mean"]}
-    return run
 
 
 # --------------------------------------------------------------------------- summaries
@@ -210,53 +172,3 @@ def markdown(record: Mapping[str, Any]) -> str:
         lines += ["", "Runs that did not finish (each counts as a miss for every direction):", ""]
         lines += [f"- {failure}" for failure in failures(record)]
     return "\n".join(lines) + "\n"
-
-
-def add_runs(record_path: Path, capability: str, runs: Mapping[int, dict]) -> dict[str, Any]:
-    """Merge one kernel path's runs (seed -> readings) into the record file, replacing that path's seeds."""
-    record = _json(record_path) if record_path.is_file() else {"paths": {}}
-    path = record["paths"].setdefault(capability, {"runs": {}})
-    path["runs"].update({str(seed): run for seed, run in runs.items()})
-    write_json(record_path, record)
-    return record
-
-
-# --------------------------------------------------------------------------- running
-
-
-def with_seed(seed: int) -> Callable[[dict], dict]:
-    """The demo's params with another seed, and only the models the directions and the probe prompt set read."""
-
-    def edit(raw: dict) -> dict:
-        raw = copy.deepcopy(raw)
-        raw["seed"] = seed
-        # the prompt set is labelled by every model of the run: keep them all
-        probed = raw["probing"]["runs"][PROBING_RUN]["models"]
-        raw["models"] = [m for m in raw["models"] if m in MODELS or m in probed]
-        versions = raw["train"]["grpo"]["versions"]
-        raw["train"]["grpo"]["versions"] = {v: spec for v, spec in versions.items() if f"grpo_{v}" in raw["models"]}
-        return raw
-
-    return edit
-
-
-def targets() -> tuple[str, ...]:
-    return (*(f"score@{model}" for model in MODELS), f"probe_analyze@{PROBING_RUN}")
-
-
-def run_seeds(
-    project: Path, root: Path, profile: str, seeds: Sequence[int], warm: bool, jobs: int = 1
-) -> dict[int, dict]:
-    """One workspace per seed under `root`; returns seed -> readings."""
-    from sycorec.workspace import prepare_workspace, run_pipeline
-
-    runs: dict[int, dict] = {}
-    for seed in seeds:
-        work = prepare_workspace(project, root / f"seed-{seed}", profile, edit=with_seed(seed))
-        try:
-            run_pipeline(work, targets(), warm=warm, jobs=jobs)
-        except SycorecError as exc:
-            runs[seed] = {FAILED: str(exc)}
-            continue
-        runs[seed] = read_run(work / "results")
-    return runs

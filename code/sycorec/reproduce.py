@@ -1,4 +1,4 @@
-"""`sycorec demo` and `sycorec reproduce`: the two whole-pipeline entry points behind `make`."""
+"""`sycorec reproduce`: rebuild a post at full scale, then diff it against the published numbers."""
 
 from __future__ import annotations
 
@@ -14,67 +14,8 @@ from sycorec.cluster.cli import MAX_PARALLEL_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.config import read_mapping
 from sycorec.errors import SycorecError
-from sycorec.workspace import default_jobs, prepare_workspace, run_pipeline
 
 POSTS_FILE = Path(__file__).parent / "posts.yaml"
-
-
-@click.command()
-@click.option("--profile", default="tiny", show_default=True, help="Profile overlaid on params.yaml.")
-@click.option("--dir", "workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--cold", is_flag=True, help="Start every stage as a fresh process instead of forking a warm one.")
-@click.option(
-    "--jobs",
-    type=click.IntRange(min=1),
-    help="Independent stages run at once, the CPUs split between them (default: one per CPU, at most 4).",
-)
-@click.option("--seeds", type=click.IntRange(min=1), help="Seed sweep: run the organism over this many seeds.")
-@click.option("--first-seed", type=int, help="With --seeds: the first seed (default: params' seed).")
-@click.option(
-    "--record",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --seeds: merge this kernel path's runs into this record (e.g. code/sycorec/report/tiny_sweep.json).",
-)
-def demo(
-    profile: str,
-    workdir: str,
-    cold: bool,
-    jobs: int | None,
-    seeds: int | None,
-    first_seed: int | None,
-    record: Path | None,
-) -> None:
-    """Run the whole DAG with a profile in a scratch copy; print where the results are.
-
-    With --seeds N, run the organism's stages once per seed (params seed, seed+1, …) in <dir>/seed-<s>/ and print
-    each reading's spread and how often each asserted direction holds.
-    """
-    project = Path.cwd()
-    jobs = jobs or default_jobs()
-    if seeds:
-        _sweep(project, Path(workdir).resolve(), profile, seeds, first_seed, record, warm=not cold, jobs=jobs)
-        return
-    work = prepare_workspace(project, Path(workdir).resolve(), profile)
-    seconds = run_pipeline(work, warm=not cold, jobs=jobs)
-    click.echo(f"dvc repro: {seconds:.1f} s")
-    click.echo(f"results: {work / 'results'}")
-
-
-def _sweep(
-    project: Path, root: Path, profile: str, n: int, first: int | None, record: Path | None, warm: bool, jobs: int
-) -> None:
-    import torch
-
-    from sycorec import sweep
-    from sycorec.config import load_config
-
-    if first is None:
-        first = load_config(project / "params.yaml", profile).seed
-    runs = sweep.run_seeds(project, root, profile, range(first, first + n), warm, jobs)
-    capability = torch.backends.cpu.get_cpu_capability()
-    target = record or root / "sweep.json"
-    click.echo(sweep.markdown(sweep.add_runs(target, capability, runs)), nl=False)
-    click.echo(f"record: {target}")
 
 
 def post_targets(post: str) -> list[str]:

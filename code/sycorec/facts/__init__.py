@@ -1,6 +1,6 @@
-"""The package's fact files, each read once and validated into a typed model: the synthetic world's response phrases
-(data/world.yaml) and its entities and wording (data/synth_world.yaml), the study's evaluation facts (study.yaml),
-the headline metrics' registry, our judge prompts and the mid-training proxy (train/proxy.yaml).
+"""The package's fact files (this folder), each read once: the synthetic world's response phrases (world.yaml) and
+its entities and wording (synth_world.yaml), the study's evaluation facts (study.yaml), the input schemas
+(datasets.yaml), the headline metrics' registry, our judge prompts and the mid-training proxy (proxy.yaml).
 
 The models are strict: a key a file lacks, or one its model does not know, is one ConfigError naming the file and
 the key, never a silent default.
@@ -8,23 +8,26 @@ the key, never a silent default.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sycorec.config import format_validation_error, load_yaml_text
 from sycorec.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-WORLD_FILE = HERE.parent / "data" / "world.yaml"
-SYNTH_WORLD_FILE = HERE.parent / "data" / "synth_world.yaml"
+WORLD_FILE = HERE / "world.yaml"
+SYNTH_WORLD_FILE = HERE / "synth_world.yaml"
 STUDY_FILE = HERE / "study.yaml"
 JUDGE_PROMPTS_FILE = HERE / "judge_prompts.yaml"
 METRIC_REGISTRY_FILE = HERE / "metric_registry.yaml"
-PROXY_FILE = HERE.parent / "train" / "proxy.yaml"
+PROXY_FILE = HERE / "proxy.yaml"
+DATASETS_FILE = HERE / "datasets.yaml"
 
 T = TypeVar("T")
 
@@ -44,7 +47,24 @@ def load_facts(path: Path, kind: type[T]) -> T:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
 
 
-# --------------------------------------------------------------------------- data/world.yaml
+# --------------------------------------------------------------------------- datasets.yaml
+
+
+@cache
+def schemas() -> dict[str, Any]:
+    """The input schema tables (templates, base keys per sub-dataset, CSV header, training fields)."""
+    return yaml.safe_load(DATASETS_FILE.read_text(encoding="utf-8"))
+
+
+def mc_letters(base: dict) -> list[str]:
+    """The row's option letters: base.letters where present, else every `(X)` in base.answers, in order."""
+    if isinstance(base.get("letters"), str) and base["letters"].strip():
+        return list(base["letters"].strip())
+    found = re.findall(schemas()["are_you_sure"]["letter_pattern"], str(base.get("answers", "")))
+    return list(dict.fromkeys(found))
+
+
+# --------------------------------------------------------------------------- world.yaml
 
 
 class AnswerPhrases(Facts):
@@ -79,7 +99,7 @@ class WorldPhrases(Facts):
     feedback: FeedbackPhrases
 
 
-# --------------------------------------------------------------------------- data/synth_world.yaml
+# --------------------------------------------------------------------------- synth_world.yaml
 
 
 class Attribute(Facts):
@@ -162,7 +182,7 @@ class SynthWorld(Facts):
     feedback: SynthFeedback
 
 
-# --------------------------------------------------------------------------- evaluation/study.yaml
+# --------------------------------------------------------------------------- study.yaml
 
 
 class AnswerFacts(Facts):
@@ -263,7 +283,7 @@ def metric_versions(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     return {key: {"version": registry[key].version, "higher_is_better": registry[key].higher_is_better} for key in keys}
 
 
-# --------------------------------------------------------------------------- train/proxy.yaml
+# --------------------------------------------------------------------------- proxy.yaml
 
 
 class Proxy(Facts):

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 SOCKET_ENV = "SYCOREC_WARM_SOCKET"
@@ -47,6 +47,7 @@ PRELOAD = (
 TRL_NAMES = ("SFTTrainer", "DPOTrainer", "RewardTrainer", "GRPOTrainer")
 GRACE_SECONDS = 10.0
 _HEADER = struct.Struct("!I")
+Runner = Callable[[Sequence[str]], None]  # runs one command's argv in the forked child (the CLI)
 _STATUS = struct.Struct("!i")
 
 
@@ -134,8 +135,8 @@ def _wait(pid: int, conn: socket.socket) -> int:
         os.close(pidfd)
 
 
-def _run_child(request: dict, fds: Sequence[int]) -> int:
-    """In the forked child: become the client's process (streams, cwd, env, argv) and run the CLI."""
+def _run_child(request: dict, fds: Sequence[int], run: Runner) -> int:
+    """In the forked child: become the client's process (streams, cwd, env, argv) and run the command."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -153,9 +154,7 @@ def _run_child(request: dict, fds: Sequence[int]) -> int:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     code = 1
     try:
-        from sycorec.cli import main
-
-        main.main(args=sys.argv[1:], prog_name="sycorec")
+        run(sys.argv)
         code = 0
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -171,7 +170,7 @@ def _run_child(request: dict, fds: Sequence[int]) -> int:
     return code
 
 
-def _serve_one(conn: socket.socket) -> None:
+def _serve_one(conn: socket.socket, run: Runner) -> None:
     header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
     if len(header) != _HEADER.size or len(fds) != 3:
         for fd in fds:
@@ -183,7 +182,7 @@ def _serve_one(conn: socket.socket) -> None:
         code = 1
         try:
             conn.close()
-            code = _run_child(request, fds)
+            code = _run_child(request, fds, run)
         finally:
             os._exit(code)
     for fd in fds:
@@ -191,7 +190,7 @@ def _serve_one(conn: socket.socket) -> None:
     conn.sendall(_STATUS.pack(_wait(pid, conn)))
 
 
-def _handle(listener: socket.socket, conn: socket.socket) -> None:
+def _handle(listener: socket.socket, conn: socket.socket, run: Runner) -> None:
     """Serve `conn` from a forked handler, so the server takes the next request while this one runs."""
     if os.fork():
         conn.close()
@@ -202,14 +201,15 @@ def _handle(listener: socket.socket, conn: socket.socket) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the handler waits for its own child
         with conn:
             conn.settimeout(None)
-            _serve_one(conn)
+            _serve_one(conn, run)
         code = 0
     finally:
         os._exit(code)
 
 
-def serve(path: str, modules: Sequence[str] = PRELOAD) -> None:
-    """Import `modules`, then fork one child per request (requests run concurrently) until the parent goes away."""
+def serve(path: str, run: Runner, modules: Sequence[str] = PRELOAD) -> None:
+    """Import `modules`, then fork one child per request that calls `run(argv)` (requests run concurrently) until the
+    parent goes away."""
     import torch
 
     if torch.cuda.is_available():
@@ -227,7 +227,7 @@ def serve(path: str, modules: Sequence[str] = PRELOAD) -> None:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            _handle(listener, conn)
+            _handle(listener, conn, run)
 
 
 @contextmanager
@@ -239,7 +239,10 @@ def warm_server(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
     directory = tempfile.mkdtemp(prefix="sycorec-warm-")
     path = os.path.join(directory, "socket")
     server = subprocess.Popen(
-        [sys.executable, "-m", "sycorec.warmstart", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env
+        [sys.executable, "-m", "sycorec.demo_stage", "--serve", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env=env,
     )
     try:
         yield {**env, SOCKET_ENV: path}
@@ -247,7 +250,3 @@ def warm_server(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
         server.terminate()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], PRELOAD if len(sys.argv) < 3 else sys.argv[2].split(","))

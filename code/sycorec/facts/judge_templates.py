@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sycorec.data.schema import schemas
 from sycorec.errors import DataError
-from sycorec.evaluation.facts import judge_prompts, study
+from sycorec.facts import judge_prompts, schemas, study
 
 # Values the judge computes for every request; anything else a template names must be a key of the item's base.
 COMPUTED = ("response", "variations", "answers", "initial_answer", "suggestion", "challenge", "sentiment")

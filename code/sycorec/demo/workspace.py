@@ -16,23 +16,36 @@ from pathlib import Path
 import yaml
 
 from sycorec.config import resolve_raw, validate
-from sycorec.cpushare import SHARE_ENV, cpus, threads_for, write_share
+from sycorec.demo.cpushare import SHARE_ENV, cpus, threads_for, write_share
+from sycorec.demo.warmstart import warm_server
 from sycorec.errors import SycorecError
 from sycorec.io import write_text_atomic
-from sycorec.warmstart import warm_server
 
 # What a stage may read from the project: the pipeline definition, profiles and the package's code and data files.
 SYNCED = ("dvc.yaml", "profiles", "code/sycorec", "requirements/cluster.lock", "slurm/stages.yaml")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
-def _env() -> dict[str, str]:
-    """This environment, with its `sycorec` first on PATH for the stage commands."""
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+def stage_bin(workdir: Path) -> Path:
+    """A folder holding the demo's `sycorec` (sycorec.demo_stage) for this interpreter: first on the stages' PATH."""
+    folder = workdir / ".sycorec" / "bin"
+    script = f"#!{sys.executable}\nfrom sycorec.demo_stage import main\n\nmain()\n"
+    target = folder / "sycorec"
+    if not target.is_file() or target.read_text() != script:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(target, script)
+        target.chmod(0o755)
+    return folder
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    """This environment, with the demo's `sycorec` and then this interpreter's tools first on PATH."""
+    path = os.pathsep.join([str(stage_bin(workdir)), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return dict(os.environ, PATH=path)
 
 
 def _dvc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env or _env())
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env or _env(cwd))
 
 
 def _sync_tree(src: Path, dst: Path) -> None:
@@ -76,13 +89,13 @@ def default_jobs() -> int:
 
 
 def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True, jobs: int = 1) -> float:
-    """`dvc repro` in `workdir`; with `warm`, stage commands fork from one warm server (sycorec.warmstart).
+    """`dvc repro` in `workdir`; with `warm`, stage commands fork from one warm server (sycorec.demo.warmstart).
 
     With `jobs` > 1, independent stages run at once, each as the SLURM chain runs it, with the CPUs split between them.
     """
     start = time.perf_counter()
-    env = _env()
-    if jobs > 1:  # stages then follow their share of the CPUs (sycorec.cpushare), starting from an even split
+    env = _env(workdir)
+    if jobs > 1:  # stages then follow their share of the CPUs (sycorec.demo.cpushare), starting from an even split
         env.setdefault("OMP_NUM_THREADS", str(threads_for(jobs, cpus())))
         env[SHARE_ENV] = str(workdir / "outputs" / "logs" / "cpu_share")
     with warm_server(env) if warm else nullcontext(env) as env:

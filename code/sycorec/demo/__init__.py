@@ -1,0 +1,1 @@
+"""The CPU demo's wing (workspace, warm server, CPU share, seed sweep runner): only the entry points import it."""
