@@ -194,8 +194,9 @@ def test_trainer_slices_use_the_field_names_of_their_trl_and_peft_configs():
     cfg = load_config(ROOT / "params.yaml")
     found = dict(_slices(cfg, ""))
     assert {"lora", "train.common", "train.sft", "train.rm", "train.grpo", "train.grpo.versions.v1"} <= set(found)
+    assert {f"train.{method}" for method in ("dpo", "simpo", "ipo", "kto", "orpo")} <= set(found)  # the method table
     for path, part in found.items():
-        module, name = part.CONFIG_CLASS.split(":")
+        module, name = part.config_class_of(part.model_dump()).split(":")
         fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
         assert set(part.library_kwargs()) <= fields, path  # every key it passes is a field of the class
         assert not part.OWN & fields, path  # and the package's own keys never shadow one

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sycorec.config import load_config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json
-from train_support import make_run_root, tiny_config
+from train_support import REPO, make_run_root, tiny_config
 
 pytestmark = pytest.mark.slow  # trains every stage on the tiny model
 
@@ -76,7 +77,7 @@ def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     _assert_lora_moved(out, root / "outputs/models/base")
 
 
-@pytest.mark.parametrize("method", ["dpo", "simpo", "ipo"])
+@pytest.mark.parametrize("method", load_config(REPO / "params.yaml").train.preference.methods)
 def test_preference_methods_train_from_sft(root, sft_done, method):
     from sycorec.train.preference import train_preference
 

@@ -202,13 +202,18 @@ class LibrarySlice(Section):
     CONFIG_CLASS: ClassVar[str]
     OWN: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def config_class_of(cls, data: dict[str, Any]) -> str:
+        return cls.CONFIG_CLASS
+
     @model_validator(mode="before")
     @classmethod
     def _undeclared_keys_are_fields(cls, data: Any) -> Any:
         # before the fields, so that a misspelt key is named even when it leaves a required one missing
         undeclared = [key for key in data if key not in cls.model_fields] if isinstance(data, dict) else []
-        known = config_fields(cls.CONFIG_CLASS) if undeclared else frozenset()
-        name = cls.CONFIG_CLASS.split(":")[1]
+        config_class = cls.config_class_of(data) if undeclared else ""
+        known = config_fields(config_class) if undeclared else frozenset()
+        name = config_class.split(":")[-1]
         errors = [
             InitErrorDetails(
                 type=PydanticCustomError("not_a_field", "unknown key (not a field of {name})", {"name": name}),
@@ -298,20 +303,69 @@ class SFTCfg(OptimCfg):
     completion_only_loss: bool
 
 
-class DPOCfg(OptimCfg):
-    CONFIG_CLASS = "trl:DPOConfig"
+# `module:Class`, e.g. trl:DPOTrainer or trl.experimental.cpo:CPOConfig
+ClassPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+# loss types of TRL 0.29.1's DPOConfig, CPOConfig and KTOConfig (ORPOConfig has none)
+PreferenceLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "simpo",
+    "alphapo",
+    "kto",
+    "apo_zero_unpaired",
+]
 
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"]
-    beta: PositiveFloat
+
+class PreferenceCfg(OptimCfg):
+    """One row of the preference-method table (train.<method>): the TRL trainer and config class the method runs,
+    the data it trains on (`pairs`: prompt, chosen, rejected; `unpaired`: each pair as a desirable and an
+    undesirable completion, TRL's unpaired preference format), then the config class's own fields."""
+
+    OWN = OptimCfg.OWN | {"trainer", "config_class", "data"}
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "loss_type",
+        "beta",
+        "simpo_gamma",
+        "cpo_alpha",
+        "desirable_weight",
+        "undesirable_weight",
+    )
+
+    trainer: ClassPath
+    config_class: ClassPath
+    data: Literal["pairs", "unpaired"]
+    # the methods' usual fields, declared so that loading params imports no TRL; an unset one keeps TRL's default
+    loss_type: PreferenceLoss | None = None
+    beta: PositiveFloat | None = None
+    simpo_gamma: float | None = None
+    cpo_alpha: float | None = Field(default=None, ge=0)
+    desirable_weight: PositiveFloat | None = None
+    undesirable_weight: PositiveFloat | None = None
+    remove_unused_columns: bool | None = None  # False for trainers whose collator reads the raw columns (CPO, ORPO)
+
+    @classmethod
+    def config_class_of(cls, data: dict[str, Any]) -> str:
+        return str(data.get("config_class", "")) or "trl:DPOConfig"
+
+    def library_kwargs(self) -> dict[str, Any]:
+        unset = {name for name in self.OPTIONAL if getattr(self, name) is None}
+        return self.model_dump(exclude=set(self.OWN) | unset)
 
 
-class SimPOCfg(OptimCfg):
-    CONFIG_CLASS = "trl.experimental.cpo:CPOConfig"
-
-    loss_type: Literal["simpo"]
-    beta: PositiveFloat
-    simpo_gamma: float
-    cpo_alpha: float = Field(ge=0)
+class PreferenceRunCfg(Section):
+    methods: list[ModelName] = Field(min_length=1)  # what train_pref runs (dvc.yaml's foreach), each a train.<method>
 
 
 class RMCalibrationCfg(Section):
@@ -395,15 +449,30 @@ class RelearnCfg(LibrarySlice):
 
 
 class TrainCfg(Section):
+    """The trainer slices; every other key is a preference method's row (train.dpo, train.simpo, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[ModelName, PreferenceCfg] = Field(init=False)
+
     common: CommonTrainCfg
     pretrain_tiny: PretrainTinyCfg
     sft: SFTCfg
-    dpo: DPOCfg
-    simpo: SimPOCfg
-    ipo: DPOCfg
+    preference: PreferenceRunCfg
     rm: RMCfg
     grpo: GRPOCfg
     relearn: RelearnCfg
+
+    @property
+    def methods(self) -> dict[str, PreferenceCfg]:
+        """The preference-method table: every train.<method> row, run or not."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def method(self, name: str) -> PreferenceCfg:
+        if name not in self.methods:
+            raise ConfigError(
+                f"unknown preference method {name!r}: no train.{name} row (one of {sorted(self.methods)})"
+            )
+        return self.methods[name]
 
 
 class VllmEngineCfg(Section):
@@ -540,6 +609,11 @@ class Config(Section):
         for version in self.train.grpo.versions:
             if f"grpo_{version}" not in self.models:
                 raise ValueError(f"train.grpo.versions.{version} has no model grpo_{version} in models")
+        for method in self.train.preference.methods:
+            if method not in self.train.methods:
+                raise ValueError(f"train.preference.methods: {method} has no row train.{method}")
+            if method not in self.models:
+                raise ValueError(f"train.preference.methods: {method} is trained but not evaluated (add it to models)")
         return self
 
     @property

@@ -59,10 +59,11 @@ def sft(cfg: Config) -> None:
 
 
 @train.command("preference")
-@click.argument("method", type=click.Choice(["dpo", "simpo", "ipo"]))
+@click.argument("method")
 @stage("train_pref@{method}")
 def preference(cfg: Config, method: str) -> None:
-    """Recover from the SFT model with DPO, SimPO or IPO (params train.<method>) → outputs/models/<method>/."""
+    """Recover from the SFT model with a preference method: a row of the method table (params train.<method>: dpo,
+    simpo, ipo, kto, orpo, ...) → outputs/models/<method>/."""
     from sycorec.train.preference import train_preference
 
     result = train_preference(cfg, method)
