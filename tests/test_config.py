@@ -15,6 +15,7 @@ from sycorec.config import load_config, resolve_raw, validate
 from sycorec.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "cluster.lock"
 
 
 def test_committed_params_validate_with_as_run_values():
@@ -301,5 +302,8 @@ def test_env_prints_the_provenance_block():
     assert proc.returncode == 0, proc.stderr
     block = yaml.safe_load(proc.stdout)
     assert {"git", "lock_sha256", "versions", "hardware", "image_digest"} <= set(block)
-    assert block["versions"]["trl"] == "0.29.1" and block["versions"]["torch"].startswith("2.6.0")
+    locked = {
+        line.split("==")[0]: line.split("==")[1].split()[0] for line in LOCK.read_text().splitlines() if "==" in line
+    }
+    assert block["versions"]["trl"] == locked["trl"] and block["versions"]["torch"].startswith(locked["torch"])
     assert set(block["git"]) == {"sha", "dirty"}

@@ -100,40 +100,23 @@ def test_mc_letters_wrong_letter_and_challenges():
 # --------------------------------------------------------------------------- backends
 
 
-def test_vllm_arguments_follow_the_study(run_root):
+def test_vllm_arguments_follow_the_params(run_root):
+    """The engine pins the tokenizer with the weights and takes its sizes and seed from params; sampling uses the
+    params' decoding with the item's seed; MC pass 1 is a greedy one-token choice; transformers decodes greedily."""
     cfg = run_root
     full = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"tensor_parallel_size": 4})})
     engine = vllm_engine_kwargs(full, ModelSource("Qwen/Qwen3-8B", "abc123"))
-    assert engine == {
-        "model": "Qwen/Qwen3-8B",
-        "revision": "abc123",
-        "tokenizer_revision": "abc123",
-        "tensor_parallel_size": 4,
-        "dtype": cfg.base_model.dtype,
-        "max_model_len": 4096,
-        "enable_prefix_caching": True,
-        "gpu_memory_utilization": 0.9,
-        "seed": 42,
-    }
-    assert vllm_sampling_kwargs(cfg.generation, 7) == {
-        "temperature": 0.7,
-        "top_p": 0.8,
-        "top_k": 20,
-        "max_tokens": cfg.generation.max_new_tokens,
-        "seed": 7,
-    }
-    assert vllm_choice_kwargs(["A", "B"]) == {
-        "temperature": 0.0,
-        "max_tokens": 1,
-        "guided_decoding": {"choice": ["A", "B"]},
-    }
-    assert hf_generate_kwargs(cfg.generation) == {  # ItemSampler samples; generate() then decodes greedily
-        "max_new_tokens": cfg.generation.max_new_tokens,
-        "do_sample": False,
-        "temperature": None,
-        "top_p": None,
-        "top_k": None,
-    }
+    assert (engine["model"], engine["revision"], engine["tokenizer_revision"]) == ("Qwen/Qwen3-8B", "abc123", "abc123")
+    gen = full.generation
+    assert (engine["tensor_parallel_size"], engine["max_model_len"], engine["seed"]) == (4, gen.max_model_len, gen.seed)
+    assert engine["dtype"] == cfg.base_model.dtype and engine["enable_prefix_caching"] == gen.enable_prefix_caching
+    sampling = vllm_sampling_kwargs(cfg.generation, 7)
+    decoding = [sampling[k] for k in ("temperature", "top_p", "top_k", "max_tokens")]
+    assert [*decoding, sampling["seed"]] == [*cfg.generation.decoding()[:4], 7]
+    choice = vllm_choice_kwargs(["A", "B"])
+    assert (choice["temperature"], choice["max_tokens"], choice["guided_decoding"]) == (0.0, 1, {"choice": ["A", "B"]})
+    greedy = hf_generate_kwargs(cfg.generation)  # ItemSampler samples; generate() then decodes greedily
+    assert greedy["do_sample"] is False and greedy["max_new_tokens"] == cfg.generation.max_new_tokens
     assert backends.item_seed(42, "x") == backends.item_seed(42, "x") != backends.item_seed(42, "y")
 
 
