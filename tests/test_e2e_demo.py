@@ -153,3 +153,37 @@ def test_second_demo_reruns_nothing(demo):
     assert (demo / "dvc.lock").read_bytes() == lock
     assert {p: p.stat().st_mtime_ns for p in (demo / "outputs" / "timings").iterdir()} == stamps
     assert proc.stdout.strip().splitlines()[-1] == f"results: {demo / 'results'}"
+
+
+def _dvc(demo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=demo, env=env, capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_the_demo_is_a_dvc_sandbox_for_experiments(demo):
+    """In the demo's folder DVC's experiment commands work as in a checkout: an experiment on DPO's beta reruns DPO's
+    stages, `dvc exp show` lists it with its metrics and `dvc metrics diff` shows the DPO model's changes. (Last in
+    this module: it changes the DPO results, then restores the committed baseline.)"""
+    before = _metrics(demo, "dpo")
+    try:
+        _dvc(demo, "exp", "run", "-n", "dpo-beta", "-S", "train.dpo.beta=0.2", "score@dpo")
+        shown = json.loads(_dvc(demo, "exp", "show", "--json").stdout)
+        experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+        (ours,) = [exp for exp in experiments if exp.get("name") == "dpo-beta"]
+        data = ours["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["dpo"]["beta"] == 0.2
+        assert "results/metrics/dpo.json" in data["metrics"]
+        diff = json.loads(_dvc(demo, "metrics", "diff", "--json").stdout)
+        assert any(path.endswith("metrics/dpo.json") for path in diff), diff
+        assert not any(path.endswith(("metrics/sft.json", "metrics/base.json")) for path in diff), diff
+        assert _metrics(demo, "dpo") != before
+        params = json.loads(_dvc(demo, "params", "diff", "--json").stdout)
+        assert params["params.yaml"]["train.dpo.beta"]["new"] == 0.2
+    finally:
+        subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=demo, check=True)
+        _dvc(demo, "checkout", "-q", "-f")
+    assert _metrics(demo, "dpo") == before

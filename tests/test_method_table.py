@@ -6,8 +6,6 @@ stage function the CLI calls, and runs generate, judge (rule judge) and score on
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from eval_support import write_manifests
@@ -15,7 +13,7 @@ from sycorec.config import validate
 from sycorec.errors import ConfigError
 from sycorec.io import read_json
 from sycorec.paths import metrics_path
-from train_support import REPO, make_run_root, tiny_config
+from train_support import REPO, inside_run_root, tiny_config
 
 pytestmark = pytest.mark.slow  # trains two methods and evaluates them on the tiny model
 
@@ -32,12 +30,8 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = make_run_root(tmp_path_factory.mktemp("methods") / "run")
-    old = os.getcwd()
-    os.chdir(root)
-    yield root
-    os.chdir(old)
+    with inside_run_root(tmp_path_factory.mktemp("methods") / "run") as path:
+        yield path
 
 
 def with_methods(root, *extra: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 from sycorec.config import load_config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json
-from train_support import REPO, make_run_root, tiny_config
+from train_support import REPO, inside_run_root, make_run_root, tiny_config
 
 pytestmark = pytest.mark.slow  # trains every stage on the tiny model
 
@@ -22,12 +21,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    torch.set_num_threads(1)
-    path = make_run_root(tmp_path_factory.mktemp("train") / "run")
-    old = os.getcwd()
-    os.chdir(path)
-    yield path
-    os.chdir(old)
+    with inside_run_root(tmp_path_factory.mktemp("train") / "run") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sycorec.config import Config, deep_merge, resolve_raw, validate
@@ -173,6 +176,21 @@ def make_run_root(root: Path) -> Path:
     build_model(base, tokenizer)
     random.seed(0)
     return root
+
+
+@contextmanager
+def inside_run_root(root: Path) -> Iterator[Path]:
+    """A new run root (make_run_root) as the working directory, torch on one thread (the tests' sizes)."""
+    import torch
+
+    torch.set_num_threads(1)
+    path = make_run_root(root)
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
 
 
 class Killed(RuntimeError):

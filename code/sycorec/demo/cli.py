@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sycorec.demo.workspace import default_jobs, prepare_workspace, run_pipeline
+from sycorec.demo.workspace import commit_sandbox, default_jobs, prepare_workspace, run_experiment, run_pipeline
 
 
 @click.command()
@@ -18,6 +18,15 @@ from sycorec.demo.workspace import default_jobs, prepare_workspace, run_pipeline
     type=click.IntRange(min=1),
     help="Independent stages run at once, the CPUs split between them (default: one per CPU, at most 4).",
 )
+@click.option(
+    "--set",
+    "-S",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Run a DVC experiment on the finished demo with these params (`dvc exp run -S`), its stages warm.",
+)
+@click.option("--name", help="With --set: the experiment's name.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seed sweep: run the organism over this many seeds.")
 @click.option("--first-seed", type=int, help="With --seeds: the first seed (default: params' seed).")
 @click.option(
@@ -30,6 +39,8 @@ def demo(
     workdir: str,
     cold: bool,
     jobs: int | None,
+    sets: tuple[str, ...],
+    name: str | None,
     seeds: int | None,
     first_seed: int | None,
     record: Path | None,
@@ -37,7 +48,8 @@ def demo(
     """Run the whole DAG with a profile in a scratch copy; print where the results are.
 
     With --seeds N, run the organism's stages once per seed (params seed, seed+1, …) in <dir>/seed-<s>/ and print
-    each reading's spread and how often each asserted direction holds.
+    each reading's spread and how often each asserted direction holds. With --set KEY=VALUE, run a DVC experiment
+    in the finished demo (its folder is a git + DVC sandbox: `dvc exp show`, `dvc metrics diff` work there).
     """
     project = Path.cwd()
     jobs = jobs or default_jobs()
@@ -45,7 +57,12 @@ def demo(
         _sweep(project, Path(workdir).resolve(), profile, seeds, first_seed, record, warm=not cold, jobs=jobs)
         return
     work = prepare_workspace(project, Path(workdir).resolve(), profile)
+    if sets:
+        seconds = run_experiment(work, sets, name, warm=not cold)
+        click.echo(f"dvc exp run: {seconds:.1f} s; compare it: cd {workdir} && dvc exp show && dvc metrics diff")
+        return
     seconds = run_pipeline(work, warm=not cold, jobs=jobs)
+    commit_sandbox(work, f"sycorec demo --profile {profile}")
     click.echo(f"dvc repro: {seconds:.1f} s")
     click.echo(f"results: {work / 'results'}")
 

@@ -76,11 +76,40 @@ def prepare_workspace(project: Path, workdir: Path, profile: str, edit: Callable
     target = workdir / "params.yaml"
     if not target.exists() or target.read_text() != params:
         write_text_atomic(target, params)
-    if not (workdir / ".dvc").is_dir():
-        for args in (("init", "--no-scm", "-q"), ("config", "core.analytics", "false")):
-            if _dvc(*args, cwd=workdir).returncode:
-                raise SycorecError(f"dvc {args[0]} failed in {workdir}")
+    init_sandbox(workdir)
     return workdir
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def init_sandbox(workdir: Path) -> None:
+    """Make `workdir` a git + DVC repository of its own, so that DVC's experiment commands work there as in a
+    checkout (`dvc exp run -S ...`, `dvc metrics diff`); what DVC caches and the stages' scratch stay out of git."""
+    steps: list[tuple[str, ...]] = []
+    if not (workdir / ".git").is_dir():
+        if _git("init", "-q", cwd=workdir).returncode:
+            raise SycorecError(f"git init failed in {workdir}")
+        for key, value in (("user.name", "sycorec demo"), ("user.email", "demo@sycorec.invalid")):
+            _git("config", key, value, cwd=workdir)
+        write_text_atomic(workdir / ".gitignore", "/outputs/\n/data/\n/.sycorec/\n")
+    if not (workdir / ".dvc").is_dir():
+        steps += [("init", "-q"), ("config", "core.analytics", "false")]
+    elif "no_scm" in (workdir / ".dvc" / "config").read_text():  # a demo made before it was a sandbox
+        steps.append(("config", "--unset", "core.no_scm"))
+    for args in steps:
+        if _dvc(*args, cwd=workdir).returncode:
+            raise SycorecError(f"dvc {' '.join(args)} failed in {workdir}")
+
+
+def commit_sandbox(workdir: Path, message: str) -> None:
+    """Commit the run (params, dvc.lock, uncached metrics and plots) as the baseline of the user's experiments."""
+    _git("add", "-A", cwd=workdir)
+    if _git("diff", "--cached", "--quiet", cwd=workdir).returncode:
+        proc = _git("commit", "-q", "-m", message, cwd=workdir)
+        if proc.returncode:
+            raise SycorecError(f"git commit failed in {workdir}: {proc.stderr.strip()}")
 
 
 def default_jobs() -> int:
@@ -112,6 +141,21 @@ def run_pipeline(workdir: Path, targets: tuple[str, ...] = (), warm: bool = True
                 raise SycorecError(
                     f"dvc repro failed in {workdir} (exit {proc.returncode}); see the stage output above"
                 )
+    return time.perf_counter() - start
+
+
+def run_experiment(workdir: Path, sets: tuple[str, ...], name: str | None = None, warm: bool = True) -> float:
+    """`dvc exp run -S KEY=VALUE ...` in a finished demo's sandbox: an experiment `dvc exp show` lists; with `warm`,
+    its stages fork from the warm server (DVC runs them one at a time)."""
+    if not (workdir / "dvc.lock").is_file():
+        raise SycorecError(f"{workdir}: no finished demo to experiment on; run `make demo` first")
+    start = time.perf_counter()
+    args = ["exp", "run", *(arg for value in sets for arg in ("-S", value)), *(["-n", name] if name else [])]
+    env = _env(workdir)
+    with warm_server(env) if warm else nullcontext(env) as env:
+        proc = _dvc(*args, cwd=workdir, env=env)
+    if proc.returncode:
+        raise SycorecError(f"dvc exp run failed in {workdir} (exit {proc.returncode}); see the stage output above")
     return time.perf_counter() - start
 
 
