@@ -25,8 +25,6 @@ from sycorec.train.tiny import (
 )
 from train_support import Killed, killer
 
-pytestmark = pytest.mark.slow  # pretrains the tiny base
-
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "user\nWhat colour is the zor-ta-pi?",
@@ -110,6 +108,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # pretrains a tiny base
 def test_pretrain_smoke_writes_model_results_and_curves(small_world: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +129,7 @@ def test_pretrain_smoke_writes_model_results_and_curves(small_world: Path, tmp_p
     assert not list(tmp_path.joinpath("models").glob(".*"))  # no staging leftovers
 
 
+@pytest.mark.slow  # pretrains a tiny base
 def test_pretrain_below_minimum_fails_and_leaves_nothing(small_world: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(max_steps=1, min_plain_accuracy=1.0, eval_questions=5)
     out, results = tmp_path / "models/base", tmp_path / "results/pretrain_tiny.json"
@@ -156,6 +156,7 @@ def short_world(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.mark.slow  # pretrains a tiny base
 def test_pretrain_killed_mid_epoch_resumes_bit_identical(short_world: Path, tmp_path: Path, capfd) -> None:
     cfg = tiny_cfg(**RESUME, min_plain_accuracy=0.0, eval_questions=5)
 

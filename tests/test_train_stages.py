@@ -14,8 +14,6 @@ from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json
 from train_support import REPO, inside_run_root, make_run_root, tiny_config
 
-pytestmark = pytest.mark.slow  # trains every stage on the tiny model
-
 torch = pytest.importorskip("torch")
 
 
@@ -57,6 +55,7 @@ def _assert_lora_moved(model: Path, start: Path) -> None:
     assert changed and all(("proj" in name) for name in changed), changed  # only LoRA-targeted weights merge
 
 
+@pytest.mark.slow  # trains on the tiny model
 def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     out = root / "outputs/models/sft"
     assert _is_complete_model(out)
@@ -72,6 +71,7 @@ def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     _assert_lora_moved(out, root / "outputs/models/base")
 
 
+@pytest.mark.slow  # trains on the tiny model
 @pytest.mark.parametrize("method", load_config(REPO / "params.yaml").train.preference.methods)
 def test_preference_methods_train_from_sft(root, sft_done, method):
     from sycorec.train.preference import train_preference
@@ -88,6 +88,7 @@ def test_preference_methods_train_from_sft(root, sft_done, method):
     assert 0.0 <= summary["reward_accuracy"] <= 1.0 and summary["reward_margin"] == summary["reward_margin"]
 
 
+@pytest.mark.slow  # trains on the tiny model
 def test_rm_metrics_and_calibration(root, rm_done):
     metrics, _ = rm_done
     assert set(metrics) >= {"train_accuracy", "train_margin", "val_accuracy", "val_margin"}
@@ -105,6 +106,7 @@ def test_rm_metrics_and_calibration(root, rm_done):
 
 
 @pytest.mark.parametrize("version", ["v3", "v4"])  # continuous and binary reward
+@pytest.mark.slow  # trains on the tiny model
 def test_grpo_versions(root, rm_done, version):
     from sycorec.train.grpo import train_grpo
 
@@ -127,6 +129,7 @@ def test_grpo_versions(root, rm_done, version):
     assert (root / f"outputs/dvclive/grpo_{version}/plots/metrics/train/reward.tsv").is_file()
 
 
+@pytest.mark.slow  # trains on the tiny model
 def test_relearn_writes_curve_and_adapter(root, sft_done):
     from sycorec.train.sft import train_relearn
 
@@ -137,6 +140,7 @@ def test_relearn_writes_curve_and_adapter(root, sft_done):
     assert not any((root / "outputs/checkpoints").glob("relearn_base/checkpoint-*"))
 
 
+@pytest.mark.slow  # trains on the tiny model
 def test_keep_proxy_best_copies_the_best_adapter(root, sft_done):
     from sycorec.train.preference import train_preference
 
