@@ -196,6 +196,7 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
     seen = seen_questions(augmented)
+    # each file validated once: the proxy's questions and the answer dataset are the same file
     read = cache(lambda file, row_schema: validated_rows(src / file, row_schema))
     proxy_rows = read(PROXY_SOURCE, "answer")
     eval_rows = {name: read(d.file, d.row_schema) for name, d in datasets.items()}

@@ -113,9 +113,8 @@ def corrected_errors(
     iterations: int = 1000,
     level: float = 0.95,
 ) -> dict:
-    """Of A's `incorrect` answers (parsed, on `templates`), the share that B answers `correct`, e.g. "SimPO
-    corrected 54% of SFT's errors"; with a bootstrap CI over those items."""
-
+    """Of A's `incorrect` answers (the headline answer dataset's, parsed, on `templates`), the share that B answers
+    `correct`, e.g. "SimPO corrected 54% of SFT's errors"; with a bootstrap CI over those items."""
     source = headline_sources()["answer"]
 
     def answer(rows: Sequence[dict]) -> dict[str, dict]:
@@ -140,7 +139,8 @@ def join_report(cfg: Config, a: str, b: str) -> dict:
         missing = a if va is None else b
         raise MissingInputError(f"{verdicts_path(cfg, missing)}: no verdicts (run `sycorec score --model {missing}`)")
     kw = {"seed": cfg.metrics.seed, "iterations": cfg.metrics.bootstrap_iterations, "level": cfg.metrics.ci_level}
-    templates = sorted({r["template"] for r in va if r["dataset"] == headline_sources()["answer"]})
+    source = headline_sources()["answer"]
+    templates = sorted({r["template"] for r in va if r["dataset"] == source})
     report = {"all": corrected_errors(va, vb, None, **kw)}
     report.update({t: corrected_errors(va, vb, [t], **kw) for t in templates})
     return report
