@@ -20,6 +20,7 @@ FACT_FILES = {
     facts.JUDGE_PROMPTS_FILE: (facts.judge_prompts, facts.JudgePrompts, "no_sentiment"),
     facts.METRIC_REGISTRY_FILE: (facts.metric_registry, dict[str, facts.Metric], "higher_is_better"),
     facts.PROXY_FILE: (facts.proxy_spec, facts.Proxy, "batch_size"),
+    facts.EVAL_DATASETS_FILE: (facts.registry, dict[str, facts.EvalDataset], "headline"),
 }
 
 

@@ -24,7 +24,7 @@ from sycorec.evaluation.judge import (
 )
 from sycorec.evaluation.metrics import headline
 from sycorec.evaluation.store import recover_rows
-from sycorec.facts import world
+from sycorec.facts import registry, world
 from sycorec.facts.judge_templates import own_prompts
 from sycorec.io import write_jsonl
 from sycorec.paths import generations_path, judge_cache_path, judgments_path
@@ -40,8 +40,8 @@ def fb(sub: str, template: str) -> dict:
 
 
 def req(item: dict, response: str, pass1: dict | None = None, challenge: str = "") -> Request:
-    name = item["sub_dataset"] if item["dataset"] == "feedback" else item["template"]
-    return Request("m", item["dataset"], name, item, {"response": response, "challenge": challenge}, pass1)
+    spec = registry()[item["dataset"]]
+    return Request("m", item["dataset"], spec, item, {"response": response, "challenge": challenge}, pass1)
 
 
 OWN = own_prompts()

@@ -13,7 +13,7 @@ from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import main
 from sycorec.evaluation.compare import corrected_errors, delta_ci, format_table
 from sycorec.evaluation.metrics import detail, headline, metric_specs, resample_means
-from sycorec.facts import headline_keys, metric_registry, study
+from sycorec.facts import headline_keys, metric_registry, registry, study
 from sycorec.io import read_json
 
 
@@ -155,7 +155,7 @@ def test_detail_groups_and_sentiment_shifts():
     )
     rows.append({**rows[-1], "item_id": "broken", "parse_ok": False})
     pass1 = [{"pass1_correct": k < 5} for k in range(8)]
-    d = detail(rows, pass1, "exclude")
+    d = detail(rows, {"are_you_sure": pass1}, "exclude", registry())
     plain = d["answer"]["plain"]
     assert plain["seen"] == {
         "n": 4,
@@ -184,7 +184,7 @@ def test_detail_groups_and_sentiment_shifts():
         },
     }
     assert d["parse_failures"]["are_you_sure"] == {"mc": 1}
-    assert detail(rows, pass1, "study_default")["are_you_sure"]["challenged_total"] == 5
+    assert detail(rows, {"are_you_sure": pass1}, "study_default", registry())["are_you_sure"]["challenged_total"] == 5
 
 
 def test_compare_paired_delta_and_join(tmp_path):

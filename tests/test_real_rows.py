@@ -23,7 +23,7 @@ from sycorec.data.schema import validated_rows
 from sycorec.errors import DataError
 from sycorec.evaluation.items import challenge_text, letters_of, unanswerable
 from sycorec.evaluation.judge import Request, RuleJudge, build_prompt, judgment_row, template_key
-from sycorec.facts import mc_letters
+from sycorec.facts import mc_letters, registry
 from sycorec.facts.judge_templates import PromptSet, load_prompt_set, own_prompts, placeholders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def items(files, world_rows, tmp_path_factory) -> dict[str, list[dict]]:
         rows = [row for p in paths for row in validated_rows(p, kind)]
         if kind in world_rows:
             rows += validated_rows(write_jsonl(tmp / f"{kind}.jsonl", world_rows[kind]), kind)
-        out[kind] = eval_manifest(kind, rows, seen=set())
+        out[kind] = eval_manifest(kind, registry()[kind], rows, seen=set())
     return out
 
 
@@ -194,9 +194,8 @@ def _request(item: dict) -> Request:
         mc = bool(mc_letters(item["base"])) and "correct_letter" in item["base"]
         pass1 = {"is_mc": mc, "pass1_letter": item["base"]["correct_letter"] if mc else None, "response": "It is x."}
         gen = {"response": response, "challenge": challenge_text(item, "study")}
-        return Request("m", "are_you_sure", "mc" if mc else "free_form", item, gen, pass1)
-    name = item["sub_dataset"] if item["dataset"] == "feedback" else "answer"
-    return Request("m", item["dataset"], name, item, {"response": response})
+        return Request("m", "are_you_sure", registry()["are_you_sure"], item, gen, pass1)
+    return Request("m", item["dataset"], registry()[item["dataset"]], item, {"response": response})
 
 
 @pytest.mark.parametrize("mode", ["own", "study"])
@@ -273,7 +272,9 @@ def test_a_placeholder_without_a_value_names_template_field_and_row(items):
 def test_rule_judge_decides_from_the_prompt_text_alone(items):
     own = own_prompts()
     item = items["answer"][0]
-    req = Request("m", "answer", "answer", item, {"response": f"The answer is {item['base']['correct_answer']}."})
+    req = Request(
+        "m", "answer", registry()["answer"], item, {"response": f"The answer is {item['base']['correct_answer']}."}
+    )
     assert json.loads(RuleJudge(own).decide("answer", build_prompt(req, own)))["verdict"] == "correct"
     # a template that hides the reference answer leaves the rule judge unable to decide: a counted parse failure
     text = re.sub(r"Reference \(correct\) answer: \{correct_answer\}\n", "", own.texts["answer"])

@@ -40,6 +40,8 @@ CHECKPOINTS = Path("outputs/checkpoints")  # every trainer's output_dir: outputs
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+# The evaluation dataset registry (sycorec.facts validates it whole); the config reads only its names.
+EVAL_DATASETS_FILE = Path(__file__).resolve().parent / "facts" / "eval_datasets.yaml"
 
 # What a profile may change (house rule 1: the demo runs the cluster's code path): what a CPU and a tiny model force.
 # Dotted key paths; `*` matches any run of keys. Anything else a profile overrides is a drift onto a path the full
@@ -541,6 +543,11 @@ class JudgeCfg(VllmEngineCfg):
         return self.model_copy(update=override.model_dump(exclude_none=True)) if override else self
 
 
+class EvaluationCfg(Section):
+    datasets: list[str] = Field(min_length=1)  # registry entries that run, in this order
+    include: list[Path]  # further registry files, as lm-evaluation-harness's include_path
+
+
 class MetricsCfg(Section):
     bootstrap_iterations: PositiveInt
     ci_level: float = Field(gt=0, lt=1)
@@ -593,6 +600,7 @@ class Config(Section):
     train: TrainCfg
     generation: GenerationCfg
     judge: JudgeCfg
+    evaluation: EvaluationCfg
     metrics: MetricsCfg
     probing: ProbingCfg
     report: ReportCfg
@@ -614,6 +622,10 @@ class Config(Section):
                 raise ValueError(f"train.preference.methods: {method} has no row train.{method}")
             if method not in self.models:
                 raise ValueError(f"train.preference.methods: {method} is trained but not evaluated (add it to models)")
+        known = [name for path in (EVAL_DATASETS_FILE, *self.evaluation.include) for name in _read_yaml(path)]
+        unknown = [name for name in self.evaluation.datasets if name not in known]
+        if unknown:
+            raise ValueError(f"evaluation.datasets: {unknown} not in the dataset registry (registered: {known})")
         return self
 
     @property

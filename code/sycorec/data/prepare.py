@@ -10,18 +10,19 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from sycorec.config import Config
-from sycorec.data.schema import EVAL_KINDS, Row, load_records, validated_rows
+from sycorec.data.schema import Row, load_records, validated_rows
 from sycorec.errors import MissingInputError
-from sycorec.facts import schemas
+from sycorec.facts import EvalDataset, eval_datasets, schemas
 from sycorec.io import sha256_file, staged_dir, write_json, write_jsonl
 
-EVAL_FILES = {kind: f"sycophancy_eval/{kind}.jsonl" for kind in EVAL_KINDS}
+PROXY_SOURCE = "sycophancy_eval/answer.jsonl"  # the proxy's questions: answer-schema rows
 TRAINING_FILES = {kind: f"training/{kind}.jsonl" for kind in ("augmented_prompts", "sycophantic_training", "dpo_pairs")}
 
 
@@ -97,15 +98,14 @@ def seen_questions(augmented: Sequence[dict]) -> set[str]:
     return {row["original_question"].strip().lower() for row in augmented}
 
 
-def _group_text(kind: str, row: Row) -> str:
-    base = row.data["base"]
-    if kind == "feedback":
-        return str(base[schemas()["feedback"]["sub_datasets"][row.dataset]["text_key"]])
-    return str(base["question"])
+def _group_text(row_schema: str, row: Row) -> str:
+    """The text an item is about: its sub-dataset's `text_key` (datasets.yaml), else its question."""
+    return str(row.data["base"][schemas()[row_schema]["sub_datasets"][row.dataset].get("text_key", "question")])
 
 
-def eval_manifest(kind: str, rows: Sequence[Row], seen: set[str]) -> list[dict]:
-    """One item per row with stable ids; answer rows are `seen` when their question is in the training data."""
+def eval_manifest(dataset: str, spec: EvalDataset, rows: Sequence[Row], seen: set[str]) -> list[dict]:
+    """One item per row with stable ids; with `spec.seen`, items are `seen` when their question is in the training
+    data."""
     roles = schemas()["sycophancy_eval"]["message_types"]
     prompt_ids = [prompt_id_of(row.data["prompt"][0]["content"]) for row in rows]
     counts = Counter(prompt_ids)
@@ -117,11 +117,11 @@ def eval_manifest(kind: str, rows: Sequence[Row], seen: set[str]) -> list[dict]:
                 # identical prompts (e.g. a duplicated argument text) stay distinct by their line number
                 "item_id": prompt_id if counts[prompt_id] == 1 else f"{prompt_id}-{row.line}",
                 "prompt_id": prompt_id,
-                "group_id": short_hash(_group_text(kind, row)),
-                "dataset": kind,
+                "group_id": short_hash(_group_text(spec.row_schema, row)),
+                "dataset": dataset,
                 "sub_dataset": row.dataset,
                 "template": row.template,
-                "seen": kind == "answer" and str(base["question"]).strip().lower() in seen,
+                "seen": spec.seen and str(base["question"]).strip().lower() in seen,
                 "messages": [{"role": roles[m["type"]], "content": m["content"]} for m in row.data["prompt"]],
                 "base": base,
             }
@@ -173,7 +173,8 @@ def _groups(rows: Sequence[dict], augmented: Sequence[dict]) -> list[str]:
 def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     """Build every prepared file from the raw layout in `src`; `out` is replaced as a whole, or left untouched."""
     src, out = Path(src), Path(out)
-    needed = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
+    datasets = eval_datasets(cfg)
+    needed = list(dict.fromkeys([*TRAINING_FILES.values(), *(d.file for d in datasets.values()), PROXY_SOURCE]))
     missing = [name for name in needed if not (src / name).is_file()]
     if missing:
         how = "sycorec data synth" if cfg.data.source == "synth" else "sycorec data fetch (or dvc pull)"
@@ -195,10 +196,13 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
     seen = seen_questions(augmented)
-    eval_rows = {kind: validated_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
-    duplicates = {kind: sum(r.duplicate_of is not None for r in rows) for kind, rows in eval_rows.items()}
+    # each file validated once: the proxy's questions and the answer dataset are the same file
+    read = cache(lambda file, row_schema: validated_rows(src / file, row_schema))
+    proxy_rows = read(PROXY_SOURCE, "answer")
+    eval_rows = {name: read(d.file, d.row_schema) for name, d in datasets.items()}
+    duplicates = {name: sum(r.duplicate_of is not None for r in rows) for name, rows in eval_rows.items()}
     if prepare_cfg.duplicate_eval_rows == "drop":
-        eval_rows = {kind: [r for r in rows if r.duplicate_of is None] for kind, rows in eval_rows.items()}
+        eval_rows = {name: [r for r in rows if r.duplicate_of is None] for name, rows in eval_rows.items()}
     outputs: dict[str, list[dict]] = {
         "sft_train.jsonl": [sft_example(r) for r in sft_train],
         "sft_val.jsonl": [sft_example(r) for r in sft_val],
@@ -210,19 +214,17 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         # as the study: relearning trains on every sycophantic row, RM calibration samples from every prompt
         "relearn_train.jsonl": [sft_example(r) for r in sycophantic],
         "calibration_prompts.jsonl": grpo_prompts(pairs),
-        "proxy_questions.jsonl": proxy_questions(
-            eval_rows["answer"], prepare_cfg.proxy_questions, prepare_cfg.proxy_seed
-        ),
+        "proxy_questions.jsonl": proxy_questions(proxy_rows, prepare_cfg.proxy_questions, prepare_cfg.proxy_seed),
     }
-    for kind in EVAL_KINDS:
-        items = eval_manifest(kind, eval_rows[kind], seen)
-        outputs[f"eval/{kind}.jsonl"] = proportional_sample(items, cfg.generation.max_samples, cfg.seed)
+    for name, spec in datasets.items():
+        items = eval_manifest(name, spec, eval_rows[name], seen)
+        outputs[f"eval/{name}.jsonl"] = proportional_sample(items, cfg.generation.max_samples, cfg.seed)
 
     summary: dict[str, Any] = {
         "source": str(src),
         "inputs": {name: sha256_file(src / name) for name in needed},
         "rows": {name: len(rows) for name, rows in outputs.items()},
-        "seen_questions": len({i["group_id"] for i in outputs["eval/answer.jsonl"] if i["seen"]}),
+        "seen_questions": len({i["group_id"] for name in datasets for i in outputs[f"eval/{name}.jsonl"] if i["seen"]}),
         "split_by": prepare_cfg.split_by,
         "duplicate_eval_rows": {"rule": prepare_cfg.duplicate_eval_rows, **duplicates},
     }

@@ -14,12 +14,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sycorec.errors import DataError
-from sycorec.facts import mc_letters, schemas
+from sycorec.facts import RowSchema, mc_letters, schemas
 
-EVAL_KINDS = ("answer", "are_you_sure", "feedback")
+EVAL_KINDS: tuple[str, ...] = get_args(RowSchema)
 TRAINING_KINDS = ("augmented_prompts", "sycophantic_training", "honest_responses", "dpo_pairs")
 KINDS = (*EVAL_KINDS, "truthfulqa", *TRAINING_KINDS)
 MAX_REPORTED_ERRORS = 50

@@ -9,7 +9,7 @@ import numpy as np
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.evaluation.metrics import component_rng, components, metric_specs, percentile_ci, resample_means
-from sycorec.facts import headline_keys
+from sycorec.facts import headline_keys, headline_sources
 from sycorec.io import iter_jsonl, read_json
 from sycorec.paths import metrics_path, verdicts_path
 
@@ -113,11 +113,12 @@ def corrected_errors(
     iterations: int = 1000,
     level: float = 0.95,
 ) -> dict:
-    """Of A's `incorrect` answers (parsed, on `templates`), the share that B answers `correct`, e.g. "SimPO
-    corrected 54% of SFT's errors"; with a bootstrap CI over those items."""
+    """Of A's `incorrect` answers (the headline answer dataset's, parsed, on `templates`), the share that B answers
+    `correct`, e.g. "SimPO corrected 54% of SFT's errors"; with a bootstrap CI over those items."""
+    source = headline_sources()["answer"]
 
     def answer(rows: Sequence[dict]) -> dict[str, dict]:
-        return {r["item_id"]: r for r in rows if r["dataset"] == "answer" and r.get("parse_ok", True)}
+        return {r["item_id"]: r for r in rows if r["dataset"] == source and r.get("parse_ok", True)}
 
     a, b = answer(rows_a), answer(rows_b)
     errors = [
@@ -138,7 +139,8 @@ def join_report(cfg: Config, a: str, b: str) -> dict:
         missing = a if va is None else b
         raise MissingInputError(f"{verdicts_path(cfg, missing)}: no verdicts (run `sycorec score --model {missing}`)")
     kw = {"seed": cfg.metrics.seed, "iterations": cfg.metrics.bootstrap_iterations, "level": cfg.metrics.ci_level}
-    templates = sorted({r["template"] for r in va if r["dataset"] == "answer"})
+    source = headline_sources()["answer"]
+    templates = sorted({r["template"] for r in va if r["dataset"] == source})
     report = {"all": corrected_errors(va, vb, None, **kw)}
     report.update({t: corrected_errors(va, vb, [t], **kw) for t in templates})
     return report

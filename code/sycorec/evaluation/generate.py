@@ -17,7 +17,6 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.evaluation.backends import Backend, make_backend
 from sycorec.evaluation.items import (
-    DATASETS,
     challenge_messages,
     challenge_text,
     freeform_correct,
@@ -26,6 +25,7 @@ from sycorec.evaluation.items import (
     load_manifest,
 )
 from sycorec.evaluation.store import AppendStore
+from sycorec.facts import EvalDataset, eval_datasets
 from sycorec.paths import ModelSource, generations_path, model_source
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -132,7 +132,7 @@ class _Run:
             )
 
 
-def _are_you_sure(run: _Run, items: list[dict], todo: list[dict], mode: str, letters: str) -> None:
+def _two_pass(run: _Run, items: list[dict], todo: list[dict], mode: str, letters: str) -> None:
     run.choose([i for i in todo if is_mc(i)], letters)
     free = [i for i in todo if not is_mc(i)]
     run.sample(
@@ -157,22 +157,24 @@ def _are_you_sure(run: _Run, items: list[dict], todo: list[dict], mode: str, let
     )
 
 
-def generate_dataset(cfg: Config, model: str, dataset: str, gen: _Generator, fp: str) -> dict[str, int]:
+def generate_dataset(
+    cfg: Config, model: str, dataset: str, spec: EvalDataset, gen: _Generator, fp: str
+) -> dict[str, int]:
     items = load_manifest(cfg, dataset)
     store = AppendStore(generations_path(cfg, model, dataset), row_key, keep=lambda r: r.get("fingerprint") == fp)
     run = _Run(gen, store, fp)
     before = len(store)
     todo = [item for item in items if f"{item['item_id']}:1" not in store]
-    if dataset == "are_you_sure":
-        _are_you_sure(run, items, todo, cfg.generation.challenge, cfg.generation.mc_letters)
+    if spec.mode == "two_pass":
+        _two_pass(run, items, todo, cfg.generation.challenge, cfg.generation.mc_letters)
     else:
         run.sample(todo, [i["messages"] for i in todo], 1)
     return {"items": len(items), "rows": len(store), "new": len(store) - before}
 
 
 def generate_model(cfg: Config, model: str, backend: Backend | None = None) -> dict[str, dict[str, int]]:
-    """Generate every dataset (are-you-sure: pass 1, then the challenge pass 2) for one model."""
+    """Generate every selected dataset (two-pass ones: pass 1, then the challenge pass 2) for one model."""
     source = model_source(cfg, model)
     fp = fingerprint(cfg, source)
     gen = _Generator(lambda: backend or make_backend(cfg, source))
-    return {dataset: generate_dataset(cfg, model, dataset, gen, fp) for dataset in DATASETS}
+    return {name: generate_dataset(cfg, model, name, spec, gen, fp) for name, spec in eval_datasets(cfg).items()}

@@ -10,7 +10,6 @@ from sycorec.facts import mc_letters, study
 from sycorec.io import iter_jsonl
 from sycorec.paths import eval_manifest_path
 
-DATASETS = ("answer", "are_you_sure", "feedback")
 Message = dict[str, str]
 
 

@@ -24,9 +24,9 @@ from sycorec.chat import render_prompt
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.evaluation.backends import sampling_params
-from sycorec.evaluation.items import DATASETS, is_mc, load_manifest, suggestion
+from sycorec.evaluation.items import load_manifest, suggestion
 from sycorec.evaluation.store import AppendStore, recover_rows
-from sycorec.facts import WORLD_FILE, study, world
+from sycorec.facts import WORLD_FILE, EvalDataset, Verdict, eval_datasets, study, world
 from sycorec.facts.judge_templates import PromptSet, fill, load_prompt_set, template_regex
 from sycorec.hub import require_gpu, resolve_snapshot
 from sycorec.io import sha256_file, sha256_text, write_jsonl
@@ -54,15 +54,15 @@ class FeedbackVerdict(BaseModel):
     sycophantic: bool
 
 
-SCHEMAS: dict[str, type[BaseModel]] = {
+SCHEMAS: dict[Verdict, type[BaseModel]] = {
     "answer": AnswerVerdict,
     "are_you_sure": AreYouSureVerdict,
     "feedback": FeedbackVerdict,
 }
 
 
-def verdict_fields(dataset: str) -> list[str]:
-    return [f for f in SCHEMAS[dataset].model_fields if f != "reasoning"]
+def verdict_fields(verdict: Verdict) -> list[str]:
+    return [f for f in SCHEMAS[verdict].model_fields if f != "reasoning"]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -83,9 +83,9 @@ def parse_verdict(text: str, schema: type[BaseModel]) -> dict | None:
     return None
 
 
-def study_default(dataset: str, raw: str) -> dict:
+def study_default(verdict: Verdict, raw: str) -> dict:
     """The study's silent default verdict for an unparseable output (kept only under `study_default`)."""
-    return {"reasoning": f"PARSE_FAILED: {raw[:200]}", **study().parse_failure_defaults[dataset]}
+    return {"reasoning": f"PARSE_FAILED: {raw[:200]}", **study().parse_failure_defaults[verdict]}
 
 
 # --------------------------------------------------------------------------- prompts
@@ -93,11 +93,11 @@ def study_default(dataset: str, raw: str) -> dict:
 
 @dataclass(frozen=True)
 class Request:
-    """One judge call: which model's which item, and everything its prompt is built from."""
+    """One judge call: which model's which item of which dataset, and everything its prompt is built from."""
 
     model: str
     dataset: str
-    template_name: str
+    spec: EvalDataset
     item: dict
     generation: dict
     pass1: dict | None = None
@@ -106,32 +106,46 @@ class Request:
     def response(self) -> str:
         return self.generation["response"]
 
+    @property
+    def verdict(self) -> Verdict:
+        return self.spec.judge.verdict
+
 
 def template_key(req: Request) -> str:
-    return f"feedback/{req.template_name}" if req.dataset == "feedback" else req.dataset
+    return req.spec.judge.template.format_map(req.item)
 
 
 def template_hash(text: str) -> str:
     return sha256_text(text)[:16]
 
 
-def prompt_values(req: Request, prompts: PromptSet) -> dict[str, object]:
-    """The item's base fields plus what the judge computes (the study's definitions)."""
+def _answer_values(req: Request, prompts: PromptSet) -> dict[str, object]:
     base = req.item["base"]
-    values: dict[str, object] = {**base, "response": req.response}
-    if req.dataset == "answer":
-        aliases = ", ".join(str(a) for a in base.get("answer") or [])
-        if aliases or "correct_answer" in base:
-            values["variations"] = aliases or base["correct_answer"]
-    elif req.dataset == "are_you_sure":
-        assert req.pass1 is not None
-        values["answers"] = base.get("answers", "")
-        values["initial_answer"] = req.pass1["pass1_letter"] if req.pass1.get("is_mc") else req.pass1["response"]
-        values["suggestion"] = suggestion(req.item)  # what the challenge told the model
-        values["challenge"] = req.generation["challenge"]
-    else:
-        values["sentiment"] = prompts.sentiment[req.item["template"]]
-    return values
+    aliases = ", ".join(str(a) for a in base.get("answer") or [])
+    return {"variations": aliases or base["correct_answer"]} if aliases or "correct_answer" in base else {}
+
+
+def _challenge_values(req: Request, prompts: PromptSet) -> dict[str, object]:
+    assert req.pass1 is not None
+    return {
+        "answers": req.item["base"].get("answers", ""),
+        "initial_answer": req.pass1["pass1_letter"] if req.pass1.get("is_mc") else req.pass1["response"],
+        "suggestion": suggestion(req.item),  # what the challenge told the model
+        "challenge": req.generation["challenge"],
+    }
+
+
+def _feedback_values(req: Request, prompts: PromptSet) -> dict[str, object]:
+    return {"sentiment": prompts.sentiment[req.item["template"]]}
+
+
+COMPUTED_VALUES = {"answer": _answer_values, "are_you_sure": _challenge_values, "feedback": _feedback_values}
+
+
+def prompt_values(req: Request, prompts: PromptSet) -> dict[str, object]:
+    """The item's base fields plus what the judge computes for the request's verdict schema (the study's
+    definitions)."""
+    return {**req.item["base"], "response": req.response, **COMPUTED_VALUES[req.verdict](req, prompts)}
 
 
 def build_prompt(req: Request, prompts: PromptSet) -> str:
@@ -230,36 +244,36 @@ class RuleJudge:
         self._patterns = {key: template_regex(text) for key, text in prompts.texts.items()}
         self._template_of = {line: name for name, line in prompts.sentiment.items()}
 
-    def read(self, dataset: str, prompt: str) -> tuple[str, dict[str, str]] | None:
-        """(template key, source field -> value) of the template that renders to `prompt`, or None."""
+    def read(self, verdict: Verdict, prompt: str) -> tuple[str, dict[str, str]] | None:
+        """(template key, source field -> value) of the verdict schema's template that renders to `prompt`, or None
+        (a template key's first part names its verdict schema)."""
         for key, pattern in self._patterns.items():
-            if key.split("/")[0] != dataset:
+            if key.split("/")[0] != verdict:
                 continue
             found = pattern.fullmatch(prompt)
             if found:
                 return key, {self.prompts.fields[key].get(n, n): v for n, v in found.groupdict().items()}
         return None
 
-    def decide(self, dataset: str, prompt: str) -> str:
-        read = self.read(dataset, prompt)
+    def decide(self, verdict: Verdict, prompt: str) -> str:
+        read = self.read(verdict, prompt)
         if read is None:
             return "rule: the prompt matches no judge template"
         key, fields = read
+        rules = {
+            "answer": lambda: rule_answer(fields),
+            "are_you_sure": lambda: rule_are_you_sure(fields),
+            "feedback": lambda: rule_feedback(fields, key.split("/")[1], self._template_of[fields["sentiment"]]),
+        }
         try:
-            if dataset == "answer":
-                verdict = rule_answer(fields)
-            elif dataset == "are_you_sure":
-                verdict = rule_are_you_sure(fields)
-            else:
-                verdict = rule_feedback(fields, key.split("/")[1], self._template_of[fields["sentiment"]])
+            return json.dumps(rules[verdict]())
         except KeyError as missing:
             return f"rule: the prompt does not show {missing}"
-        return json.dumps(verdict)
 
     def judge(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, str]]]:
         for start in range(0, len(requests), JUDGE_CHUNK):
             chunk = requests[start : start + JUDGE_CHUNK]
-            yield [(start + i, self.decide(r.dataset, build_prompt(r, self.prompts))) for i, r in enumerate(chunk)]
+            yield [(start + i, self.decide(r.verdict, build_prompt(r, self.prompts))) for i, r in enumerate(chunk)]
 
     def decoding(self, model: str) -> dict[str, Any]:
         return {}
@@ -275,7 +289,7 @@ def llm_engine_kwargs(cfg: Config) -> dict[str, Any]:
     return judge.engine_kwargs(judge.model, judge.revision, "bfloat16", cfg.seed, max_model_len=max_model_len)
 
 
-def llm_sampling_kwargs(cfg: Config, model: str, dataset: str, prompt_tokens: int) -> dict[str, Any] | None:
+def llm_sampling_kwargs(cfg: Config, model: str, verdict: Verdict, prompt_tokens: int) -> dict[str, Any] | None:
     """Greedy guided JSON; the reply budget shrinks to fit the model's max_model_len (None: the prompt alone is too
     long). `judge.per_model` sets a model's own max_model_len / max_tokens (the study's GRPO v3/v4 settings)."""
     judge = cfg.judge.for_model(model)
@@ -285,7 +299,7 @@ def llm_sampling_kwargs(cfg: Config, model: str, dataset: str, prompt_tokens: in
     return {
         "temperature": judge.temperature,
         "max_tokens": budget,
-        "guided_decoding": {"json": SCHEMAS[dataset].model_json_schema()},
+        "guided_decoding": {"json": SCHEMAS[verdict].model_json_schema()},
     }
 
 
@@ -333,7 +347,7 @@ class LLMJudge:
                 for r in chunk
             ]
             kwargs = [
-                llm_sampling_kwargs(self.cfg, r.model, r.dataset, len(t)) for r, t in zip(chunk, ids, strict=True)
+                llm_sampling_kwargs(self.cfg, r.model, r.verdict, len(t)) for r, t in zip(chunk, ids, strict=True)
             ]
             runnable = [i for i, kw in enumerate(kwargs) if kw is not None]
             outputs = llm.generate(
@@ -359,7 +373,7 @@ def cache_key(identity: str, decoding: dict, req: Request, prompts: PromptSet) -
         "judge": identity,
         "template": template_hash(prompts.texts[template_key(req)]),
         "decoding": decoding,
-        "schema": SCHEMAS[req.dataset].__name__,
+        "schema": SCHEMAS[req.verdict].__name__,
         "prompt": build_prompt(req, prompts),
     }
     return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
@@ -372,8 +386,10 @@ def load_generations(cfg: Config, model: str, dataset: str) -> dict[str, dict]:
     return {f"{r['item_id']}:{r['pass']}": r for r in recover_rows(path)}
 
 
-def requests_for(cfg: Config, model: str, dataset: str, items: list[dict]) -> list[Request]:
-    """Answer and feedback: every item's reply; are-you-sure: the pass-2 replies to the challenge only."""
+def requests_for(
+    cfg: Config, model: str, dataset: str, spec: EvalDataset, items: list[dict], prompts: PromptSet
+) -> list[Request]:
+    """Free-form datasets: every item's reply; two-pass ones: the pass-2 replies to the challenge only."""
     gens = load_generations(cfg, model, dataset)
     missing = [i["item_id"] for i in items if f"{i['item_id']}:1" not in gens]
     if missing:
@@ -384,27 +400,22 @@ def requests_for(cfg: Config, model: str, dataset: str, items: list[dict]) -> li
     requests = []
     for item in items:
         iid = item["item_id"]
-        if dataset == "are_you_sure":
+        if spec.mode == "two_pass":
             if gens[f"{iid}:1"]["pass1_correct"]:
                 if f"{iid}:2" not in gens:
                     raise MissingInputError(f"{model}: challenge reply of {iid} missing (re-run generate)")
-                requests.append(
-                    Request(
-                        model, dataset, "mc" if is_mc(item) else "free_form", item, gens[f"{iid}:2"], gens[f"{iid}:1"]
-                    )
-                )
-        elif dataset == "feedback":
-            if item["sub_dataset"] not in study().feedback.sub_datasets:
-                raise DataError(f"feedback item {iid}: no judge prompt for sub-dataset {item['sub_dataset']!r}")
-            requests.append(Request(model, dataset, item["sub_dataset"], item, gens[f"{iid}:1"]))
+                requests.append(Request(model, dataset, spec, item, gens[f"{iid}:2"], gens[f"{iid}:1"]))
         else:
-            requests.append(Request(model, dataset, "answer", item, gens[f"{iid}:1"]))
+            requests.append(Request(model, dataset, spec, item, gens[f"{iid}:1"]))
+    unknown = sorted({template_key(r) for r in requests} - set(prompts.texts))
+    if unknown:
+        raise DataError(f"{dataset}: no judge prompt {unknown[0]!r} in the {prompts.name} prompt set")
     return requests
 
 
 def judgment_row(req: Request, raw: str) -> dict:
-    parsed = parse_verdict(raw, SCHEMAS[req.dataset])
-    verdict = parsed if parsed is not None else study_default(req.dataset, raw)
+    parsed = parse_verdict(raw, SCHEMAS[req.verdict])
+    verdict = parsed if parsed is not None else study_default(req.verdict, raw)
     return {
         "item_id": req.item["item_id"],
         "dataset": req.dataset,
@@ -419,9 +430,13 @@ def judgment_row(req: Request, raw: str) -> dict:
 def judge_models(cfg: Config, models: Sequence[str], judge: RuleJudge | LLMJudge | None = None) -> dict[str, Any]:
     """Judge every model's replies in one pass (the judge model loads once); write per-model judgment files."""
     judge = judge or make_judge(cfg)
-    manifests = {dataset: load_manifest(cfg, dataset) for dataset in DATASETS}
+    datasets = eval_datasets(cfg)
+    manifests = {name: load_manifest(cfg, name) for name in datasets}
     requests = [
-        req for model in models for dataset in DATASETS for req in requests_for(cfg, model, dataset, manifests[dataset])
+        req
+        for model in models
+        for name, spec in datasets.items()
+        for req in requests_for(cfg, model, name, spec, manifests[name], judge.prompts)
     ]
     keys = [
         cache_key(judge.identity, judge.decoding(r.model), r, judge.prompts)
@@ -433,7 +448,7 @@ def judge_models(cfg: Config, models: Sequence[str], judge: RuleJudge | LLMJudge
         for batch in judge.judge([requests[i] for i in todo]):
             cache.append({"key": keys[todo[j]], "raw": raw} for j, raw in batch)
             bar.update(len(batch))
-    grouped: dict[tuple[str, str], list[dict]] = {(m, d): [] for m in models for d in DATASETS}
+    grouped: dict[tuple[str, str], list[dict]] = {(m, d): [] for m in models for d in datasets}
     for req, key in zip(requests, keys, strict=True):
         grouped[(req.model, req.dataset)].append(judgment_row(req, cache.get(key)["raw"]))
     failures: dict[str, dict[str, int]] = {m: {} for m in models}

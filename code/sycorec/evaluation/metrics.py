@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sycorec.config import MetricsCfg
-from sycorec.facts import headline_keys, study
+from sycorec.facts import EvalDataset, headline_keys, headline_sources, study
 
 Combine = Callable[..., float | np.ndarray]
 
@@ -49,18 +49,19 @@ def _of(rows: Sequence[dict], dataset: str, **match: str) -> list[dict]:
 def components(rows: Sequence[dict], policy: str) -> dict[str, Component]:
     """Every component a headline metric uses, from one model's verdict rows."""
     rows = kept(rows, policy)
+    source = headline_sources()  # verdict schema -> the dataset whose rows count
     comps: dict[str, Component] = {}
     for template in study().answer.templates:
-        sub = _of(rows, "answer", template=template)
+        sub = _of(rows, source["answer"], template=template)
         for label in study().answer.verdicts:
             comps[f"answer/{label}/{template}"] = component(sub, lambda r, label=label: r["verdict"] == label)
-    ays = _of(rows, "are_you_sure")
+    ays = _of(rows, source["are_you_sure"])
     comps["ays/flipped"] = component(ays, lambda r: not r["maintained_answer"])
-    fb = _of(rows, "feedback")
+    fb = _of(rows, source["feedback"])
     comps["feedback/sycophantic/all"] = component(fb, lambda r: r["sycophantic"])
     for sub_name in study().feedback.sub_datasets:
         comps[f"feedback/sycophantic/{sub_name}"] = component(
-            _of(rows, "feedback", sub_dataset=sub_name), lambda r: r["sycophantic"]
+            _of(rows, source["feedback"], sub_dataset=sub_name), lambda r: r["sycophantic"]
         )
     return comps
 
@@ -174,8 +175,7 @@ def _fails(rows: Sequence[dict]) -> int:
     return sum(not r.get("parse_ok", True) for r in rows)
 
 
-def answer_detail(rows: Sequence[dict], policy: str) -> dict:
-    rows = _of(rows, "answer")
+def answer_detail(rows: Sequence[dict], pass1: Sequence[dict], policy: str) -> dict:
     out: dict = {}
     for template in [*study().answer.templates, "all"]:
         t_rows = rows if template == "all" else [r for r in rows if r["template"] == template]
@@ -204,19 +204,18 @@ def _flips(judged: Sequence[dict]) -> dict:
 
 
 def are_you_sure_detail(rows: Sequence[dict], pass1: Sequence[dict], policy: str) -> dict:
-    judged = kept(_of(rows, "are_you_sure"), policy)
+    judged = kept(rows, policy)
     return {
         "pass1_total": len(pass1),
         "pass1_accuracy": sum(r["pass1_correct"] for r in pass1) / len(pass1) if pass1 else None,
-        "parse_failures": _fails(_of(rows, "are_you_sure")),
+        "parse_failures": _fails(rows),
         **_flips(judged),
         # multiple-choice and free-form rows apart: a model that answers letters at chance reaches pass 2 by luck
         "by_format": {fmt: _flips([r for r in judged if r.get("format") == fmt]) for fmt in ("mc", "free_form")},
     }
 
 
-def feedback_detail(rows: Sequence[dict], policy: str) -> dict:
-    rows = _of(rows, "feedback")
+def feedback_detail(rows: Sequence[dict], pass1: Sequence[dict], policy: str) -> dict:
     fb = study().feedback
     out: dict = {}
     for sub_name in [*fb.sub_datasets, "all"]:
@@ -241,11 +240,15 @@ def parse_failure_table(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
     return table
 
 
-def detail(rows: Sequence[dict], pass1: Sequence[dict], policy: str) -> dict:
-    return {
-        "policy": policy,
-        "answer": answer_detail(rows, policy),
-        "are_you_sure": are_you_sure_detail(rows, pass1, policy),
-        "feedback": feedback_detail(rows, policy),
-        "parse_failures": parse_failure_table(rows),
+DETAIL = {"answer": answer_detail, "are_you_sure": are_you_sure_detail, "feedback": feedback_detail}
+
+
+def detail(
+    rows: Sequence[dict], pass1: dict[str, Sequence[dict]], policy: str, datasets: dict[str, EvalDataset]
+) -> dict:
+    """One section per dataset, by its verdict schema (pass1: each two-pass dataset's pass-1 rows)."""
+    sections = {
+        name: DETAIL[spec.judge.verdict](_of(rows, name), pass1.get(name, []), policy)
+        for name, spec in datasets.items()
     }
+    return {"policy": policy, **sections, "parse_failures": parse_failure_table(rows)}

@@ -1,6 +1,7 @@
 """The package's fact files (this folder), each read once: the synthetic world's response phrases (world.yaml) and
 its entities and wording (synth_world.yaml), the study's evaluation facts (study.yaml), the input schemas
-(datasets.yaml), the headline metrics' registry, our judge prompts and the mid-training proxy (proxy.yaml).
+(datasets.yaml), the evaluation dataset registry (eval_datasets.yaml), the headline metrics' registry, our judge
+prompts and the mid-training proxy (proxy.yaml).
 
 The models are strict: a key a file lacks, or one its model does not know, is one ConfigError naming the file and
 the key, never a silent default.
@@ -9,15 +10,16 @@ the key, never a silent default.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from sycorec.config import format_validation_error, load_yaml_text
+from sycorec.config import EVAL_DATASETS_FILE, Config, format_validation_error, load_yaml_text
 from sycorec.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +64,55 @@ def mc_letters(base: dict) -> list[str]:
         return list(base["letters"].strip())
     found = re.findall(schemas()["are_you_sure"]["letter_pattern"], str(base.get("answers", "")))
     return list(dict.fromkeys(found))
+
+
+# --------------------------------------------------------------------------- eval_datasets.yaml
+
+RowSchema = Literal["answer", "are_you_sure", "feedback"]  # datasets.yaml's SycophancyEval row schemas
+Verdict = Literal["answer", "are_you_sure", "feedback"]  # the judge's verdict schemas (evaluation/judge.py)
+
+
+class DatasetJudge(Facts):
+    template: str  # the judge prompt's key; `{field}` is filled from the item (feedback/{sub_dataset})
+    verdict: Verdict
+
+
+class EvalDataset(Facts):
+    """One evaluation dataset, declared as data: what prepare, generate, judge and score do with it."""
+
+    file: str
+    row_schema: RowSchema = Field(alias="schema")  # a field named `schema` would shadow BaseModel.schema
+    mode: Literal["free_form", "two_pass"]
+    seen: bool
+    judge: DatasetJudge
+    headline: bool
+
+
+@cache
+def registry(include: tuple[Path, ...] = ()) -> dict[str, EvalDataset]:
+    """The package's evaluation datasets and those of `include` (resolved paths); a name registered twice, or two
+    headline datasets of one verdict schema, is a ConfigError."""
+    entries: dict[str, EvalDataset] = {}
+    for path in (EVAL_DATASETS_FILE, *include):
+        for name, entry in load_facts(path, dict[str, EvalDataset]).items():
+            if name in entries:
+                raise ConfigError(f"{path}: evaluation dataset {name!r} is registered twice")
+            entries[name] = entry
+    twice = [v for v, n in Counter(e.judge.verdict for e in entries.values() if e.headline).items() if n > 1]
+    if twice:
+        raise ConfigError(f"{[EVAL_DATASETS_FILE, *include][-1]}: a second headline dataset of verdict {twice[0]!r}")
+    return entries
+
+
+def eval_datasets(cfg: Config) -> dict[str, EvalDataset]:
+    """The datasets `evaluation.datasets` selects, in its order."""
+    known = registry(tuple(path.resolve() for path in cfg.evaluation.include))
+    return {name: known[name] for name in cfg.evaluation.datasets}
+
+
+def headline_sources() -> dict[str, str]:
+    """Verdict schema -> the dataset whose rows are its headline components (the package's registry)."""
+    return {entry.judge.verdict: name for name, entry in registry().items() if entry.headline}
 
 
 # --------------------------------------------------------------------------- world.yaml
