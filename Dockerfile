@@ -45,6 +45,7 @@ COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
 COPY docker/dvc/config /opt/sycorec/dvc/config
 # HOME and the compile caches (Triton, Inductor, vLLM) point at /tmp, writable under any `docker run --user`.
+# USER/LOGNAME: DVC asks getpass.getuser(), which fails for a `--user` uid without a passwd entry.
 # PYTHONPATH=/work/code: with the checkout bind-mounted at /work, jobs run its code (what DVC hashes), not the copy
 # baked in at build time; the baked copy only serves when nothing is mounted.
 ENV VIRTUAL_ENV=/opt/venv \
@@ -56,6 +57,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     DVC_SYSTEM_CONFIG_DIR=/opt/sycorec/dvc \
     DVC_NO_ANALYTICS=1 \
     HOME=/tmp \
+    USER=${USER:-sycorec} \
+    LOGNAME=${LOGNAME:-sycorec} \
     XDG_CACHE_HOME=/tmp/.cache \
     TRITON_CACHE_DIR=/tmp/.cache/triton \
     TORCHINDUCTOR_CACHE_DIR=/tmp/.cache/inductor \
