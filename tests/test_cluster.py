@@ -165,7 +165,7 @@ def test_prefetch_has_nothing_to_do_for_the_tiny_profile(run_root, fake_hub):
 
 # ---- slurm -------------------------------------------------------------------------------------------------------
 
-SITE = ("--sif", "/images/sycorec.sif", "--hf-cache", "/scratch/hf", "--dvc-cache", "/scratch/dvc")
+SITE = ("--sif", "/images/sycorec.sif", "--hf-cache", "/scratch/hf")
 
 
 def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(run_root, cfg):
@@ -179,13 +179,12 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "#SBATCH --partition=gengpu",
         f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={8 * cfg.train.grpo.versions['v3'].num_gpus}",
         "apptainer exec --nv --cleanenv",
-        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub,$DVC_CACHE:/cache/dvc"',
+        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub"',
         "HF_HUB=/scratch/hf/hub",
         "--env HF_HUB_CACHE=/cache/hf/hub",
         "#SBATCH --kill-on-invalid-dep=yes",
         "SIF=/images/sycorec.sif",
         "HF_CACHE=/scratch/hf",
-        "DVC_CACHE=/scratch/dvc",
         f"REPO={run_root.resolve()}",
         "--env PYTHONNOUSERSITE=1",
         "--env HF_HUB_OFFLINE=1",

@@ -59,7 +59,7 @@ def sbatch_calls(state: Path) -> list[list[str]]:
 
 
 def site(root: Path, **kw) -> jobs.Site:
-    return jobs.Site(root, root / "s.sif", root / "hf", root / "dvc", root / "logs", **kw)
+    return jobs.Site(root, root / "s.sif", root / "hf", root / "logs", **kw)
 
 
 def planned(*stages: tuple[str, tuple[str, ...]], serial: tuple[str, ...] = ()) -> list[jobs.Planned]:
@@ -338,7 +338,7 @@ def test_requeue_handler_runs_in_order_and_respects_the_cap(run_root, tmp_path):
 def test_crafted_values_cannot_run_in_the_script(run_root, tmp_path):
     cfg = load_config(run_root / "params.yaml")
     evil = site(run_root)
-    evil = jobs.Site(run_root, Path("/images/$(touch pwned)`id`.sif"), evil.hf_cache, evil.dvc_cache, evil.log_dir)
+    evil = jobs.Site(run_root, Path("/images/$(touch pwned)`id`.sif"), evil.hf_cache, evil.log_dir)
     script = jobs.render("train_sft", cfg, evil)
     assert "SIF='/images/$(touch pwned)`id`.sif'" in script
     assert jobs.render("train_sft", cfg, site(run_root)).count("{{") == 0

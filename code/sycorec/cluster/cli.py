@@ -76,13 +76,6 @@ def site_options(func):
             show_default="$HF_HUB_CACHE or <hf-cache>/hub",
             help="Host HF hub cache, bound at /cache/hf/hub (set when it lives apart from $HF_HOME).",
         ),
-        click.option(
-            "--dvc-cache",
-            envvar="SYCOREC_DVC_CACHE",
-            default=".dvc/cache",
-            show_default=True,
-            help="Host DVC cache, bound at /cache/dvc.",
-        ),
         click.option("--log-dir", default=str(jobs.LOG_DIR), show_default=True, help="Where job logs go."),
         click.option("--partition", envvar="SYCOREC_PARTITION", default=None, help="sbatch --partition."),
         click.option("--account", envvar="SYCOREC_ACCOUNT", default=None, help="sbatch --account."),
@@ -93,9 +86,7 @@ def site_options(func):
     return func
 
 
-def _site(
-    sif: str, hf_cache: str, hf_hub_cache: str | None, dvc_cache: str, log_dir: str, partition, account, extra
-) -> jobs.Site:
+def _site(sif: str, hf_cache: str, hf_hub_cache: str | None, log_dir: str, partition, account, extra) -> jobs.Site:
     repo = Path.cwd().resolve()
 
     def absolute(value: str) -> Path:
@@ -107,7 +98,6 @@ def _site(
         sif=absolute(sif),
         hf_cache=absolute(hf_cache),
         hf_hub_cache=absolute(hf_hub_cache) if hf_hub_cache else None,
-        dvc_cache=absolute(dvc_cache),
         log_dir=absolute(log_dir),
         partition=partition,
         account=account,
@@ -181,7 +171,7 @@ def submit(
             click.echo(f"==> {jobs.SCRIPT_DIR / (jobs.job_name(job.stage) + '.sbatch')} <=={after}")
             click.echo(job.script)
         return
-    preflight.check_slurm([job.stage for job in planned], cfg, where, root)
+    preflight.check_slurm([job.stage for job in planned], cfg, where, root, max_parallel=max_parallel)
 
     def report(job: jobs.Submitted) -> None:
         if not job.new:

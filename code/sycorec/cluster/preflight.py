@@ -8,7 +8,9 @@ needs no data download, no hub snapshot and no GPU, so its checks are empty and 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -219,14 +221,92 @@ def limit_problems(stages: Sequence[str], cfg: Config, site: jobs.Site, runner: 
     return problems
 
 
+def dvc_cache_problem(root: Path) -> str | None:
+    """The DVC cache lies inside the repository, the one bind a job has: the planner on the login node and the jobs
+    then see the same cache, and DVC can hardlink outputs to it (a hardlink cannot cross two mounts)."""
+    if not (root / ".dvc").is_dir():
+        return None
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        cache = Path(repo.cache.local_cache_dir)
+    if cache.resolve().is_relative_to(root.resolve()) and not Path(repo.config["cache"].get("dir", "")).is_absolute():
+        return None
+    return (
+        f"the DVC cache {cache} is not a relative path inside the repository {root}: jobs see only the repository "
+        "(at /work), so they would commit to another cache and every plan would submit finished stages again; "
+        "`dvc cache dir --unset` (and --local) to keep it in .dvc/cache"
+    )
+
+
+def _mount_of(path: Path, mountinfo: Path) -> tuple[str, set[str]]:
+    """Filesystem type and mount + superblock options of the mount holding `path` (the longest mount point)."""
+    best: tuple[int, str, set[str]] = (-1, "", set())
+    for line in mountinfo.read_text(encoding="utf-8").splitlines():
+        fields, _, tail = line.partition(" - ")  # id parent dev root point options [tags] - fstype source super
+        _, _, _, _, point, options, *_ = fields.split()
+        fstype, _source, super_options = tail.split()
+        point = point.replace("\\040", " ")
+        if path.is_relative_to(point) and len(point) > best[0]:
+            best = (len(point), fstype, set(options.split(",")) | set(super_options.split(",")))
+    return best[1], best[2]
+
+
+BEEGFS_CLIENT_CONF = Path("/etc/beegfs/beegfs-client.conf")
+
+
+def _local_flock(fstype: str, options: set[str], beegfs_conf: Path) -> str | None:
+    """Why `flock` on this filesystem is not coherent across nodes, or None (assumed coherent)."""
+    if fstype == "lustre" and "flock" not in options:
+        return "a Lustre mount without -o flock (localflock/noflock) keeps flock local to each node"
+    if fstype.startswith("nfs") and options & {"nolock", "local_lock=flock", "local_lock=all"}:
+        return "an NFS mount with nolock/local_lock keeps flock local to each node"
+    if fstype.startswith("beegfs"):
+        conf = beegfs_conf.read_text(encoding="utf-8") if beegfs_conf.is_file() else ""
+        if not re.search(r"^\s*tuneUseGlobalFileLocks\s*=\s*true\b", conf, flags=re.MULTILINE):
+            return f"BeeGFS keeps flock local to each node unless {beegfs_conf} sets tuneUseGlobalFileLocks = true"
+    return None
+
+
+def flock_problem(
+    root: Path,
+    max_parallel: int,
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+    beegfs_conf: Path = BEEGFS_CLIENT_CONF,
+) -> str | None:
+    """DVC's repo lock is `flock` on the repository: it must work there, and with jobs side by side on several nodes
+    it must hold across nodes, or two jobs both take it and one `dvc.lock` update is lost."""
+    probe = root / ".dvc" / "config" if (root / ".dvc" / "config").is_file() else root
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        return f"flock fails on the repository's filesystem ({exc.strerror}): DVC cannot take its repo lock there"
+    finally:
+        os.close(fd)
+    if max_parallel == 1 or not mountinfo.is_file():
+        return None
+    fstype, options = _mount_of(root.resolve(), mountinfo)
+    if reason := _local_flock(fstype, options, beegfs_conf):
+        return f"--max-parallel {max_parallel}: {reason}; run with --max-parallel 1"
+    return None
+
+
 def check_slurm(
-    stages: Sequence[str], cfg: Config, site: jobs.Site, root: Path, runner: jobs.Runner = subprocess.run
+    stages: Sequence[str],
+    cfg: Config,
+    site: jobs.Site,
+    root: Path,
+    runner: jobs.Runner = subprocess.run,
+    max_parallel: int = 1,
 ) -> None:
-    """`sycorec slurm submit` on the login node: the common checks against the site's HF cache, then the image and
-    the partition's limits."""
+    """`sycorec slurm submit` on the login node: the common checks against the site's HF cache, then the image, the
+    DVC cache and lock, and the partition's limits."""
     problems, _ = common_problems(stages, cfg, site.hub_cache)
     if problem := image_problem(site, root):
         problems.append(problem)
+    problems += [p for p in (dvc_cache_problem(root), flock_problem(root, max_parallel)) if p]
     problems += limit_problems(stages, cfg, site, runner)
     _raise(problems)
 
