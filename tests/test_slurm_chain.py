@@ -214,7 +214,10 @@ def test_full_scale_needs_follow_the_stage(run_root):
     stage_map = jobs.load_stage_map()
     judge = preflight.stage_needs("judge@sft", cfg, stage_map)
     assert [i.repo_id for i in judge.hub] == [cfg.judge.model] and judge.gpus == cfg.judge.tensor_parallel_size
-    assert preflight.stage_needs("prepare", cfg, stage_map) == preflight.Needs((), True, 0)
+    training = preflight.HubItem(
+        "training_data", cfg.data.training_data.hf_dataset, "dataset", cfg.data.training_data.hf_revision
+    )
+    assert preflight.stage_needs("prepare", cfg, stage_map) == preflight.Needs((training,), True, 0)
     assert preflight.stage_needs("score@sft", cfg, stage_map) == preflight.Needs((), False, 0)
     grpo = preflight.stage_needs("train_grpo@v3", cfg, stage_map)
     assert [i.repo_id for i in grpo.hub] == [cfg.base_model.name] and grpo.gpus == 2

@@ -11,9 +11,9 @@ from sycorec.clikit import pass_config
 from sycorec.cluster import prefetch as fetching
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
-from sycorec.config import Config
+from sycorec.config import PARAMS_FILE, Config
 from sycorec.errors import SycorecError
-from sycorec.hub import hub_offline
+from sycorec.hub import PIN_COMMAND, hub_offline
 
 MAX_PARALLEL_OPTION = click.option(
     "--max-parallel",
@@ -34,8 +34,9 @@ MAX_PARALLEL_OPTION = click.option(
 )
 @click.option("--only", multiple=True, metavar="REPO_ID", help="Fetch only this pinned repo (repeatable).")
 @click.option("--dry-run", is_flag=True, help="List what would be fetched; download and write nothing.")
+@click.option("--pin", is_flag=True, help="Write each resolved commit into params.yaml in place of a branch name.")
 @pass_config
-def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) -> None:
+def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool, pin: bool) -> None:
     """Download every pinned model and dataset into the HF cache (run on a node with network)."""
     items = fetching.select(fetching.pinned_items(cfg), only)
     if not items:
@@ -49,13 +50,20 @@ def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) 
         raise SycorecError("prefetch needs network but HF_HUB_OFFLINE=1; run it on a login node without that setting")
     document = fetching.prefetch(items, manifest)
     fetched = {(i.repo_type, i.repo_id) for i in items}
+    moving = {}
     for record in document["items"]:
         if (record["repo_type"], record["repo_id"]) in fetched:
             click.echo(f"{record['repo_type']:<8} {record['repo_id']}@{record['revision']} -> {record['commit']}")
             if record["revision"] != record["commit"]:
-                key = fetching.PARAM_KEYS[record["role"]]
-                click.echo(f"         pin it: {key}: {record['commit']}  (full scale refuses a branch name)")
+                moving[fetching.PARAM_KEYS[record["role"]]] = record["commit"]
     click.echo(f"manifest: {manifest}")
+    params = Path((click.get_current_context().find_root().obj or {}).get("params", PARAMS_FILE))
+    if pin:
+        for key in fetching.pin_revisions(params, moving):
+            click.echo(f"pinned {key}: {moving[key]} in {params} (review `git diff {params}`, then commit it)")
+    else:
+        for key, commit in moving.items():
+            click.echo(f"not a commit: {key} (resolved to {commit}); `{PIN_COMMAND}` writes it into {params}")
 
 
 def site_options(func):

@@ -21,13 +21,14 @@ from sycorec.cluster import slurm as jobs
 from sycorec.cluster.prefetch import PARAM_KEYS, HubItem
 from sycorec.config import Config
 from sycorec.errors import SycorecError
-from sycorec.hub import prefetch_command, visible_gpus
+from sycorec.hub import PIN_COMMAND, is_commit, prefetch_command, visible_gpus
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
 # Stages that load the base model (weights or tokenizer) at full scale; the judge stages load the judge.
 BASE_READERS = {"train_base", "train_sft", "train_pref", "train_rm", "rm_calibrate", "train_grpo", "relearn"}
 BASE_READERS |= {"generate", "probe_extract"}
 RAW_READERS = {"prepare", "train_base"}
+# Stages that read the study's training data (fetched into data/raw at `data.training_data.hf_revision`).
+TRAINING_DATA_READERS = {"prepare"}
 # What the image must share with HEAD when its commit differs: the code runs from the checkout, the rest is baked in.
 IMAGE_INPUTS = ("requirements/cluster.lock", "docker", "Dockerfile", "apptainer.def", "pyproject.toml")
 
@@ -58,6 +59,9 @@ def stage_needs(stage: str, cfg: Config, stage_map: dict) -> Needs:
     if family == "judge" and cfg.judge.backend == "llm":
         hub.append(HubItem("judge", cfg.judge.model, "model", cfg.judge.revision))
         gpu = True
+    if family in TRAINING_DATA_READERS and cfg.data.source == "fetch":
+        training = cfg.data.training_data
+        hub.append(HubItem("training_data", training.hf_dataset, "dataset", training.hf_revision))
     gpus = jobs.stage_job(stage, cfg, stage_map).gpus if gpu else 0
     return Needs(tuple(hub), family in RAW_READERS and cfg.data.source == "fetch", gpus)
 
@@ -118,10 +122,10 @@ def pin_problems(items: Sequence[HubItem], cfg: Config) -> list[str]:
     if cfg.is_tiny:
         return []
     return [
-        f"{PARAM_KEYS[item.role]} is {item.revision!r}, not a commit: pin {item.repo_id} to the 40-hex commit "
-        f"`{prefetch_command(item.repo_id)}` records in outputs/prefetch_manifest.json"
+        f"{PARAM_KEYS[item.role]} is {item.revision!r}, not a commit: `{PIN_COMMAND} --only {item.repo_id}` writes "
+        "the commit it resolves to into params.yaml (review and commit the diff)"
         for item in items
-        if not COMMIT.fullmatch(item.revision)
+        if not is_commit(item.revision)
     ]
 
 
