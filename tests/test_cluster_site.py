@@ -136,3 +136,21 @@ def test_max_parallel_needs_flock_that_holds_across_nodes(tmp_path, fstype, opti
     if not coherent:
         assert "--max-parallel 1" in problem
     assert preflight.flock_problem(repo, 1, mountinfo, conf) is None  # one job at a time needs no cluster lock
+
+
+def test_plan_counts_the_judge_load_and_dvc_hashing_with_their_sources(cfg):
+    from sycorec.cluster.costs import format_plan, load_costs, plan_costs
+
+    costs = load_costs()
+    judge, train, score = plan_costs(["judge@sft", "train_sft", "score@sft"], cfg)
+    load = costs["loads"]["judge"]["hours"]
+    assert judge.load_hours == load and judge.gpu_hours == pytest.approx((judge.hours + load) * judge.gpus)
+    hashing = costs["stages"]["train_sft"]["hashed_gb"] / costs["dvc_hash"]["gb_per_s"] / 3600
+    assert train.hash_hours == pytest.approx(hashing) and train.load_hours == 0
+    assert train.gpu_hours == pytest.approx((train.hours + hashing) * train.gpus)
+    assert score.gpu_hours == 0
+    text = format_plan([judge, train, score])
+    assert f"+ load: judge {load} h per job (estimate: " in text
+    assert f"+ hash: DVC hashes a job's outputs at {costs['dvc_hash']['gb_per_s']} GB/s (measured: " in text
+    total = float(re.search(r"([0-9.]+) GPU-hours in total$", text).group(1))
+    assert total == pytest.approx(judge.gpu_hours + train.gpu_hours, abs=0.05)
