@@ -154,3 +154,32 @@ def test_plan_counts_the_judge_load_and_dvc_hashing_with_their_sources(cfg):
     assert f"+ hash: DVC hashes a job's outputs at {costs['dvc_hash']['gb_per_s']} GB/s (measured: " in text
     total = float(re.search(r"([0-9.]+) GPU-hours in total$", text).group(1))
     assert total == pytest.approx(judge.gpu_hours + train.gpu_hours, abs=0.05)
+
+
+def test_each_stage_records_where_it_ran_and_the_manifest_collects_it(tmp_path, monkeypatch, cfg):
+    """The report may run on a login node outside the image: the GPU stages' own records say where they ran."""
+    import platform
+
+    import torch
+
+    from sycorec import provenance
+    from sycorec.clikit import timed
+    from sycorec.report.manifest import build_manifest
+
+    monkeypatch.chdir(tmp_path)
+    digest = "sha256:" + "ab" * 32
+    monkeypatch.setenv("SYCOREC_IMAGE_DIGEST", digest)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a GPU node's torch reports
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(provenance, "driver_version", lambda: "550.54.15")
+    timed("generate@{model}")(lambda model: None)(model="sft")
+    monkeypatch.setenv("SYCOREC_IMAGE_DIGEST", "")  # the login node: no image
+    manifest = build_manifest(cfg, tmp_path)
+    assert manifest["environment"]["image_digest"] is None
+    ran = manifest["stages"]["generate@sft"]
+    assert ran["image_digest"] == digest and ran["slurm_job_id"] == "4242" and ran["node"] == platform.node()
+    assert ran["hardware"]["gpus"] == ["NVIDIA H100 80GB HBM3"] * 4
+    assert ran["hardware"]["cuda"] == torch.version.cuda and ran["hardware"]["driver"] == "550.54.15"
+    assert ran["versions"]["torch"]
