@@ -183,3 +183,23 @@ def test_each_stage_records_where_it_ran_and_the_manifest_collects_it(tmp_path, 
     assert ran["hardware"]["gpus"] == ["NVIDIA H100 80GB HBM3"] * 4
     assert ran["hardware"]["cuda"] == torch.version.cuda and ran["hardware"]["driver"] == "550.54.15"
     assert ran["versions"]["torch"]
+
+
+def test_checkpoints_are_removed_only_once_the_model_is_committed(tmp_path):
+    """A trainer keeps its checkpoints when it finishes; they go once DVC has committed the stage's output."""
+    from sycorec.io import write_json
+    from sycorec.train.common import CHECKPOINTS, RUN_FILE, prune_committed_checkpoints
+
+    stages = "".join(
+        f"  {name}: {{cmd: mkdir -p outputs/models/{name} && echo {name} > outputs/models/{name}/w, "
+        f"outs: [outputs/models/{name}]}}\n"
+        for name in ("sft", "dpo")
+    )
+    repo = git_dvc_repo(tmp_path / "checkout", stages)
+    for name in ("sft", "dpo"):
+        (repo / CHECKPOINTS / name / "checkpoint-8").mkdir(parents=True)
+        write_json(repo / CHECKPOINTS / name / RUN_FILE, {"fingerprint": "f", "output": f"outputs/models/{name}"})
+    assert prune_committed_checkpoints(repo) == []  # nothing committed yet
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "sft"], cwd=repo, check=True)
+    assert prune_committed_checkpoints(repo) == [repo / CHECKPOINTS / "sft"]
+    assert not (repo / CHECKPOINTS / "sft").exists() and (repo / CHECKPOINTS / "dpo" / "checkpoint-8").is_dir()

@@ -14,7 +14,6 @@ from typing import Any
 from sycorec.config import Config, DPOCfg, SimPOCfg
 from sycorec.errors import ConfigError
 from sycorec.train.common import (
-    finish_checkpoints,
     load_tokenizer,
     prepared_dataset,
     training_start,
@@ -70,5 +69,4 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
         trainer = DPOTrainer(**lora_trainer_args(session, config, dataset), ref_model=None)
     result = train(session, trainer)
     write_train_summary(cfg, run.name, result.trainer, SUMMARY_KEYS)
-    finish_checkpoints(run.name)
     return result
