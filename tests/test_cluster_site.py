@@ -79,12 +79,22 @@ def test_a_job_s_bind_layout_links_the_model_into_the_cache_once(run_root, tmp_p
     assert jobs.plan(repo, ["model"]) == []  # the login node's planner sees the job's commit: nothing to resubmit
 
 
-def test_a_dvc_cache_outside_the_repository_is_refused(tmp_path):
+def test_a_dvc_cache_outside_the_repository_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_GLOBAL_CONFIG_DIR", str(tmp_path / "user-config"))
     repo = git_dvc_repo(tmp_path / "checkout", MODEL_STAGE)
+
+    def cache_dir(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", *args], cwd=repo, check=True)
+
+    assert preflight.dvc_cache_problem(repo) is None
+    cache_dir("--local", "scratch-cache")  # relative, inside: the job resolves it the same way
     assert preflight.dvc_cache_problem(repo) is None
     for place in (tmp_path / "elsewhere", repo / "cache"):  # outside; inside but absolute (not so in the job)
-        subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(place)], cwd=repo, check=True)
+        cache_dir("--local", str(place))
         assert "not a relative path inside the repository" in preflight.dvc_cache_problem(repo)
+    cache_dir("--local", "--unset")
+    cache_dir("--global", str(tmp_path / "elsewhere"))  # the login node reads the user's config, the job does not
+    assert "not a relative path inside the repository" in preflight.dvc_cache_problem(repo)
 
 
 def test_compile_caches_and_dvc_state_persist_in_the_checkout(run_root):

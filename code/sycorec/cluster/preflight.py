@@ -226,20 +226,26 @@ def limit_problems(stages: Sequence[str], cfg: Config, site: jobs.Site, runner: 
 
 
 def dvc_cache_problem(root: Path) -> str | None:
-    """The DVC cache lies inside the repository, the one bind a job has: the planner on the login node and the jobs
-    then see the same cache, and DVC can hardlink outputs to it (a hardlink cannot cross two mounts)."""
+    """The DVC cache lies inside the repository, the one bind a job has, and is the cache the login node uses: the
+    planner and the jobs then see the same cache, and DVC can hardlink outputs to it (a hardlink cannot cross two
+    mounts). A job reads only the repository's own config files (the image has no DVC config and HOME is /tmp)."""
     if not (root / ".dvc").is_dir():
         return None
+    from configobj import ConfigObj
     from dvc.repo import Repo
 
+    files = [root / ".dvc" / name for name in ("config", "config.local")]  # the local file wins
+    configured = [ConfigObj(str(path)).get("cache", {}).get("dir") for path in files if path.is_file()]
+    raw = next((value for value in reversed(configured) if value), None)
+    in_job = (root / ".dvc" / (raw or "cache")).resolve()
     with Repo(str(root)) as repo:
-        cache = Path(repo.cache.local_cache_dir)
-    if cache.resolve().is_relative_to(root.resolve()) and not Path(repo.config["cache"].get("dir", "")).is_absolute():
+        on_host = Path(repo.cache.local_cache_dir).resolve()
+    if on_host == in_job and in_job.is_relative_to(root.resolve()) and not (raw and Path(raw).is_absolute()):
         return None
     return (
-        f"the DVC cache {cache} is not a relative path inside the repository {root}: jobs see only the repository "
-        "(at /work), so they would commit to another cache and every plan would submit finished stages again; "
-        "`dvc cache dir --unset` (and --local) to keep it in .dvc/cache"
+        f"the DVC cache {on_host} is not a relative path inside the repository {root} set in the repository's "
+        "config: jobs see only the repository (at /work), so they would commit to another cache and every plan "
+        "would submit finished stages again; `dvc cache dir --unset` (and --local, --global) to keep it in .dvc/cache"
     )
 
 
