@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # The pinned image of the study: CUDA 12.4 runtime, Python 3.11, requirements/cluster.lock installed with hash checking.
 #   docker build --build-arg GIT_SHA=$(git rev-parse HEAD) -t sycorec .      (or: make image)
-# Mount points: the repository at /work (the run root), the HF cache at /cache/hf, the DVC cache at /cache/dvc.
-#   docker run --gpus all -v "$PWD:/work" -v "$HF_HOME:/cache/hf" -v "$PWD/.dvc/cache:/cache/dvc" sycorec config check
+# Mount points: the repository at /work (the run root, with its DVC cache .dvc/cache), the HF cache at /cache/hf.
+#   docker run --gpus all -v "$PWD:/work" -v "$HF_HOME:/cache/hf" sycorec config check
 # Base images are pinned by digest; bump them deliberately (docker buildx imagetools inspect <image:tag>).
 ARG CUDA_BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04@sha256:2fcc4280646484290cc50dce5e65f388dd04352b07cbe89a635703bd1f9aedb6
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9.18@sha256:5713fa8217f92b80223bc83aac7db36ec80a84437dbc0d04bbc659cae030d8c9
@@ -39,12 +39,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && git config --system --add safe.directory /work \
     && useradd --create-home --uid 1000 --shell /bin/bash sycorec \
-    && mkdir -p /work /cache/hf /cache/dvc \
-    && chown sycorec:sycorec /work /cache/hf /cache/dvc
+    && mkdir -p /work /cache/hf \
+    && chown sycorec:sycorec /work /cache/hf
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
-COPY docker/dvc/config /opt/sycorec/dvc/config
 # HOME and the compile caches (Triton, Inductor, vLLM) point at /tmp, writable under any `docker run --user`.
+# USER/LOGNAME: DVC asks getpass.getuser(), which fails for a `--user` uid without a passwd entry.
 # PYTHONPATH=/work/code: with the checkout bind-mounted at /work, jobs run its code (what DVC hashes), not the copy
 # baked in at build time; the baked copy only serves when nothing is mounted.
 ENV VIRTUAL_ENV=/opt/venv \
@@ -53,9 +53,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/hf \
     HF_HUB_DISABLE_TELEMETRY=1 \
-    DVC_SYSTEM_CONFIG_DIR=/opt/sycorec/dvc \
     DVC_NO_ANALYTICS=1 \
     HOME=/tmp \
+    USER=${USER:-sycorec} \
+    LOGNAME=${LOGNAME:-sycorec} \
     XDG_CACHE_HOME=/tmp/.cache \
     TRITON_CACHE_DIR=/tmp/.cache/triton \
     TORCHINDUCTOR_CACHE_DIR=/tmp/.cache/inductor \

@@ -18,6 +18,7 @@ from huggingface_hub import constants as hf_constants
 
 from sycorec import hub
 from sycorec.cli import main
+from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
 from sycorec.config import load_config
 from sycorec.errors import HardwareError, MissingInputError
@@ -121,15 +122,39 @@ def test_prefetch_records_resolved_commits(run_root, fake_hub):
     assert {(i["repo_type"], i["repo_id"], i["revision"]) for i in items} == configured
     assert all(len(i["commit"]) == 40 and Path(i["snapshot"]).name == i["commit"] for i in items)
     # The models and TruthfulQA are pinned to commits; the training data's commit is not on record, so prefetch says
-    # which line to add (full scale refuses a branch name).
+    # which key is not a commit and the command that pins it (full scale refuses a branch name).
     unpinned = [i for i in items if i["revision"] != i["commit"]]
     assert [i["repo_id"] for i in unpinned] == ["JNK789/sycophancy-recovery-data"]
-    assert f"pin it: data.training_data.hf_revision: {unpinned[0]['commit']}" in result.output
-    assert "pin it: base_model.revision" not in result.output
+    assert f"not a commit: data.training_data.hf_revision (resolved to {unpinned[0]['commit']})" in result.output
+    assert "`sycorec prefetch --pin` writes it into params.yaml" in result.output
+    assert "base_model.revision" not in result.output
+    assert load_config(run_root / "params.yaml") == cfg  # without --pin, params.yaml is left alone
     # Downloads go by the configured revision (so a branch's ref is cached for offline lookups), models without code.
     assert {revision for _, _, revision, _ in fake_hub} == {revision for *_, revision in configured}
     model_patterns = [patterns for _, kind, _, patterns in fake_hub if kind == "model"]
     assert model_patterns and all("*.safetensors" in p and "*.py" not in p for p in model_patterns)
+
+
+def test_prefetch_pin_writes_the_resolved_commit_and_the_preflight_then_passes(run_root, fake_hub, empty_hf_cache):
+    """On the committed params.yaml: the training data is a need of `prepare`, unpinned until `prefetch --pin`."""
+    before = (run_root / "params.yaml").read_text()
+    stage_map = jobs.load_stage_map()
+    needs = preflight.stage_needs("prepare", load_config(run_root / "params.yaml"), stage_map)
+    unpinned = preflight.pin_problems(needs.hub, load_config(run_root / "params.yaml"))
+    assert ["data.training_data.hf_revision is 'main', not a commit" in p for p in unpinned] == [True]
+    result = invoke("prefetch", "--pin", "--manifest", "m.json")
+    assert result.exit_code == 0, result.output
+    commit = {i["role"]: i["commit"] for i in json.loads((run_root / "m.json").read_text())["items"]}["training_data"]
+    after = (run_root / "params.yaml").read_text()
+    changed = [(old, new) for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new]
+    assert changed == [("    hf_revision: main", f"    hf_revision: {commit}")]  # one line; comments kept
+    assert f"pinned data.training_data.hf_revision: {commit}" in result.output
+    cfg = load_config(run_root / "params.yaml")
+    assert cfg.data.training_data.hf_revision == commit
+    assert preflight.pin_problems(preflight.stage_needs("prepare", cfg, stage_map).hub, cfg) == []
+    again = invoke("prefetch", "--pin", "--manifest", "m.json")  # pinned: nothing more to write
+    assert again.exit_code == 0 and "pinned" not in again.output
+    assert (run_root / "params.yaml").read_text() == after
 
 
 def test_prefetch_only_merges_into_the_manifest(run_root, fake_hub):
@@ -165,7 +190,7 @@ def test_prefetch_has_nothing_to_do_for_the_tiny_profile(run_root, fake_hub):
 
 # ---- slurm -------------------------------------------------------------------------------------------------------
 
-SITE = ("--sif", "/images/sycorec.sif", "--hf-cache", "/scratch/hf", "--dvc-cache", "/scratch/dvc")
+SITE = ("--sif", "/images/sycorec.sif", "--hf-cache", "/scratch/hf")
 
 
 def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(run_root, cfg):
@@ -179,13 +204,12 @@ def test_render_runs_the_stage_in_the_container_with_binds_gpus_and_offline_env(
         "#SBATCH --partition=gengpu",
         f"srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task={8 * cfg.train.grpo.versions['v3'].num_gpus}",
         "apptainer exec --nv --cleanenv",
-        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub,$DVC_CACHE:/cache/dvc"',
+        '--bind "$REPO:/work,$HF_CACHE:/cache/hf,$HF_HUB:/cache/hf/hub"',
         "HF_HUB=/scratch/hf/hub",
         "--env HF_HUB_CACHE=/cache/hf/hub",
         "#SBATCH --kill-on-invalid-dep=yes",
         "SIF=/images/sycorec.sif",
         "HF_CACHE=/scratch/hf",
-        "DVC_CACHE=/scratch/dvc",
         f"REPO={run_root.resolve()}",
         "--env PYTHONNOUSERSITE=1",
         "--env HF_HUB_OFFLINE=1",

@@ -166,6 +166,17 @@ def test_missing_mirror_file_and_wrong_revision(tmp_path, cfg, mirror, pins):
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_download_by_branch_name_is_refused_before_anything_is_fetched(tmp_path, monkeypatch):
+    """The committed params: the training data's `hf_revision` is a branch until `sycorec prefetch --pin`."""
+    shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sycorec.data.fetch._download", lambda *a: pytest.fail("downloaded an unpinned revision"))
+    result = CliRunner().invoke(main, ["data", "fetch"])
+    assert result.exit_code == 2
+    assert "data.training_data.hf_revision is 'main', not a commit: `sycorec prefetch --pin`" in result.output
+    assert not (tmp_path / "data").exists()
+
+
 def test_cli_fetch_from_mirror(tmp_path, monkeypatch, mirror, pins):
     shutil.copyfile(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)

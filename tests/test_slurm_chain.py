@@ -59,7 +59,7 @@ def sbatch_calls(state: Path) -> list[list[str]]:
 
 
 def site(root: Path, **kw) -> jobs.Site:
-    return jobs.Site(root, root / "s.sif", root / "hf", root / "dvc", root / "logs", **kw)
+    return jobs.Site(root, root / "s.sif", root / "hf", root / "logs", **kw)
 
 
 def planned(*stages: tuple[str, tuple[str, ...]], serial: tuple[str, ...] = ()) -> list[jobs.Planned]:
@@ -214,7 +214,10 @@ def test_full_scale_needs_follow_the_stage(run_root):
     stage_map = jobs.load_stage_map()
     judge = preflight.stage_needs("judge@sft", cfg, stage_map)
     assert [i.repo_id for i in judge.hub] == [cfg.judge.model] and judge.gpus == cfg.judge.tensor_parallel_size
-    assert preflight.stage_needs("prepare", cfg, stage_map) == preflight.Needs((), True, 0)
+    training = preflight.HubItem(
+        "training_data", cfg.data.training_data.hf_dataset, "dataset", cfg.data.training_data.hf_revision
+    )
+    assert preflight.stage_needs("prepare", cfg, stage_map) == preflight.Needs((training,), True, 0)
     assert preflight.stage_needs("score@sft", cfg, stage_map) == preflight.Needs((), False, 0)
     grpo = preflight.stage_needs("train_grpo@v3", cfg, stage_map)
     assert [i.repo_id for i in grpo.hub] == [cfg.base_model.name] and grpo.gpus == 2
@@ -338,7 +341,7 @@ def test_requeue_handler_runs_in_order_and_respects_the_cap(run_root, tmp_path):
 def test_crafted_values_cannot_run_in_the_script(run_root, tmp_path):
     cfg = load_config(run_root / "params.yaml")
     evil = site(run_root)
-    evil = jobs.Site(run_root, Path("/images/$(touch pwned)`id`.sif"), evil.hf_cache, evil.dvc_cache, evil.log_dir)
+    evil = jobs.Site(run_root, Path("/images/$(touch pwned)`id`.sif"), evil.hf_cache, evil.log_dir)
     script = jobs.render("train_sft", cfg, evil)
     assert "SIF='/images/$(touch pwned)`id`.sif'" in script
     assert jobs.render("train_sft", cfg, site(run_root)).count("{{") == 0
@@ -377,15 +380,21 @@ def test_plan_prints_each_post_s_stages_and_the_total(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
     monkeypatch.chdir(root)
     plans = {}
-    for post in ("1", "all"):
+    for post in ("1", "4", "all"):
         result = CliRunner().invoke(main, ["reproduce", "--post", post, "--plan"], catch_exceptions=False)
         assert result.exit_code == 0
         plans[post] = result.output
-        rows = [line.split(None, 4) for line in result.output.splitlines()[1:-1]]
+        lines = result.output.splitlines()[1:-1]
+        rows = [line.split(None, 6) for line in lines if not line.startswith("+ ")]
         gpu_rows = [r for r in rows if int(r[1])]
-        assert gpu_rows and all(r[4].split(":")[0] in {"study", "derived", "estimate"} for r in gpu_rows)
+        assert gpu_rows and all(r[6].split(":")[0] in {"study", "derived", "estimate"} for r in gpu_rows)
         printed = float(re.search(r"on GPUs: ([0-9.]+) GPU-hours in total$", result.output.strip()).group(1))
-        assert printed == pytest.approx(sum(float(r[3]) for r in rows), abs=0.05 + 0.005 * len(rows))
+        assert printed == pytest.approx(sum(float(r[5]) for r in rows), abs=0.05 + 0.005 * len(rows))
+        # every judge job loads the 72B judge; every trained model is hashed when its job commits it
+        assert all(float(r[3]) > 0 for r in rows if r[0].startswith("judge@"))
+        assert all(float(r[4]) > 0 for r in rows if r[0].startswith("train_grpo@"))
+        sources = [line.split("(", 1)[1] for line in lines if line.startswith("+ ")]
+        assert [s.split(":")[0] for s in sources] == ["estimate", "measured"]
     for stage in ("train_grpo@v4", "judge@grpo_v4", "probe_analyze@R6", "train_rm", "rm_calibrate"):
         assert re.search(rf"^{re.escape(stage)} ", plans["all"], flags=re.MULTILINE), stage
     # post 1 judges, scores and trains no model it neither reports nor probes: its probing run is R3030

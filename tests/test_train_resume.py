@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -87,7 +88,20 @@ def test_mid_epoch_kill_resumes_bit_identical(reference, tmp_path, capfd):
     assert_same_weights(reference / "outputs/models/sft", root / "outputs/models/sft")
     curves = [read_json(r / "results/curves/sft.json") for r in (reference, root)]
     assert curves[0] == curves[1]
-    assert not (root / "outputs/checkpoints/sft").exists()  # a finished run keeps no checkpoints
+    assert (root / f"outputs/checkpoints/sft/checkpoint-{STEPS}").is_dir()  # kept until DVC commits the model
+
+
+def test_a_finished_run_whose_commit_failed_is_not_trained_again(reference, tmp_path, capfd):
+    """DVC removes a stage's outputs before running it again (as after a commit that failed): the re-run resumes
+    at the final step, trains nothing and saves the same model."""
+    root = tmp_path / "run"
+    shutil.copytree(reference, root)
+    shutil.rmtree(root / "outputs/models/sft")
+    capfd.readouterr()
+    result = train_sft_in(root)
+    assert f"at step {STEPS} of {STEPS} (0 steps left)" in capfd.readouterr().err
+    assert result.trainer.state.global_step == STEPS
+    assert_same_weights(reference / "outputs/models/sft", root / "outputs/models/sft")
 
 
 def _no_trainer_state(checkpoint: Path) -> None:
@@ -174,13 +188,14 @@ def test_prepare_checkpoints_resumes_the_newest_complete_and_drops_stale_ones(tm
     run = CHECKPOINTS / "x"
     _complete_checkpoint(run / "checkpoint-2")
     (run / "run.json").write_text(json.dumps({"fingerprint": "old"}))
-    assert prepare_checkpoints("x", "new") is None  # params changed: stale
+    out = Path("outputs/models/x")
+    assert prepare_checkpoints("x", "new", out) is None  # params changed: stale
     assert not (run / "checkpoint-2").exists()
     assert "params or inputs changed" in capfd.readouterr().err
     _complete_checkpoint(run / "checkpoint-4")
     _complete_checkpoint(run / "checkpoint-10")  # numeric order: 10 is newer than 4
     (run / "checkpoint-12").mkdir()  # killed before anything was written
-    assert prepare_checkpoints("x", "new") == run / "checkpoint-10"
+    assert prepare_checkpoints("x", "new", out) == run / "checkpoint-10"
     assert not (run / "checkpoint-12").exists() and (run / "checkpoint-4").is_dir()
     log = capfd.readouterr().err
     assert "x: skipping outputs/checkpoints/x/checkpoint-12 (no trainer_state.json" in log

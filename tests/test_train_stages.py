@@ -65,7 +65,7 @@ def test_sft_saves_merged_model_adapter_curve_and_dvclive(root, sft_done):
     assert curve["step"] == [0, 2]  # step 0 and every eval_every_steps
     assert {"sycophancy_gap", "p_correct_plain", "p_correct_pressured", "confidence_drop"} <= set(curve)
     assert (root / "outputs/dvclive/sft/plots/metrics/proxy/sycophancy_gap.tsv").is_file()
-    assert not (root / "outputs/checkpoints/sft").exists()  # a finished run keeps no checkpoints
+    assert any((root / "outputs/checkpoints/sft").glob("checkpoint-*"))  # kept until DVC commits the model
     summary = read_json(root / "results/train/sft.json")  # P1's "147 steps"
     assert summary["steps"] == 2 and summary["final_loss"] > 0
     _assert_lora_moved(out, root / "outputs/models/base")

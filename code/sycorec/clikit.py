@@ -11,9 +11,12 @@ from typing import Any
 
 import click
 
+from sycorec import provenance
 from sycorec.config import Config, load_config
+from sycorec.io import write_json
 
 TIMINGS_DIR = Path("outputs/timings")
+ENVIRONMENTS_DIR = Path("outputs/environments")  # per DVC stage: where it ran (collected into results/manifest.json)
 
 
 def pass_config(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,7 +40,7 @@ def record_timing(stage: str, seconds: float, directory: Path = TIMINGS_DIR) -> 
 
 def timed(stage: str | Callable[[dict[str, Any]], str | None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Record a stage's wall time in outputs/timings/<stage>.json under its DVC stage name, so timings.json joins
-    with `dvc dag` (collected by the demo and the report).
+    with `dvc dag` (collected by the demo and the report), and where it ran in outputs/environments/<stage>.json.
 
     `stage` is the name, a template of the command's options for a foreach stage (`"generate@{model}"`), or a
     function of them that returns None for an invocation that is no DVC stage, which records nothing.
@@ -52,6 +55,7 @@ def timed(stage: str | Callable[[dict[str, Any]], str | None]) -> Callable[[Call
             name = name_of(kwargs)
             if name is not None:
                 record_timing(name, time.perf_counter() - start)
+                write_json(ENVIRONMENTS_DIR / f"{name}.json", {"stage": name, **provenance.stage_environment()})
             return result
 
         # outer decorators' functools.wraps copy it onto the click callback, where a test checks it against dvc.yaml

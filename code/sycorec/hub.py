@@ -8,6 +8,7 @@ before the calling stage has written anything.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from sycorec.errors import HardwareError, MissingInputError
@@ -50,6 +51,15 @@ def hub_unreachable(exc: BaseException) -> bool:
 
 def prefetch_command(repo_id: str) -> str:
     return f"sycorec prefetch --only {repo_id}"
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+PIN_COMMAND = "sycorec prefetch --pin"  # resolves each revision and writes the commit into params.yaml
+
+
+def is_commit(revision: str) -> bool:
+    """A revision that cannot move: a branch or tag name can, under a week-long run."""
+    return COMMIT.fullmatch(revision) is not None
 
 
 def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model") -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,34 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def hardware() -> dict[str, Any]:
+def driver_version() -> str | None:
+    """The NVIDIA driver's version (NVML, which vLLM's environment ships), or None without one."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library, no driver, no GPU: nothing to record
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def hardware(import_torch: bool = True) -> dict[str, Any]:
+    """CPU and GPUs; with `import_torch` False, GPUs only as the running stage saw them (a stage that never imported
+    torch used none, and is not slowed by importing it)."""
     info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(), "cuda": None, "gpus": []}
     try:
+        if not import_torch and "torch" not in sys.modules:
+            return info
         import torch
 
         if torch.cuda.is_available():
             info["cuda"] = torch.version.cuda
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            info["driver"] = driver_version()
     except ImportError:
         pass
     return info
@@ -84,6 +105,20 @@ def params_hash(slice_: Any) -> str:
     if hasattr(slice_, "model_dump"):
         slice_ = slice_.model_dump(mode="json")
     return hashlib.sha256(json.dumps(slice_, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_environment(root: Path = Path(".")) -> dict[str, Any]:
+    """Where one DVC stage ran: written by the stage itself (inside the image, on the compute node), not by the
+    report, which may run on a login node outside the image."""
+    return {
+        "node": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "git": git_state(),
+        "code": code_origin(root),
+        "versions": package_versions(),
+        "hardware": hardware(import_torch=False),
+        "image_digest": image_digest(),
+    }
 
 
 def environment_block(root: Path = Path(".")) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sycorec.cluster.cli import MAX_PARALLEL_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.config import read_mapping
 from sycorec.errors import SycorecError
+from sycorec.train.common import prune_committed_checkpoints
 
 POSTS_FILE = Path(__file__).parent / "posts.yaml"
 
@@ -64,6 +65,8 @@ def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_paralle
         preflight.check_local(stages, cfg)  # the SLURM submit runs its own, against the site's cache
     if subprocess.run(cmd).returncode:
         raise SycorecError(f"{' '.join(cmd[:2])} failed for post {post}")
+    for directory in prune_committed_checkpoints(root):  # only now: every model of the chain is committed
+        click.echo(f"removed {directory}: its model is committed")
     if subprocess.run(report).returncode:
         raise SycorecError(f"post {post}: `sycorec report build` failed")
     if subprocess.run(diff).returncode:

@@ -11,9 +11,9 @@ from sycorec.clikit import pass_config
 from sycorec.cluster import prefetch as fetching
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
-from sycorec.config import Config
+from sycorec.config import PARAMS_FILE, Config
 from sycorec.errors import SycorecError
-from sycorec.hub import hub_offline
+from sycorec.hub import PIN_COMMAND, hub_offline
 
 MAX_PARALLEL_OPTION = click.option(
     "--max-parallel",
@@ -34,8 +34,9 @@ MAX_PARALLEL_OPTION = click.option(
 )
 @click.option("--only", multiple=True, metavar="REPO_ID", help="Fetch only this pinned repo (repeatable).")
 @click.option("--dry-run", is_flag=True, help="List what would be fetched; download and write nothing.")
+@click.option("--pin", is_flag=True, help="Write each resolved commit into params.yaml in place of a branch name.")
 @pass_config
-def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) -> None:
+def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool, pin: bool) -> None:
     """Download every pinned model and dataset into the HF cache (run on a node with network)."""
     items = fetching.select(fetching.pinned_items(cfg), only)
     if not items:
@@ -49,13 +50,20 @@ def prefetch(cfg: Config, manifest: Path, only: tuple[str, ...], dry_run: bool) 
         raise SycorecError("prefetch needs network but HF_HUB_OFFLINE=1; run it on a login node without that setting")
     document = fetching.prefetch(items, manifest)
     fetched = {(i.repo_type, i.repo_id) for i in items}
+    moving = {}
     for record in document["items"]:
         if (record["repo_type"], record["repo_id"]) in fetched:
             click.echo(f"{record['repo_type']:<8} {record['repo_id']}@{record['revision']} -> {record['commit']}")
             if record["revision"] != record["commit"]:
-                key = fetching.PARAM_KEYS[record["role"]]
-                click.echo(f"         pin it: {key}: {record['commit']}  (full scale refuses a branch name)")
+                moving[fetching.PARAM_KEYS[record["role"]]] = record["commit"]
     click.echo(f"manifest: {manifest}")
+    params = Path((click.get_current_context().find_root().obj or {}).get("params", PARAMS_FILE))
+    if pin:
+        for key in fetching.pin_revisions(params, moving):
+            click.echo(f"pinned {key}: {moving[key]} in {params} (review `git diff {params}`, then commit it)")
+    else:
+        for key, commit in moving.items():
+            click.echo(f"not a commit: {key} (resolved to {commit}); `{PIN_COMMAND}` writes it into {params}")
 
 
 def site_options(func):
@@ -76,13 +84,6 @@ def site_options(func):
             show_default="$HF_HUB_CACHE or <hf-cache>/hub",
             help="Host HF hub cache, bound at /cache/hf/hub (set when it lives apart from $HF_HOME).",
         ),
-        click.option(
-            "--dvc-cache",
-            envvar="SYCOREC_DVC_CACHE",
-            default=".dvc/cache",
-            show_default=True,
-            help="Host DVC cache, bound at /cache/dvc.",
-        ),
         click.option("--log-dir", default=str(jobs.LOG_DIR), show_default=True, help="Where job logs go."),
         click.option("--partition", envvar="SYCOREC_PARTITION", default=None, help="sbatch --partition."),
         click.option("--account", envvar="SYCOREC_ACCOUNT", default=None, help="sbatch --account."),
@@ -93,9 +94,7 @@ def site_options(func):
     return func
 
 
-def _site(
-    sif: str, hf_cache: str, hf_hub_cache: str | None, dvc_cache: str, log_dir: str, partition, account, extra
-) -> jobs.Site:
+def _site(sif: str, hf_cache: str, hf_hub_cache: str | None, log_dir: str, partition, account, extra) -> jobs.Site:
     repo = Path.cwd().resolve()
 
     def absolute(value: str) -> Path:
@@ -107,7 +106,6 @@ def _site(
         sif=absolute(sif),
         hf_cache=absolute(hf_cache),
         hf_hub_cache=absolute(hf_hub_cache) if hf_hub_cache else None,
-        dvc_cache=absolute(dvc_cache),
         log_dir=absolute(log_dir),
         partition=partition,
         account=account,
@@ -181,7 +179,7 @@ def submit(
             click.echo(f"==> {jobs.SCRIPT_DIR / (jobs.job_name(job.stage) + '.sbatch')} <=={after}")
             click.echo(job.script)
         return
-    preflight.check_slurm([job.stage for job in planned], cfg, where, root)
+    preflight.check_slurm([job.stage for job in planned], cfg, where, root, max_parallel=max_parallel)
 
     def report(job: jobs.Submitted) -> None:
         if not job.new:

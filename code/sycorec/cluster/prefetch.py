@@ -6,6 +6,7 @@ Run on a node with network (a login node); compute nodes then read the cache wit
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.errors import SycorecError
 from sycorec.hub import DATASET_PATTERNS, MODEL_PATTERNS
-from sycorec.io import read_json, write_json
+from sycorec.io import read_json, write_json, write_text_atomic
 
 MANIFEST = Path("outputs/prefetch_manifest.json")
 # The params key that pins each role's revision (full scale refuses a branch name there).
@@ -85,6 +86,37 @@ def prefetch(items: list[HubItem], manifest: Path = MANIFEST) -> dict[str, Any]:
     }
     write_json(manifest, document)
     return document
+
+
+# The text of a YAML scalar value: quoted, or plain up to a comment, a comma or the end of a flow mapping.
+_SCALAR = re.compile(r"""'[^']*'|"[^"]*"|[^\s#,}]+""")
+
+
+def pin_revisions(params: Path, commits: dict[str, str]) -> list[str]:
+    """Write each commit at its dotted key in `params`, changing only that value's text (comments and layout stay,
+    so the diff is one line per pin). Returns the keys that changed."""
+    from ruamel.yaml import YAML
+
+    text = params.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    document = YAML().load(text)
+    changed = []
+    for key, commit in commits.items():
+        *parents, leaf = key.split(".")
+        node = document
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None or leaf not in node:
+            raise SycorecError(f"{params}: no {key} to pin (set it there, not only in a profile)")
+        if node[leaf] == commit:
+            continue
+        row, column = node.lc.value(leaf)
+        old = _SCALAR.match(lines[row], column)
+        lines[row] = lines[row][:column] + commit + lines[row][old.end() :]
+        changed.append(key)
+    if changed:
+        write_text_atomic(params, "".join(lines))
+    return changed
 
 
 def _existing(manifest: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ needs no data download, no hub snapshot and no GPU, so its checks are empty and 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -19,13 +21,14 @@ from sycorec.cluster import slurm as jobs
 from sycorec.cluster.prefetch import PARAM_KEYS, HubItem
 from sycorec.config import Config
 from sycorec.errors import SycorecError
-from sycorec.hub import prefetch_command, visible_gpus
+from sycorec.hub import PIN_COMMAND, is_commit, prefetch_command, visible_gpus
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
 # Stages that load the base model (weights or tokenizer) at full scale; the judge stages load the judge.
 BASE_READERS = {"train_base", "train_sft", "train_pref", "train_rm", "rm_calibrate", "train_grpo", "relearn"}
 BASE_READERS |= {"generate", "probe_extract"}
 RAW_READERS = {"prepare", "train_base"}
+# Stages that read the study's training data (fetched into data/raw at `data.training_data.hf_revision`).
+TRAINING_DATA_READERS = {"prepare"}
 # What the image must share with HEAD when its commit differs: the code runs from the checkout, the rest is baked in.
 IMAGE_INPUTS = ("requirements/cluster.lock", "docker", "Dockerfile", "apptainer.def", "pyproject.toml")
 
@@ -56,6 +59,9 @@ def stage_needs(stage: str, cfg: Config, stage_map: dict) -> Needs:
     if family == "judge" and cfg.judge.backend == "llm":
         hub.append(HubItem("judge", cfg.judge.model, "model", cfg.judge.revision))
         gpu = True
+    if family in TRAINING_DATA_READERS and cfg.data.source == "fetch":
+        training = cfg.data.training_data
+        hub.append(HubItem("training_data", training.hf_dataset, "dataset", training.hf_revision))
     gpus = jobs.stage_job(stage, cfg, stage_map).gpus if gpu else 0
     return Needs(tuple(hub), family in RAW_READERS and cfg.data.source == "fetch", gpus)
 
@@ -116,10 +122,10 @@ def pin_problems(items: Sequence[HubItem], cfg: Config) -> list[str]:
     if cfg.is_tiny:
         return []
     return [
-        f"{PARAM_KEYS[item.role]} is {item.revision!r}, not a commit: pin {item.repo_id} to the 40-hex commit "
-        f"`{prefetch_command(item.repo_id)}` records in outputs/prefetch_manifest.json"
+        f"{PARAM_KEYS[item.role]} is {item.revision!r}, not a commit: `{PIN_COMMAND} --only {item.repo_id}` writes "
+        "the commit it resolves to into params.yaml (review and commit the diff)"
         for item in items
-        if not COMMIT.fullmatch(item.revision)
+        if not is_commit(item.revision)
     ]
 
 
@@ -219,14 +225,98 @@ def limit_problems(stages: Sequence[str], cfg: Config, site: jobs.Site, runner: 
     return problems
 
 
+def dvc_cache_problem(root: Path) -> str | None:
+    """The DVC cache lies inside the repository, the one bind a job has, and is the cache the login node uses: the
+    planner and the jobs then see the same cache, and DVC can hardlink outputs to it (a hardlink cannot cross two
+    mounts). A job reads only the repository's own config files (the image has no DVC config and HOME is /tmp)."""
+    if not (root / ".dvc").is_dir():
+        return None
+    from configobj import ConfigObj
+    from dvc.repo import Repo
+
+    files = [root / ".dvc" / name for name in ("config", "config.local")]  # the local file wins
+    configured = [ConfigObj(str(path)).get("cache", {}).get("dir") for path in files if path.is_file()]
+    raw = next((value for value in reversed(configured) if value), None)
+    in_job = (root / ".dvc" / (raw or "cache")).resolve()
+    with Repo(str(root)) as repo:
+        on_host = Path(repo.cache.local_cache_dir).resolve()
+    if on_host == in_job and in_job.is_relative_to(root.resolve()) and not (raw and Path(raw).is_absolute()):
+        return None
+    return (
+        f"the DVC cache {on_host} is not a relative path inside the repository {root} set in the repository's "
+        "config: jobs see only the repository (at /work), so they would commit to another cache and every plan "
+        "would submit finished stages again; `dvc cache dir --unset` (and --local, --global) to keep it in .dvc/cache"
+    )
+
+
+def _mount_of(path: Path, mountinfo: Path) -> tuple[str, set[str]]:
+    """Filesystem type and mount + superblock options of the mount holding `path` (the longest mount point)."""
+    best: tuple[int, str, set[str]] = (-1, "", set())
+    for line in mountinfo.read_text(encoding="utf-8").splitlines():
+        fields, _, tail = line.partition(" - ")  # id parent dev root point options [tags] - fstype source super
+        _, _, _, _, point, options, *_ = fields.split()
+        fstype, _source, super_options = tail.split()
+        point = point.replace("\\040", " ")
+        if path.is_relative_to(point) and len(point) > best[0]:
+            best = (len(point), fstype, set(options.split(",")) | set(super_options.split(",")))
+    return best[1], best[2]
+
+
+BEEGFS_CLIENT_CONF = Path("/etc/beegfs/beegfs-client.conf")
+
+
+def _local_flock(fstype: str, options: set[str], beegfs_conf: Path) -> str | None:
+    """Why `flock` on this filesystem is not coherent across nodes, or None (assumed coherent)."""
+    if fstype == "lustre" and "flock" not in options:
+        return "a Lustre mount without -o flock (localflock/noflock) keeps flock local to each node"
+    if fstype.startswith("nfs") and options & {"nolock", "local_lock=flock", "local_lock=all"}:
+        return "an NFS mount with nolock/local_lock keeps flock local to each node"
+    if fstype.startswith("beegfs"):
+        conf = beegfs_conf.read_text(encoding="utf-8") if beegfs_conf.is_file() else ""
+        if not re.search(r"^\s*tuneUseGlobalFileLocks\s*=\s*true\b", conf, flags=re.MULTILINE):
+            return f"BeeGFS keeps flock local to each node unless {beegfs_conf} sets tuneUseGlobalFileLocks = true"
+    return None
+
+
+def flock_problem(
+    root: Path,
+    max_parallel: int,
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+    beegfs_conf: Path = BEEGFS_CLIENT_CONF,
+) -> str | None:
+    """DVC's repo lock is `flock` on the repository: it must work there, and with jobs side by side on several nodes
+    it must hold across nodes, or two jobs both take it and one `dvc.lock` update is lost."""
+    probe = root / ".dvc" / "config" if (root / ".dvc" / "config").is_file() else root
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        return f"flock fails on the repository's filesystem ({exc.strerror}): DVC cannot take its repo lock there"
+    finally:
+        os.close(fd)
+    if max_parallel == 1 or not mountinfo.is_file():
+        return None
+    fstype, options = _mount_of(root.resolve(), mountinfo)
+    if reason := _local_flock(fstype, options, beegfs_conf):
+        return f"--max-parallel {max_parallel}: {reason}; run with --max-parallel 1"
+    return None
+
+
 def check_slurm(
-    stages: Sequence[str], cfg: Config, site: jobs.Site, root: Path, runner: jobs.Runner = subprocess.run
+    stages: Sequence[str],
+    cfg: Config,
+    site: jobs.Site,
+    root: Path,
+    runner: jobs.Runner = subprocess.run,
+    max_parallel: int = 1,
 ) -> None:
-    """`sycorec slurm submit` on the login node: the common checks against the site's HF cache, then the image and
-    the partition's limits."""
+    """`sycorec slurm submit` on the login node: the common checks against the site's HF cache, then the image, the
+    DVC cache and lock, and the partition's limits."""
     problems, _ = common_problems(stages, cfg, site.hub_cache)
     if problem := image_problem(site, root):
         problems.append(problem)
+    problems += [p for p in (dvc_cache_problem(root), flock_problem(root, max_parallel)) if p]
     problems += limit_problems(stages, cfg, site, runner)
     _raise(problems)
 

@@ -42,7 +42,6 @@ class Site:
     repo: Path
     sif: Path
     hf_cache: Path
-    dvc_cache: Path
     log_dir: Path
     partition: str | None = None
     account: str | None = None
@@ -158,7 +157,6 @@ def render(stage: str, cfg: Config, site: Site, slurm_dir: Path = SLURM_DIR) -> 
         "sif": site.sif,
         "hf_cache": site.hf_cache,
         "hf_hub_cache": site.hub_cache,
-        "dvc_cache": site.dvc_cache,
         "command": shlex.join(stage_command(stage)),
         "max_restarts": int(requeue["max_restarts"]),
         "stop_grace_s": int(requeue["stop_grace_s"]),

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sycorec.config import DataCfg, format_validation_error
 from sycorec.data.schema import validated_rows
 from sycorec.errors import DataError
+from sycorec.hub import PIN_COMMAND, is_commit
 from sycorec.io import staged_dir, write_json
 
 MANIFEST = "MANIFEST.json"
@@ -94,6 +95,11 @@ def resolve(pins: PinTable, data_cfg: DataCfg) -> list[Resolved]:
             )
         out.append(Resolved(pin, repo, revision, url, hub))
     return out
+
+
+def pinned(item: Resolved) -> bool:
+    """The item's revision cannot move (the hub's training files have no published hashes, only their commit)."""
+    return not item.hub or is_commit(item.revision)
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -168,6 +174,13 @@ def fetch(
     items = resolve(load_pins(pins_path), data_cfg)
     if mirror is not None and not Path(mirror).is_dir():
         raise DataError(f"mirror {mirror}: not a directory")
+    if mirror is None:  # a download by branch name gets whatever the branch holds today; a mirror is fixed bytes
+        unpinned = sorted({f"data.{i.pin.source}.hf_revision is {i.revision!r}" for i in items if not pinned(i)})
+        if unpinned:
+            raise DataError(
+                f"{'; '.join(unpinned)}, not a commit: `{PIN_COMMAND}` writes the commit it resolves to into "
+                "params.yaml (review and commit the diff); nothing was downloaded"
+            )
     with staged_dir(dest) as staging:
         manifest: dict[str, Any] = {"files": {}}
         failures: list[str] = []

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sycorec import provenance
+from sycorec.clikit import ENVIRONMENTS_DIR
 from sycorec.config import Config
 from sycorec.io import read_json, sha256_file
 from sycorec.paths import raw_dir
@@ -45,7 +46,14 @@ def build_manifest(cfg: Config, root: Path = Path("."), outputs: list[Path] | No
             "prepared": input_hashes(root, cfg.paths.prepared),
         },
         "outputs": {str(p): sha256_file(root / p) for p in sorted(outputs or [])},
+        "stages": collect_environments(root / ENVIRONMENTS_DIR),
     }
+
+
+def collect_environments(directory: Path) -> dict[str, Any]:
+    """{DVC stage name: where it ran} from outputs/environments/*.json (each stage writes its own)."""
+    records = [read_json(path) for path in sorted(directory.glob("*.json"))] if directory.is_dir() else []
+    return {str(r.pop("stage")): r for r in records if isinstance(r, dict) and "stage" in r}
 
 
 def collect_timings(directory: Path) -> dict[str, Any]:

@@ -179,11 +179,13 @@ def checkpoints_of(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
-def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Path | None:
+def prepare_checkpoints(run: str, key: str, output: Path, directory: Path | None = None) -> Path | None:
     """The newest complete checkpoint of `run` to resume from, or None to start afresh.
 
     Checkpoints made with another fingerprint are stale and removed; so are torn ones (newer than the one resumed),
-    each with a note saying why, so that a re-run never dies on a half-written checkpoint.
+    each with a note saying why, so that a re-run never dies on a half-written checkpoint. A finished run's last
+    checkpoint stays until DVC has committed `output` (prune_committed_checkpoints): a re-run after a failed commit
+    resumes at the final step instead of training again from step 0.
     """
     directory = CHECKPOINTS / run if directory is None else directory
     run_file = directory / RUN_FILE
@@ -196,7 +198,7 @@ def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Pa
     barrier()
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
-        write_json(run_file, {"fingerprint": key})
+        write_json(run_file, {"fingerprint": key, "output": output.as_posix()})
         for checkpoint in reversed(checkpoints_of(directory)):
             problem = checkpoint_problem(checkpoint)
             if problem is None:
@@ -214,10 +216,30 @@ def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Pa
     return newest
 
 
-def finish_checkpoints(run: str, directory: Path | None = None) -> None:
-    """A finished run needs no checkpoints: a re-run with the same inputs is a DVC no-op."""
-    if is_main_process():
-        shutil.rmtree(CHECKPOINTS / run if directory is None else directory, ignore_errors=True)
+def prune_committed_checkpoints(root: Path = Path(".")) -> list[Path]:
+    """Remove the checkpoints of every run whose DVC stage is up to date (its output committed); return them.
+
+    Runs whose stage has not committed (not run yet, failed, or its commit failed) keep theirs.
+    """
+    runs = {}
+    for run_file in sorted((root / CHECKPOINTS).glob(f"*/{RUN_FILE}")):
+        if output := json.loads(run_file.read_text(encoding="utf-8")).get("output"):
+            runs[Path(output)] = run_file.parent
+    if not runs:
+        return []
+    import contextlib
+
+    from dvc.repo import Repo
+
+    removed = []
+    with contextlib.chdir(root), Repo(".") as repo, repo.lock:  # stage.changed() reads the workspace under the lock
+        for stage in repo.index.stages:
+            directories = [runs[path] for out in stage.outs if (path := Path(out.def_path)) in runs]
+            if directories and not stage.changed():
+                for directory in directories:
+                    shutil.rmtree(directory)
+                    removed.append(directory)
+    return removed
 
 
 def keep_epoch_when_skipping() -> None:

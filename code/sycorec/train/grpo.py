@@ -19,7 +19,6 @@ from sycorec.errors import ConfigError
 from sycorec.io import write_json
 from sycorec.paths import calibration_path
 from sycorec.train.common import (
-    finish_checkpoints,
     first_logged,
     is_main_process,
     last_logged,
@@ -143,5 +142,4 @@ def train_grpo(cfg: Config, version: str, hook: Any = None) -> tuple[Result, dic
         summary["final_proxy_gap"] = result.curve["sycophancy_gap"][-1]
     if is_main_process():
         write_json(cfg.paths.results / "train" / f"{run.name}.json", summary)
-    finish_checkpoints(run.name)
     return result, summary

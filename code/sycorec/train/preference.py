@@ -16,7 +16,6 @@ from typing import Any
 
 from sycorec.config import Config, PreferenceCfg
 from sycorec.train.common import (
-    finish_checkpoints,
     load_tokenizer,
     prepared_dataset,
     training_start,
@@ -67,5 +66,4 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     trainer = library_class(row.trainer)(**lora_trainer_args(session, config, dataset))
     result = train(session, trainer)
     write_train_summary(cfg, run.name, result.trainer, SUMMARY_KEYS)
-    finish_checkpoints(run.name)
     return result

@@ -17,7 +17,6 @@ from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
 from sycorec.paths import ModelSource, calibration_path
 from sycorec.train.common import (
-    finish_checkpoints,
     first_logged,
     is_main_process,
     last_logged,
@@ -142,7 +141,6 @@ def train_rm(cfg: Config, hook: Any = None) -> tuple[Result, dict[str, float]]:
     }
     if is_main_process():
         write_json(cfg.paths.results / "train" / "rm.json", metrics)
-    finish_checkpoints(run.name)
     return result, metrics
 
 

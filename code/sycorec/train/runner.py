@@ -10,7 +10,7 @@ from typing import Any
 
 from sycorec.config import Config, LibrarySlice, TrainCfg
 from sycorec.errors import ConfigError
-from sycorec.paths import ModelSource
+from sycorec.paths import ModelSource, model_dir
 from sycorec.train.common import (
     CHECKPOINTS,
     fingerprint,
@@ -70,7 +70,8 @@ def begin(cfg: Config, run: Run, tokenizer: Any, stop_after_save: Callable[[], A
 
     `stop_after_save` is a test hook (a callback that kills the run).
     """
-    checkpoint = prepare_checkpoints(run.name, fingerprint(cfg, run.name, run.inputs, run.start, run.extra))
+    key = fingerprint(cfg, run.name, run.inputs, run.start, run.extra)
+    checkpoint = prepare_checkpoints(run.name, key, model_dir(cfg, run.name))
     live = open_live(run.name, checkpoint is not None)
     callbacks = [live_callback(live), log_at_save()]
     curve = None

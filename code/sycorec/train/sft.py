@@ -9,7 +9,6 @@ from typing import Any
 
 from sycorec.config import Config, LibrarySlice
 from sycorec.train.common import (
-    finish_checkpoints,
     load_tokenizer,
     prepared_dataset,
     training_start,
@@ -46,7 +45,6 @@ def _sft(cfg: Config, run: Run, data: str, config: Any, hook: Any = None) -> Res
     dataset = prepared_dataset(cfg, data, ("prompt", "completion"))
     session = begin(cfg, run, tokenizer, hook)
     result = train(session, SFTTrainer(**lora_trainer_args(session, config, dataset)))
-    finish_checkpoints(run.name)
     return result
 
 

@@ -23,7 +23,6 @@ from sycorec.train.common import (
     CHECKPOINTS,
     TRAINER_STATE,
     fingerprint,
-    finish_checkpoints,
     keep_epoch_when_skipping,
     last_logged,
     live_callback,
@@ -311,7 +310,7 @@ def pretrain_tiny(
         if not path.is_file():
             raise MissingInputError(f"{path} not found; run `sycorec --profile tiny data synth` first")
     key = fingerprint(cfg, STAGE, [corpus_path, answer_path], extra={"seed": cfg.seed})
-    checkpoint = prepare_checkpoints(STAGE, key, checkpoints)
+    checkpoint = prepare_checkpoints(STAGE, key, out, checkpoints)
     set_seed(cfg.seed)
     corpus = list(iter_jsonl(corpus_path))
     tokenizer = build_tokenizer(message_texts(corpus), c.vocab_size)
@@ -369,5 +368,4 @@ def pretrain_tiny(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     write_json(results, summary)
-    finish_checkpoints(STAGE, checkpoints)
     return summary
