@@ -12,8 +12,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sycorec.io import sha256_file
-
 TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "dvc", "scikit-learn")
 LOCK_FILE = Path("requirements/cluster.lock")
 
@@ -97,7 +95,10 @@ def image_digest() -> str | None:
 
 def lock_hash(root: Path = Path(".")) -> str | None:
     path = root / LOCK_FILE
-    return sha256_file(path) if path.exists() else None
+    if not path.exists():
+        return None
+    with path.open("rb") as fh:  # provenance stands on nothing of the package: every layer may record it
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def params_hash(slice_: Any) -> str:
