@@ -101,6 +101,8 @@ def init_sandbox(workdir: Path) -> None:
     for args in steps:
         if _dvc(*args, cwd=workdir).returncode:
             raise SycorecError(f"dvc {' '.join(args)} failed in {workdir}")
+    if _git("rev-parse", "--verify", "-q", "HEAD", cwd=workdir).returncode:  # dvclive cannot start in an empty repo
+        commit_sandbox(workdir, "sycorec demo workspace")
 
 
 def commit_sandbox(workdir: Path, message: str) -> None:
