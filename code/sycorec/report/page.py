@@ -36,9 +36,7 @@ class Figure:
 
 def models_shown(tables: list[Table], models: list[str]) -> set[str]:
     """The models of `models` that some table cell reads (a key path segment names the model)."""
-    segments = {
-        s for t in tables for _, cells in t.rows for c in cells if c.path for s in c.path.replace(";", ".").split(".")
-    }
+    segments = {s for t in tables for _, cells in t.rows for c in cells if c.path for s in c.path.split(".")}
     return {m for m in models if m in segments}
 
 
@@ -191,7 +189,7 @@ def diff_view(result: PostDiff) -> dict[str, Any]:
     }
 
 
-def render_page(context: Mapping[str, Any]) -> str:
+def write_page(path: Path, context: Mapping[str, Any]) -> Path:
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent),
         autoescape=select_autoescape(["html", "jinja"]),
@@ -199,11 +197,7 @@ def render_page(context: Mapping[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env.get_template(TEMPLATE).render(**context)
-
-
-def write_page(path: Path, context: Mapping[str, Any]) -> Path:
-    write_text_atomic(path, render_page(context))
+    write_text_atomic(path, env.get_template(TEMPLATE).render(**context))
     return path
 
 
