@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 from sycorec.cli import main
 from sycorec.config import load_config
 from sycorec.paths import activations_path
+from sycorec.probe import figures as probe_figures
 from sycorec.probe import synthetic
 from sycorec.probe.analysis import Settings, analyze
 from sycorec.probe.extract import TENSOR
@@ -204,3 +206,24 @@ def test_residual_stream_looks_like_an_llm() -> None:
     assert spread.topk(4).values.min() > 2 * spread.median()  # a few outlier dimensions
     centred = x - x.mean(1, keepdim=True)
     assert torch.nn.functional.cosine_similarity(centred[2], centred[3], dim=-1).mean() > 0.7  # a residual stream
+
+
+def test_layer_axes_have_integer_ticks(results: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4-layer model's layer axis reads 0, 1, 2, 3 (matplotlib's default ticks would be 0.0, 0.5, …, 3.0)."""
+    drawn = []
+
+    def keep(fig: plt.Figure, out_dir: Path, stem: str, dpi: int) -> list[Path]:
+        fig.canvas.draw()
+        drawn.append(fig)
+        return []
+
+    monkeypatch.setattr(probe_figures, "_save", keep)
+    plot_all(results, tmp_path, 40)
+    layer_axes = [ax for fig in drawn for ax in fig.axes if ax.get_xlabel() == "layer"]
+    assert len(layer_axes) == 2  # own-model curves and the transfer curves
+    for ax in layer_axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks == [float(i) for i in range(LAYERS)], ticks
+    for fig in drawn:
+        plt.close(fig)

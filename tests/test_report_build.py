@@ -158,6 +158,14 @@ def test_manifest_and_timings(built: Path) -> None:
     assert timings == {"stages": {"score@base": 1.5, "train_sft": 2.25}, "total_seconds": 3.75}
 
 
+def test_results_page_without_models_beyond_the_study(built: Path) -> None:
+    """The study's models alone: the page, and no beyond-the-study section (tests/test_report_page.py: with one)."""
+    html = (built / "results" / "index.html").read_text(encoding="utf-8")
+    assert 'id="post4-behaviour"' in html and 'id="errata"' in html and 'id="provenance"' in html
+    assert 'id="beyond"' not in html
+    assert not (built / "results" / "tables" / "beyond_study.csv").exists()
+
+
 # Timed commands no DVC stage runs: `make data` fetches what data.dvc records
 OFF_DAG = {"data fetch"}
 
@@ -280,6 +288,7 @@ def test_tiny_tables_show_the_seed_sweeps_range_and_the_worlds_limits(tmp_path: 
     assert cells[("Answer sycophancy rate", "+ SFT")]["display"].endswith(" seeds 0.100–0.200")
     assert " seeds " not in cells[("Flip rate", "+ SFT")]["display"]  # the sweep has no flip rate here
     assert "seed sweep" in md and "cannot show post 1's spread of SFT to feedback" in md
+    assert " seeds 0.100–0.200" in (root / "results" / "index.html").read_text(encoding="utf-8")
     (tmp_path / "full").mkdir()
     full = make_world(tmp_path / "full")
     build_report(load_config(full / "params.yaml"), root=full)

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from sycorec.io import atomic_path
 
@@ -37,6 +38,7 @@ def _band(ax: plt.Axes, curve: dict, label: str, color: str) -> None:
 def _axes_common(ax: plt.Axes, title: str) -> None:
     ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
     ax.set(xlabel="layer", ylabel="AUROC", title=title, ylim=(0.4, 1.05))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole: a 2-layer axis must not read 0.2, 0.4
     ax.legend(fontsize=7)
 
 

@@ -1,4 +1,5 @@
-"""`report build`: tables, figures, errata, provenance manifest and timings, from whatever inputs exist."""
+"""`report build`: tables, figures, errata, provenance manifest, timings and the results page, from whatever inputs
+exist."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sycorec.io import write_json, write_text_atomic
 from sycorec.report.errata import build_errata, load_errata
 from sycorec.report.figures import draw_figures
 from sycorec.report.manifest import build_manifest, collect_timings
+from sycorec.report.page import beyond_figure, beyond_models, beyond_table, write_index
 from sycorec.report.results import load_results
 from sycorec.report.tables import build_tables, load_spec, write_tables
 
@@ -56,10 +58,22 @@ def build_report(cfg: Config, root: Path = Path(".")) -> BuildSummary:
         summary.missing["errata"] = errata.missing
     summary.tables = len(tables) + 1
     write_json(tables_dir / "missing.json", summary.missing)
-    figures, summary.skipped_figures = draw_figures(spec, results, out / "figures" / "report", cfg.report.figure_dpi)
+    figures_dir = out / "figures" / "report"
+    figures, summary.skipped_figures = draw_figures(spec, results, figures_dir, cfg.report.figure_dpi)
     summary.files += figures
+    beyond = None
+    labels = spec.get("model_labels", {})
+    if extras := beyond_models(tables, cfg.models, results):
+        reference = cfg.probing.reference_model
+        runs = {name: run.models for name, run in cfg.probing.runs.items()}
+        beyond = beyond_table(extras, reference, runs, results, labels)
+        summary.files += write_tables([beyond], tables_dir)
+        summary.files += beyond_figure(extras, reference, results, labels, figures_dir, cfg.report.figure_dpi)
+        summary.tables += 1
     timings = collect_timings(root / TIMINGS_DIR)
     write_json(out / "timings.json", timings)
     relative = [p.relative_to(root) for p in summary.files]
     write_json(out / "manifest.json", build_manifest(cfg, root, relative))
+    # after the manifest, which the page shows (so the page's own hash is not in it)
+    summary.files.append(write_index(cfg, root, spec, tables, errata, beyond, results))
     return summary

@@ -23,7 +23,8 @@ def report() -> None:
 @report.command("build")
 @stage("report")
 def build(cfg: Config) -> None:
-    """Write results/tables/post1..4, results/tables/errata, results/figures/report, results/manifest.json."""
+    """Write results/tables/post1..4, results/tables/errata, results/figures/report, results/manifest.json and the
+    results page results/index.html."""
     summary = build_report(cfg)
     for line in summary.lines():
         click.echo(line)
