@@ -65,10 +65,14 @@ class Line:
     canonical: float | None = None
     errata: int | None = None
     note: str = ""
+    quantity: str = ""  # the counting unit (tolerance.Judged.quantity); quantities printed twice are one test
 
 
-def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool) -> Line:
-    """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL."""
+def judge_entry(
+    entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool
+) -> tuple[Line, tol.Judged | None]:
+    """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL; and
+    its place in the simulated null when judged."""
     ours = results.number(entry["path"])
     published = float(entry["published"])
     limit = tol.tolerance(entry, model, results)
@@ -83,7 +87,8 @@ def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, re
     else:
         status = "PASS" if tol.within(published, ours, limit) else "FAIL"
     canonical = entry.get("canonical")
-    return Line(
+    check = tol.judged(entry, limit, model) if status in JUDGED else None
+    line = Line(
         id=entry["id"],
         model=str(entry.get("model", "")),
         path=entry["path"],
@@ -98,7 +103,9 @@ def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, re
         canonical=None if canonical is None else float(canonical),
         errata=entry.get("errata"),
         note=entry.get("note", ""),
+        quantity=check.quantity if check else entry["path"],
     )
+    return line, check
 
 
 def expected_layout(table_spec: Mapping[str, Any]) -> tuple[list[str] | None, list[str]]:
@@ -154,24 +161,21 @@ class PostDiff:
     lines: list[Line]
     structure_problems: list[str]
     n_tables: int
-    chance_fail: float = 0.05
     allowed: int = 0
+    expected: float = 0.0  # mean FAIL count of a simulated faithful run
 
     @property
     def counts(self) -> Counter:
         return Counter(line.status for line in self.lines)
 
     def quantities(self, *statuses: str) -> set[str]:
-        """Distinct key paths with these statuses: a quantity printed in several places is one test."""
-        return {line.path for line in self.lines if line.status in statuses}
+        """Distinct quantities with these statuses: a quantity printed in several places, or as a function of
+        another (stubbornness = 1 − flip), is one test."""
+        return {line.quantity for line in self.lines if line.status in statuses}
 
     @property
     def n_failed(self) -> int:
         return len(self.quantities("FAIL"))
-
-    @property
-    def expected(self) -> float:
-        return self.chance_fail * len(self.quantities(*JUDGED))
 
     @property
     def failed(self) -> bool:
@@ -246,7 +250,8 @@ def diff_post(
         raise ConfigError(f"no published numbers for {post!r} (have: {', '.join(published['posts'])})")
     model = tol.load_model(published)
     entries = published["posts"][post]
-    lines = [judge_entry(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
+    judged = [judge_entry(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
+    lines = [line for line, _ in judged]
     table_specs = tables_spec["tables"].get(post, [])
     problems: list[str] = []
     for spec in table_specs:
@@ -263,8 +268,10 @@ def diff_post(
                 line.status = "SKIP"
             else:
                 line.status = "MISSING" if line.regenerated is None else "PRESENT"
-    result = PostDiff(post, tiny, lines, problems, len(table_specs), model.chance_fail)
-    result.allowed = tol.allowed_fails(len(result.quantities(*JUDGED)), model)
+    result = PostDiff(post, tiny, lines, problems, len(table_specs))
+    if not tiny:
+        verdict = tol.null_verdict([check for _, check in judged if check], model)
+        result.allowed, result.expected = verdict.allowed, verdict.expected
     return result
 
 

@@ -17,21 +17,30 @@ Sampling SE by kind (`se:`):
 Kinds may instead state a convention, `abs` or `relative`, where no count-based noise model exists (free-scale
 training-log values); the README table marks those.
 
-The retraining variance is calibrated on the study's one rerun (SFT, same YAML): per headline rate, the squared
-difference of the two runs minus both runs' sampling variances, pooled over the rates. A kind's `retraining`
-factor scales it (1 for a rate; 1/3 for the aggregate, the mean of three rates that moved independently).
+The retraining variance is binomial-shaped, c·p(1 − p), with c calibrated on the study's one rerun (SFT, same
+YAML): per headline rate the squared difference of the two runs minus both runs' sampling variances, pooled over the
+rates and divided by their pooled p(1 − p). A kind's `retraining` factor scales it (1 for a rate; 1/3 for the
+aggregate, the mean of three rates that moved independently); kinds whose parts are not printed use p = 0.5. Probe
+AUROCs get instead a between-run variance from the study's repeated probing runs of the same model paths
+(`repeated`: the squared difference minus both Hanley-McNeil variances, pooled, floored at 0).
 
-Multiplicity: each checked quantity fails by chance with probability 1 − confidence. A post's diff fails when its
-FAIL count exceeds the (1 − family_level) quantile of Binomial(n_checked, 1 − confidence), or on any MISSING.
+Multiplicity: the checks are not independent (a retrained model moves all its numbers, a proxy curve moves as one,
+stubbornness is 1 − flip). A seeded Monte Carlo null draws a faithful run with those shared parts (one retraining
+draw per model; one sampling draw per underlying rate, shared by the quantities computed from it) and a post's diff
+fails when its FAIL count exceeds the count a faithful run exceeds with probability at most family_level, or on any
+MISSING. `null_verdict` also estimates, on fresh draws, the faithful-run exit probability and the power against
+named shifts.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from scipy import stats
 
 from sycorec.errors import ConfigError
@@ -47,17 +56,20 @@ class Model:
 
     confidence: float
     family_level: float
-    retrain_var: float
+    retrain_scale: float  # c in V_retrain = c·p(1 − p)
     calibration: dict[str, Any]
     kinds: dict[str, dict[str, Any]]
+    between_var: dict[str, float]  # se model (auroc) -> between-run variance of the study's repeated probing runs
+    simulation: dict[str, Any]
+    study_counts: dict[str, dict[str, float]]  # run -> its own positives / negatives where `runs` gives them
 
     @property
     def z(self) -> float:
         return float(stats.norm.ppf(0.5 + self.confidence / 2))
 
-    @property
-    def chance_fail(self) -> float:
-        return 1.0 - self.confidence
+    def retrain_var(self, kind: Mapping[str, Any], p: float) -> float:
+        """Retraining variance of a difference of two runs' values at rate p (rate scale)."""
+        return self.retrain_scale * float(kind.get("retraining", 0)) * p * (1 - p)
 
 
 def wilson_se(p: float, n: float, confidence: float = 0.95) -> float:
@@ -76,32 +88,51 @@ def hanley_mcneil_se(auc: float, n_pos: float, n_neg: float) -> float:
 
 
 def calibrate_retraining(spec: Mapping[str, Any], confidence: float) -> tuple[float, dict[str, Any]]:
-    """Variance that retraining adds to the difference of two runs' rates, from the study's rerun pair."""
+    """c of V_retrain = c·p(1 − p): the rerun pair's excess squared moves over their p(1 − p), pooled."""
     parts = {}
     for name, c in spec["components"].items():
         a, b = c["values"]
         sampling = wilson_se(a, c["n"], confidence) ** 2 + wilson_se(b, c["n"], confidence) ** 2
-        parts[name] = {"moved": round(abs(a - b), 4), "excess": (a - b) ** 2 - sampling}
-    var = max(0.0, sum(p["excess"] for p in parts.values()) / len(parts))
-    return var, {"pair": spec["pair"], "components": parts, "aggregate": spec.get("aggregate")}
+        p = (a + b) / 2
+        parts[name] = {"moved": round(abs(a - b), 4), "excess": (a - b) ** 2 - sampling, "pq": p * (1 - p)}
+    scale = max(0.0, sum(p["excess"] for p in parts.values()) / sum(p["pq"] for p in parts.values()))
+    return scale, {"pair": spec["pair"], "components": parts, "aggregate": spec.get("aggregate")}
+
+
+def between_run_var(kind: Mapping[str, Any]) -> float:
+    """Excess variance of a probe AUROC between the study's repeated runs of the same model path, floored at 0."""
+    pairs = kind["repeated"]["pairs"]
+    excess = [
+        (a - b) ** 2
+        - hanley_mcneil_se(a, kind["n_pos"], kind["n_neg"]) ** 2
+        - hanley_mcneil_se(b, kind["n_pos"], kind["n_neg"]) ** 2
+        for a, b in pairs.values()
+    ]
+    return max(0.0, float(np.mean(excess)))
 
 
 def load_model(published: Mapping[str, Any]) -> Model:
     tm = published["tolerance_model"]
     confidence = float(tm["confidence"])
-    var, calibration = calibrate_retraining(tm["retraining"], confidence)
+    scale, calibration = calibrate_retraining(tm["retraining"], confidence)
     kinds = published["kinds"]
     for name, k in kinds.items():
         modes = [m for m in ("se", "abs", "relative") if m in k]
         if len(modes) != 1 or ("se" in k and k["se"] not in SE_MODELS) or not k.get("why"):
             raise ConfigError(f"published.yaml kind {name!r}: needs one of se/abs/relative (se in {SE_MODELS}) and why")
-    return Model(confidence, float(tm["family_level"]), var, calibration, kinds)
+    between = {k["se"]: between_run_var(k) for k in kinds.values() if "repeated" in k}
+    counts = {
+        name: {k: float(run[k]) for k in ("n_pos", "n_neg") if k in run} for name, run in published["runs"].items()
+    }
+    return Model(confidence, float(tm["family_level"]), scale, calibration, kinds, between, tm["simulation"], counts)
 
 
 @dataclass(frozen=True)
 class Tolerance:
     value: float | None  # None: context, not judged
     text: str
+    sampling: float = 0.0  # SD of the difference from sampling (independent per underlying rate)
+    shared: float = 0.0  # SD of the difference from retraining / repeated runs (shared by one model's numbers)
 
 
 def _probing_of(path: str) -> tuple[str, str | None] | None:
@@ -160,34 +191,153 @@ def tolerance(entry: Mapping[str, Any], m: Model, results: Results | None = None
     rounding = float(entry.get("rounding", 0.0))
     published = float(entry["published"])
     extra = f" +{rounding:g}" if rounding else ""
+    # convention kinds have no noise model: the simulation treats their whole range as shared by the model
     if "relative" in kind:
-        return Tolerance(kind["relative"] * abs(published) + rounding, f"±{kind['relative']:.0%}{extra}")
+        width = kind["relative"] * abs(published)
+        return Tolerance(width + rounding, f"±{kind['relative']:.0%}{extra}", shared=width / m.z)
     if "abs" in kind:
-        return Tolerance(kind["abs"] + rounding, f"±{kind['abs'] + rounding:.3g}")
+        return Tolerance(kind["abs"] + rounding, f"±{kind['abs'] + rounding:.3g}", shared=kind["abs"] / m.z)
     se = kind["se"]
     if se == CONTEXT:
         return Tolerance(None, "context")
     if se == "exact":
         return Tolerance(rounding, "exact")
     if se == "between_runs":
-        tol = m.z * between_runs_sd(kind) + rounding
-        return Tolerance(tol, f"±{tol:.3g}")
+        sd = between_runs_sd(kind)
+        tol = m.z * sd + rounding
+        return Tolerance(tol, f"±{tol:.3g}", sampling=sd)
     at = entry.get("at", {})
-    ours = _sampling_se(kind, published, at, run_counts(kind, entry, results), m)
-    theirs = _sampling_se(kind, published, at, {}, m)
+    study = m.study_counts.get(entry["run"], {})
+    ours = _sampling_se(kind, published, at, study | run_counts(kind, entry, results), m)
+    theirs = _sampling_se(kind, published, at, study, m)
+    sampling = math.sqrt(ours**2 + theirs**2)
+    shared = math.sqrt(_shared_var(kind, entry, published, m))
+    tol = m.z * math.hypot(sampling, shared) + rounding
+    return Tolerance(tol, f"±{tol:.3g}", sampling, shared)
+
+
+def _shared_var(kind: Mapping[str, Any], entry: Mapping[str, Any], value: float, m: Model) -> float:
+    """Retraining variance (trained models; binomial-shaped at the entry's rate, p = 0.5 where the parts are not
+    printed) or the between-run variance of repeated probing runs (delta method for a ratio)."""
+    var = m.between_var.get("auroc", 0.0)
+    if kind["se"] == "auroc_ratio":
+        at = entry["at"]
+        return value * value * var * (1 / float(at["original"]) ** 2 + 1 / float(at["retrained"]) ** 2)
+    if kind["se"] == "auroc":
+        return var
+    if entry.get("model") == "base":
+        return 0.0  # never trained
     scale = float(kind.get("scale", 1))
-    retrain = m.retrain_var * float(kind.get("retraining", 0)) * scale * scale if entry.get("model") != "base" else 0
-    tol = m.z * math.sqrt(ours**2 + theirs**2 + retrain) + rounding
-    return Tolerance(tol, f"±{tol:.3g}")
+    p = min(max(value / scale, 0.0), 1.0) if kind["se"] == "proportion" else 0.5
+    return m.retrain_var(kind, p) * scale * scale
 
 
 def within(published: float, ours: float, tol: Tolerance) -> bool:
     return tol.value is not None and abs(ours - published) <= tol.value + 1e-12
 
 
-def allowed_fails(n_checked: int, m: Model) -> int:
-    """The most FAILs that chance alone explains among n_checked quantities (at the family level)."""
-    return int(stats.binom.ppf(1 - m.family_level, n_checked, m.chance_fail)) if n_checked else 0
+# --------------------------------------------------------------------------- the simulated null
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One judged number as the null simulation sees it."""
+
+    quantity: str  # the counting unit: quantities that are functions of one another (flip, stubbornness) are one
+    model: str  # retraining / repeated-run draws are shared by the numbers of one model
+    parts: dict[str, float]  # sampling draws it is made of (key path -> share of its sampling variance)
+    sampling: float
+    shared: float
+    limit: float
+    rate: bool  # a behavioural rate of one model (what the named power shifts move)
+
+
+def _siblings(path: str, names: list[str]) -> list[str]:
+    stem = path.split("|")[0].rsplit(".", 1)[0]
+    return [f"{stem}.{name}" for name in names]
+
+
+def judged(entry: Mapping[str, Any], limit: Tolerance, m: Model) -> Judged:
+    """The entry's place in the null: which sampling draws it is made of and which model draw it shares."""
+    kind = m.kinds[entry["kind"]]
+    path = entry["path"]
+    parts = {path: 1.0}
+    if "parts" in kind:
+        names = _siblings(path, kind["parts"])
+        if kind.get("se") == "combination":
+            shares = [w * w / n for w, n in zip(kind["weights"], kind["n"], strict=True)]
+        elif kind.get("se") == "auroc_ratio":
+            shares = [1 / float(entry["at"]["original"]) ** 2, 1 / float(entry["at"]["retrained"]) ** 2]
+        else:
+            shares = [1.0] * len(names)
+        parts = {name: share / sum(shares) for name, share in zip(names, shares, strict=True)}
+    quantity = next(iter(parts)) if len(parts) == 1 else path
+    rate = kind.get("se") in ("proportion", "combination") and "scale" not in kind and path.startswith("metrics.")
+    return Judged(quantity, str(entry.get("model", "")), parts, limit.sampling, limit.shared, limit.value, rate)
+
+
+def fail_counts(
+    checks: list[Judged], rng: np.random.Generator, draws: int, shift: np.ndarray | None = None
+) -> np.ndarray:
+    """FAILed quantities in each of `draws` simulated faithful runs (plus `shift` on the regenerated values)."""
+    if not checks:
+        return np.zeros(draws, dtype=int)
+    part_keys = sorted({k for c in checks for k in c.parts})
+    models = sorted({c.model for c in checks})
+    quantities = sorted({c.quantity for c in checks})
+    loading = np.zeros((len(part_keys), len(checks)))
+    for j, c in enumerate(checks):
+        for key, share in c.parts.items():
+            loading[part_keys.index(key), j] = math.sqrt(share) * c.sampling
+    shared = np.zeros((len(models), len(checks)))
+    counted = np.zeros((len(checks), len(quantities)))
+    for j, c in enumerate(checks):
+        shared[models.index(c.model), j] = c.shared
+        counted[j, quantities.index(c.quantity)] = 1
+    delta = rng.standard_normal((draws, len(part_keys))) @ loading
+    delta += rng.standard_normal((draws, len(models))) @ shared
+    if shift is not None:
+        delta += shift
+    fails = np.abs(delta) > np.array([c.limit for c in checks]) + 1e-12
+    return ((fails @ counted) > 0).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class NullVerdict:
+    n_quantities: int
+    allowed: int  # a post fails on more FAILs than this
+    expected: float  # mean FAIL count of a faithful run
+    exit_probability: float  # of a faithful run, on draws independent of those that set `allowed`
+    power: dict[float, float]  # shift -> exit probability when every rate of `power_model` moves by it
+    power_model: str
+
+
+def null_verdict(checks: list[Judged], m: Model) -> NullVerdict:
+    """The exit threshold from the simulated null, and its exit probability and power on fresh draws."""
+    sim = m.simulation
+    draws = int(sim["draws"])
+    threshold_rng, check_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(sim["seed"]).spawn(2))
+    null = fail_counts(checks, threshold_rng, draws)
+    allowed = int(np.quantile(null, 1 - m.family_level, method="inverted_cdf"))
+    fresh = fail_counts(checks, check_rng, draws)
+    rates = Counter(c.model for c in checks if c.rate and c.shared > 0)
+    model = rates.most_common(1)[0][0] if rates else ""
+    power = {}
+    for by in sim["shifts"]:
+        shift = np.array([by if c.rate and c.model == model else 0.0 for c in checks])
+        power[float(by)] = float((fail_counts(checks, check_rng, draws, shift) > allowed).mean())
+    n_quantities = len({c.quantity for c in checks})
+    return NullVerdict(n_quantities, allowed, float(null.mean()), float((fresh > allowed).mean()), power, model)
+
+
+def post_checks(published: Mapping[str, Any], post: str, m: Model) -> list[Judged]:
+    """The judged numbers of a post at the study's counts (the README's simulation)."""
+    out = []
+    for e in published["posts"][post]:
+        limit = tolerance(e, m)
+        if limit.value is not None and e.get("check", True) and entry_run_replicated(published, e):
+            out.append(judged(e, limit, m))
+    return out
 
 
 # --------------------------------------------------------------------------- README table
@@ -200,7 +350,7 @@ def _kind_rule(kind: Mapping[str, Any], m: Model) -> str:
         return f"±{kind['abs']:g} (convention)"
     se = kind["se"]
     retrain = float(kind.get("retraining", 0))
-    r = f" + retraining×{retrain:.3g}" if retrain else ""
+    r = f" + retraining c·p(1−p)×{retrain:.3g}" if retrain else ""
     if se == "proportion":
         scale = f", ×{kind['scale']:g} (count)" if "scale" in kind else ""
         return f"Wilson SE at n = {kind['n']:,}{scale}{r}"
@@ -208,49 +358,77 @@ def _kind_rule(kind: Mapping[str, Any], m: Model) -> str:
         parts = " + ".join(f"{w:.3g}²·0.25/{n:,}" for w, n in zip(kind["weights"], kind["n"], strict=True))
         return f"SE² = {parts}{r}"
     if se == "auroc":
-        return f"Hanley–McNeil at n_pos/n_neg = {kind['n_pos']}/{kind['n_neg']}"
+        return f"Hanley–McNeil at n_pos/n_neg = {kind['n_pos']}/{kind['n_neg']} + between-run"
     if se == "auroc_ratio":
-        return f"delta method, Hanley–McNeil at {kind['n_pos']}/{kind['n_neg']}"
+        return f"delta method, Hanley–McNeil at {kind['n_pos']}/{kind['n_neg']} + between-run"
     if se == "between_runs":
         return f"z × RMS difference between study runs = ±{m.z * between_runs_sd(kind):.3f}"
     if se == "none":
-        return f"retraining only (×{retrain:.3g})"
+        return f"retraining only (c·0.25×{retrain:.3g})"
     return {"exact": "exact", CONTEXT: "context (not judged)"}[se]
 
 
 def tolerance_markdown(published: Mapping[str, Any]) -> str:
-    """The README's tolerance section: the model, its calibration and one row per kind with the range it gives."""
+    """The README's tolerance section: the model, its calibration, the simulated null per post and one row per kind
+    with the range it gives."""
     m = load_model(published)
     cal = m.calibration
     moved = ", ".join(f"{k} {v['moved']:.3f}" for k, v in cal["components"].items())
     agg = cal.get("aggregate")
-    agg_pred = m.z * math.sqrt(m.retrain_var / 3 + 2 * _sampling_se(m.kinds["rate_aggregate"], 0.5, {}, {}, m) ** 2)
+    aggregate = m.kinds["rate_aggregate"]
+    agg_pred = m.z * math.sqrt(m.retrain_var(aggregate, 0.5) + 2 * _sampling_se(aggregate, 0.5, {}, {}, m) ** 2)
     ranges: dict[str, list[float]] = {}
     for entries in published["posts"].values():
         for e in entries:
             t = tolerance(e, m)
             if t.value is not None and entry_run_replicated(published, e):
                 ranges.setdefault(e["kind"], []).append(t.value)
+    sim = m.simulation
+    shifts = [float(by) for by in sim["shifts"]]
+    repeated = next(k["repeated"] for k in m.kinds.values() if "repeated" in k)
     out = [
-        f"Each number passes when |regenerated − published| ≤ z·√(SE_published² + SE_ours² + V_retrain) + half a unit "
+        f"Each number passes when |regenerated − published| ≤ z·√(SE_published² + SE_ours² + V_shared) + half a unit "
         f"of its printed precision, z = {m.z:.2f} ({m.confidence:.0%} per number). SE_published uses the study's "
-        "counts, SE_ours this run's own (`n` in the metrics files, the probe validation split); the base model gets "
-        "no retraining term.",
+        "counts, SE_ours this run's own (`n` in the metrics files, the probe validation split).",
         "",
-        f"V_retrain = {m.retrain_var:.5f} (SD of a difference {math.sqrt(m.retrain_var):.3f}) on the rate scale, "
-        f"calibrated on the study's one rerun ({cal['pair']}): it moved {moved}; pooled over these rates, the squared "
-        "move minus both runs' sampling variance. Check: the aggregate (mean of the three) then differs by up to "
-        f"±{agg_pred:.3f} at {m.confidence:.0%}; the rerun moved it by "
-        f"{abs(agg[0] - agg[1]):.3f}."
+        f"V_shared of a trained model's rate p is the retraining variance c·p(1 − p), c = {m.retrain_scale:.5f} "
+        f"(at p = 0.5 an SD of a difference of {math.sqrt(m.retrain_scale * 0.25):.3f}; kinds whose parts are not "
+        "printed use p = 0.5; the base model is never trained and gets none). c rests on the study's one rerun "
+        f"({cal['pair']}), a single pair: it moved {moved}; c is the squared moves minus both runs' sampling "
+        "variance, pooled, over the pooled p(1 − p). Check: the aggregate (mean of the three) then differs by up to "
+        f"±{agg_pred:.3f} at {m.confidence:.0%}; the rerun moved it by {abs(agg[0] - agg[1]):.3f}."
         if agg
         else "",
         "",
-        f"Multiplicity: each checked quantity fails by chance with probability {m.chance_fail:.2f}. The diff prints "
-        "the FAIL count against the count expected by chance and exits 1 when FAILs exceed the "
-        f"{1 - m.family_level:.0%} quantile of Binomial(n checked, {m.chance_fail:.2f}) (e.g. more than "
-        f"{allowed_fails(100, m)} of 100), or when any number is MISSING or a table lacks rows or columns. Numbers "
-        "from a probing run or an earlier model that the DAG does not replicate are OTHER-RUN (with the errata "
-        "item and the replicated run's value), never FAIL; context numbers are shown, not judged.",
+        "Probe AUROCs get instead the between-run variance of the study's repeated probing runs of the same model "
+        f"paths ({repeated['what']}, {len(repeated['pairs'])} pairs; the squared difference minus both Hanley-McNeil "
+        f"variances, pooled, floored at 0): SD {math.sqrt(m.between_var['auroc']):.3f}. "
+        "The IPO model's own probes are the exception (their two runs disagree by 3 to 6 SE): shown as context with "
+        "their errata item.",
+        "",
+        f"Multiplicity: the numbers are not independent checks. A seeded Monte Carlo null ({sim['draws']:,} draws, "
+        f"seed {sim['seed']}) simulates a faithful run: one retraining draw per model shared by all of its numbers (a "
+        "proxy curve, the training-log values), one sampling draw per underlying rate shared by the quantities "
+        "computed from it (stubbornness = 1 − flip is one quantity; the aggregate and gap share their parts; an "
+        "ablation recovery shares its two AUROCs). The diff exits 1 when a post's FAILed quantities exceed the "
+        f"count a faithful run exceeds with probability ≤ {m.family_level:.0%}, when any number is MISSING, or when a "
+        "table lacks rows or columns. On fresh draws:",
+        "",
+        "| post | judged quantities | exits on more FAILs than | faithful run exits 1 | power: every rate of | "
+        + " | ".join(f"+{by:g}" for by in shifts)
+        + " |",
+        "|---" * (5 + len(shifts)) + "|",
+    ]
+    for post in published["posts"]:
+        v = null_verdict(post_checks(published, post, m), m)
+        power = " | ".join(f"{v.power[by]:.1%}" for by in shifts)
+        out.append(
+            f"| {post} | {v.n_quantities} | {v.allowed} | {v.exit_probability:.1%} | {v.power_model} | {power} |"
+        )
+    out += [
+        "",
+        "Numbers from a probing run or an earlier model that the DAG does not replicate are OTHER-RUN (with the "
+        "errata item and the replicated run's value), never FAIL; context numbers are shown, not judged.",
         "",
         "| kind | sampling / rule | tolerance in published.yaml | why |",
         "|---|---|---|---|",
