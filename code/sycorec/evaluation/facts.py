@@ -193,10 +193,12 @@ class FeedbackFacts(Facts):
 class StudyTemplate(Facts):
     name: str
     fields: dict[str, str]  # placeholder -> source
+    defaults: dict[str, str] = {}  # placeholder -> the study builder's text when the row lacks the source
 
 
 class StudyPrompts(Facts):
     file: str
+    null: str  # how the study printed a null (an upstream NaN) in a prompt
     sentiment_function: str
     sentiment_variable: str
     templates: dict[str, StudyTemplate]
