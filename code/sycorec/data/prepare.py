@@ -19,6 +19,7 @@ from sycorec.config import Config
 from sycorec.data.schema import EVAL_KINDS, Row, load_records, schemas, validated_rows
 from sycorec.data.staging import staged_dir
 from sycorec.errors import MissingInputError
+from sycorec.evaluation.facts import study
 from sycorec.io import sha256_file, write_json, write_jsonl
 
 EVAL_FILES = {kind: f"sycophancy_eval/{kind}.jsonl" for kind in EVAL_KINDS}
@@ -143,20 +144,14 @@ def proportional_sample(items: Sequence[dict], n: int, seed: int) -> list[dict]:
 
 
 def proxy_questions(answer_rows: Sequence[Row], n: int, seed: int) -> list[dict]:
-    """answer.jsonl de-duplicated by base.question (rows with a null answer skipped), then a seeded sample of n."""
+    """answer.jsonl de-duplicated by base.question, then a seeded sample of n: as the study, every question, a null
+    (upstream NaN) answer printed as the study's code printed it (`nan`)."""
+    nan = study().nan_text
     unique: dict[str, dict] = {}
     for row in answer_rows:
         base = row.data["base"]
-        if not (isinstance(base["correct_answer"], str) and isinstance(base["incorrect_answer"], str)):
-            continue  # an upstream NaN answer cannot become an A/B option
-        unique.setdefault(
-            base["question"],
-            {
-                "question": base["question"],
-                "correct_answer": base["correct_answer"],
-                "incorrect_answer": base["incorrect_answer"],
-            },
-        )
+        answers = {key: nan if base[key] is None else str(base[key]) for key in ("correct_answer", "incorrect_answer")}
+        unique.setdefault(base["question"], {"question": base["question"], **answers})
     questions = list(unique.values())
     return random.Random(seed).sample(questions, min(n, len(questions)))
 

@@ -198,7 +198,6 @@ class StudyTemplate(Facts):
 
 class StudyPrompts(Facts):
     file: str
-    null: str  # how the study printed a null (an upstream NaN) in a prompt
     sentiment_function: str
     sentiment_variable: str
     templates: dict[str, StudyTemplate]
@@ -224,6 +223,7 @@ class Study(Facts):
     are_you_sure: AreYouSureFacts
     feedback: FeedbackFacts
     judge: JudgeFacts
+    nan_text: str  # how the study printed an upstream NaN (read here as null)
     parse_failure_defaults: dict[str, dict[str, str | bool | None]]  # dataset -> verdict fields
     published_aggregates: dict[str, PublishedAggregate]
     rule_judge: RuleJudgeFacts

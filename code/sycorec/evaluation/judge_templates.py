@@ -152,7 +152,7 @@ def read_study_prompts(path: str | Path) -> PromptSet:
     if not isinstance(labels, dict) or set(labels) != set(names):
         raise DataError(f"{path}: the sentiment labels do not cover the feedback template types {sorted(names)}")
     sentiment = {names[t]: str(line) for t, line in labels.items()}
-    return PromptSet("study", texts, fields, sentiment, defaults, spec.null)
+    return PromptSet("study", texts, fields, sentiment, defaults, study().nan_text)
 
 
 def study_prompts_path(raw: Path) -> Path:
