@@ -212,6 +212,20 @@ def test_study_values_are_tagged_with_their_runs() -> None:
     assert ("metrics.simpo.answer_sycophancy_rate", 0.365) not in published
 
 
+def test_first_proxy_points_are_the_studys_first_callback_step() -> None:
+    """The study's proxy callback fires at multiples of eval_every_steps (no step-0 point), so the 'first' value a
+    post quotes is the step eval_every_steps of that run."""
+    train = load_config(ROOT / "params.yaml").train
+    firsts = {e["id"]: e for entries in PUBLISHED["posts"].values() for e in entries if e["id"].endswith("gap_first")}
+    assert set(firsts) == {"p2.simpo.proxy_gap_first", "p4.grpo_v2.proxy_gap_first"}
+    for eid, every in (
+        ("p2.simpo.proxy_gap_first", train.simpo.eval_every_steps),
+        ("p4.grpo_v2.proxy_gap_first", train.grpo.eval_every_steps),
+    ):
+        assert firsts[eid]["path"] == f"curves.{firsts[eid]['model']}.step={every}.sycophancy_gap", eid
+        assert firsts[eid]["full_only"], eid
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_world(tmp_path_factory.mktemp("world"))
