@@ -18,7 +18,7 @@ from tqdm import tqdm
 from sycorec.config import Config
 from sycorec.data.schema import EVAL_KINDS, Row, load_records, schemas, validated_rows
 from sycorec.data.staging import staged_dir
-from sycorec.errors import MissingInputError
+from sycorec.errors import DataError, MissingInputError
 from sycorec.evaluation.facts import study
 from sycorec.io import sha256_file, write_json, write_jsonl
 
@@ -60,6 +60,23 @@ def split_rows(
         [row for row, g in zip(rows, groups, strict=True) if side[g] == "train"],
         [row for row, g in zip(rows, groups, strict=True) if side[g] == "test"],
     )
+
+
+def split_sha256(rows: Sequence[dict]) -> str:
+    """sha256 of a validation split's sorted prompt_ids: the split's identity, whatever made it."""
+    return hashlib.sha256("\n".join(sorted(row["prompt_id"] for row in rows)).encode("utf-8")).hexdigest()
+
+
+def check_splits(splits: dict[str, str], pinned: dict[str, str]) -> None:
+    """A split that differs from its pinned checksum (prepare.split_sha256) is an error, not a silent new split."""
+    changed = {name: sha for name, sha in splits.items() if name in pinned and pinned[name] != sha}
+    if changed:
+        lines = "; ".join(f"{name}: pinned {pinned[name][:12]}…, got {sha[:12]}…" for name, sha in changed.items())
+        raise DataError(
+            f"validation split changed ({lines}): the input rows, prepare.val_split / rm_val_split / split_seed / "
+            "split_by, or the datasets / numpy version that shuffles them moved; re-pin prepare.split_sha256 only "
+            "if the change is intended"
+        )
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -189,6 +206,12 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     prefs_train, prefs_val = split_rows(pairs, prepare_cfg.val_split, prepare_cfg.split_seed, pref_groups)
     rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
+    splits = {
+        "sft_val.jsonl": split_sha256(sft_val),
+        "prefs_val.jsonl": split_sha256(prefs_val),
+        "rm_val.jsonl": split_sha256(rm_val),
+    }
+    check_splits(splits, prepare_cfg.split_sha256)
     seen = seen_questions(augmented)
     eval_rows = {kind: validated_rows(src / EVAL_FILES[kind], kind) for kind in EVAL_KINDS}
     duplicates = {kind: sum(r.duplicate_of is not None for r in rows) for kind, rows in eval_rows.items()}
@@ -219,6 +242,7 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         "rows": {name: len(rows) for name, rows in outputs.items()},
         "seen_questions": len({i["group_id"] for i in outputs["eval/answer.jsonl"] if i["seen"]}),
         "split_by": prepare_cfg.split_by,
+        "split_sha256": splits,
         "duplicate_eval_rows": {"rule": prepare_cfg.duplicate_eval_rows, **duplicates},
     }
     with staged_dir(out) as staging:
