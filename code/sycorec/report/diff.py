@@ -4,7 +4,8 @@ Full scale: PASS / FAIL for the numbers of the runs the DAG replicates, against 
 (sycorec/report/tolerance.py); OTHER-RUN for numbers from a study run the DAG does not replicate (shown with the errata
 item and the replicated run's value, never judged); CONTEXT for numbers shown but not judged (peak layers,
 significance calls); MISSING when this run lacks a number; SKIP for numbers no stage regenerates. Every table of the
-post must exist with its rows and columns. The verdict counts FAILs against the number expected by chance.
+post must exist with its rows and columns. The verdict counts FAILs against the number expected by chance and reads the
+worst |Δ| / tolerance, each against the threshold a simulated faithful run exceeds rarely (tolerance.null_verdict).
 Tiny profile: the synthetic world cannot match the study's values, so only the structure is checked.
 """
 
@@ -163,6 +164,9 @@ class PostDiff:
     n_tables: int
     allowed: int = 0
     expected: float = 0.0  # mean FAIL count of a simulated faithful run
+    worst_limit: float = math.inf  # a modelled number off by more than this many times its tolerance fails the post
+    worst: float = 0.0  # the largest |Δ| / tolerance among this run's modelled numbers
+    worst_id: str = ""
 
     @property
     def counts(self) -> Counter:
@@ -182,7 +186,8 @@ class PostDiff:
         missing = any(line.status == "MISSING" for line in self.lines)
         if self.tiny:
             return bool(self.structure_problems) or missing
-        return bool(self.structure_problems) or missing or self.n_failed > self.allowed
+        too_far = self.worst > self.worst_limit
+        return bool(self.structure_problems) or missing or self.n_failed > self.allowed or too_far
 
     def summary(self) -> str:
         c = self.counts
@@ -196,8 +201,9 @@ class PostDiff:
         return (
             f"{self.post}: {c['PASS']} PASS, {c['FAIL']} FAIL, {c['MISSING']} MISSING, {c['OTHER-RUN']} OTHER-RUN, "
             f"{c['CONTEXT']} CONTEXT, {c['SKIP']} SKIP; {self.n_failed} of {n_checked} checked quantities failed, "
-            f"{self.expected:.1f} expected by chance, more than {self.allowed} fails the diff; "
-            f"{len(self.structure_problems)} structure problems"
+            f"{self.expected:.1f} expected by chance, more than {self.allowed} fails the diff; the largest |Δ| is "
+            f"{self.worst:.2f}× its tolerance{f' ({self.worst_id})' if self.worst_id else ''}, more than "
+            f"{self.worst_limit:.2f}× fails the diff; {len(self.structure_problems)} structure problems"
         )
 
     def markdown(self) -> str:
@@ -233,6 +239,7 @@ class PostDiff:
             "failed_quantities": self.n_failed,
             "expected_by_chance": self.expected,
             "allowed_fails": self.allowed,
+            "worst_ratio": {"value": self.worst, "id": self.worst_id, "limit": self.worst_limit},
             "structure_problems": self.structure_problems,
             "numbers": [asdict(line) for line in self.lines],
         }
@@ -270,8 +277,10 @@ def diff_post(
                 line.status = "MISSING" if line.regenerated is None else "PRESENT"
     result = PostDiff(post, tiny, lines, problems, len(table_specs))
     if not tiny:
-        verdict = tol.null_verdict([check for _, check in judged if check], model)
-        result.allowed, result.expected = verdict.allowed, verdict.expected
+        limits = tol.null_thresholds([check for _, check in judged if check], model)
+        result.allowed, result.expected, result.worst_limit = limits.allowed, limits.expected, limits.worst_ratio
+        ratios = [(line.delta / check.limit, line.id) for line, check in judged if check and check.modelled]
+        result.worst, result.worst_id = max(ratios, default=(0.0, ""))
     return result
 
 

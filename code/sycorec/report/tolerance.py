@@ -26,10 +26,10 @@ AUROCs get instead a between-run variance from the study's repeated probing runs
 
 Multiplicity: the checks are not independent (a retrained model moves all its numbers, a proxy curve moves as one,
 stubbornness is 1 − flip). A seeded Monte Carlo null draws a faithful run with those shared parts (one retraining
-draw per model; one sampling draw per underlying rate, shared by the quantities computed from it) and a post's diff
-fails when its FAIL count exceeds the count a faithful run exceeds with probability at most family_level, or on any
-MISSING. `null_verdict` also estimates, on fresh draws, the faithful-run exit probability and the power against
-named shifts.
+draw per model; one sampling draw per underlying rate, shared by the quantities computed from it). A post's diff
+fails when its FAIL count exceeds the count a faithful run exceeds with probability at most `levels.count`, when its
+worst |Δ| / tolerance exceeds the one a faithful run exceeds with at most `levels.worst`, or on any MISSING.
+`null_verdict` also estimates, on fresh draws, the faithful-run exit probability and the power against named shifts.
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ class Judged:
     shared: float
     limit: float
     rate: bool  # a behavioural rate of one model (what the named power shifts move)
+    modelled: bool  # its tolerance comes from a noise model (not a convention or exact): the worst-ratio rule
 
 
 def _siblings(path: str, names: list[str]) -> list[str]:
@@ -273,61 +274,92 @@ def judged(entry: Mapping[str, Any], limit: Tolerance, m: Model) -> Judged:
         parts = {name: share / sum(shares) for name, share in zip(names, shares, strict=True)}
     quantity = next(iter(parts)) if len(parts) == 1 else path
     rate = kind.get("se") in ("proportion", "combination") and "scale" not in kind and path.startswith("metrics.")
-    return Judged(quantity, str(entry.get("model", "")), parts, limit.sampling, limit.shared, limit.value, rate)
+    modelled = kind.get("se", "exact") != "exact" and limit.value > 0
+    model = str(entry.get("model", ""))
+    return Judged(quantity, model, parts, limit.sampling, limit.shared, limit.value, rate, modelled)
 
 
-def fail_counts(
+def simulate(
     checks: list[Judged], rng: np.random.Generator, draws: int, shift: np.ndarray | None = None
-) -> np.ndarray:
-    """FAILed quantities in each of `draws` simulated faithful runs (plus `shift` on the regenerated values)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per simulated faithful run (plus `shift` on the regenerated values): the FAILed quantities, and the largest
+    |Δ| / tolerance among the modelled numbers."""
     if not checks:
-        return np.zeros(draws, dtype=int)
+        return np.zeros(draws, dtype=int), np.zeros(draws)
     part_keys = sorted({k for c in checks for k in c.parts})
     models = sorted({c.model for c in checks})
     quantities = sorted({c.quantity for c in checks})
     loading = np.zeros((len(part_keys), len(checks)))
-    for j, c in enumerate(checks):
-        for key, share in c.parts.items():
-            loading[part_keys.index(key), j] = math.sqrt(share) * c.sampling
     shared = np.zeros((len(models), len(checks)))
     counted = np.zeros((len(checks), len(quantities)))
     for j, c in enumerate(checks):
+        for key, share in c.parts.items():
+            loading[part_keys.index(key), j] = math.sqrt(share) * c.sampling
         shared[models.index(c.model), j] = c.shared
         counted[j, quantities.index(c.quantity)] = 1
     delta = rng.standard_normal((draws, len(part_keys))) @ loading
     delta += rng.standard_normal((draws, len(models))) @ shared
     if shift is not None:
         delta += shift
-    fails = np.abs(delta) > np.array([c.limit for c in checks]) + 1e-12
-    return ((fails @ counted) > 0).sum(axis=1)
+    limits = np.array([c.limit for c in checks])
+    fails = np.abs(delta) > limits + 1e-12
+    modelled = np.array([c.modelled for c in checks])
+    worst = (np.abs(delta[:, modelled]) / limits[modelled]).max(axis=1) if modelled.any() else np.zeros(draws)
+    return ((fails @ counted) > 0).sum(axis=1), worst
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a post's diff exits 1, from the simulated null."""
+
+    allowed: int  # more FAILed quantities than this
+    worst_ratio: float  # or a modelled number off by more than this many times its tolerance
+    expected: float  # mean FAIL count of a faithful run
+
+    def exits(self, counts: np.ndarray, worst: np.ndarray) -> np.ndarray:
+        return (counts > self.allowed) | (worst > self.worst_ratio)
+
+
+def _rngs(m: Model) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent seeded streams: one sets the thresholds, the other checks them."""
+    first, second = np.random.SeedSequence(m.simulation["seed"]).spawn(2)
+    return np.random.default_rng(first), np.random.default_rng(second)
+
+
+def null_thresholds(checks: list[Judged], m: Model) -> Thresholds:
+    """The FAIL count a faithful run exceeds with probability at most `levels.count`, and the worst |Δ| / tolerance
+    it exceeds with at most `levels.worst`."""
+    levels = m.simulation["levels"]
+    counts, worst = simulate(checks, _rngs(m)[0], int(m.simulation["draws"]))
+    return Thresholds(
+        allowed=int(np.quantile(counts, 1 - levels["count"], method="inverted_cdf")),
+        worst_ratio=float(np.quantile(worst, 1 - levels["worst"])),
+        expected=float(counts.mean()),
+    )
 
 
 @dataclass(frozen=True)
 class NullVerdict:
     n_quantities: int
-    allowed: int  # a post fails on more FAILs than this
-    expected: float  # mean FAIL count of a faithful run
-    exit_probability: float  # of a faithful run, on draws independent of those that set `allowed`
+    thresholds: Thresholds
+    exit_probability: float  # of a faithful run, on draws independent of those that set the thresholds
     power: dict[float, float]  # shift -> exit probability when every rate of `power_model` moves by it
     power_model: str
 
 
 def null_verdict(checks: list[Judged], m: Model) -> NullVerdict:
-    """The exit threshold from the simulated null, and its exit probability and power on fresh draws."""
-    sim = m.simulation
-    draws = int(sim["draws"])
-    threshold_rng, check_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(sim["seed"]).spawn(2))
-    null = fail_counts(checks, threshold_rng, draws)
-    allowed = int(np.quantile(null, 1 - m.family_level, method="inverted_cdf"))
-    fresh = fail_counts(checks, check_rng, draws)
+    """The thresholds, and on fresh draws the exit probability of a faithful run and the power against the named
+    shifts (every rate of the post's trained model with the most judged rates moved by each)."""
+    thresholds = null_thresholds(checks, m)
+    rng, draws = _rngs(m)[1], int(m.simulation["draws"])
+    exit_probability = float(thresholds.exits(*simulate(checks, rng, draws)).mean())
     rates = Counter(c.model for c in checks if c.rate and c.shared > 0)
     model = rates.most_common(1)[0][0] if rates else ""
     power = {}
-    for by in sim["shifts"]:
+    for by in m.simulation["shifts"]:
         shift = np.array([by if c.rate and c.model == model else 0.0 for c in checks])
-        power[float(by)] = float((fail_counts(checks, check_rng, draws, shift) > allowed).mean())
-    n_quantities = len({c.quantity for c in checks})
-    return NullVerdict(n_quantities, allowed, float(null.mean()), float((fresh > allowed).mean()), power, model)
+        power[float(by)] = float(thresholds.exits(*simulate(checks, rng, draws, shift)).mean())
+    return NullVerdict(len({c.quantity for c in checks}), thresholds, exit_probability, power, model)
 
 
 def post_checks(published: Mapping[str, Any], post: str, m: Model) -> list[Judged]:
@@ -384,6 +416,7 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
             if t.value is not None and entry_run_replicated(published, e):
                 ranges.setdefault(e["kind"], []).append(t.value)
     sim = m.simulation
+    levels = sim["levels"]
     shifts = [float(by) for by in sim["shifts"]]
     repeated = next(k["repeated"] for k in m.kinds.values() if "repeated" in k)
     out = [
@@ -411,19 +444,23 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
         "proxy curve, the training-log values), one sampling draw per underlying rate shared by the quantities "
         "computed from it (stubbornness = 1 − flip is one quantity; the aggregate and gap share their parts; an "
         "ablation recovery shares its two AUROCs). The diff exits 1 when a post's FAILed quantities exceed the "
-        f"count a faithful run exceeds with probability ≤ {m.family_level:.0%}, when any number is MISSING, or when a "
-        "table lacks rows or columns. On fresh draws:",
+        f"count a faithful run exceeds with probability ≤ {levels['count']:.1%}, when a number with a noise model "
+        "is off by more times its tolerance than a faithful run's worst number is with probability "
+        f"≤ {levels['worst']:.1%} (the count alone cannot tell one model moved by a retraining draw from one moved "
+        "far beyond it), when any number is MISSING, or when a table lacks rows or columns. On fresh draws, the "
+        f"probability that a faithful run exits 1 (goal ≤ {m.family_level:.0%}) and the power against every rate of "
+        "the post's most-quoted trained model moved by a fixed amount:",
         "",
-        "| post | judged quantities | exits on more FAILs than | faithful run exits 1 | power: every rate of | "
-        + " | ".join(f"+{by:g}" for by in shifts)
-        + " |",
-        "|---" * (5 + len(shifts)) + "|",
+        "| post | judged quantities | exits on more FAILs than | or a number off by more than | faithful run exits 1 "
+        "| power: every rate of | " + " | ".join(f"+{by:g}" for by in shifts) + " |",
+        "|---" * (6 + len(shifts)) + "|",
     ]
     for post in published["posts"]:
         v = null_verdict(post_checks(published, post, m), m)
         power = " | ".join(f"{v.power[by]:.1%}" for by in shifts)
         out.append(
-            f"| {post} | {v.n_quantities} | {v.allowed} | {v.exit_probability:.1%} | {v.power_model} | {power} |"
+            f"| {post} | {v.n_quantities} | {v.thresholds.allowed} | {v.thresholds.worst_ratio:.2f}× its tolerance "
+            f"| {v.exit_probability:.1%} | {v.power_model} | {power} |"
         )
     out += [
         "",
