@@ -52,7 +52,8 @@ CONTEXT = "context"
 
 @dataclass(frozen=True)
 class Model:
-    """The tolerance model of one published.yaml: confidence, retraining variance, kinds."""
+    """The tolerance model of one published.yaml: confidence, retraining and between-run variances, kinds, and the
+    simulated null's settings."""
 
     confidence: float
     family_level: float
@@ -433,11 +434,11 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
         if agg
         else "",
         "",
-        "Probe AUROCs get instead the between-run variance of the study's repeated probing runs of the same model "
-        f"paths ({repeated['what']}, {len(repeated['pairs'])} pairs; the squared difference minus both Hanley-McNeil "
-        f"variances, pooled, floored at 0): SD {math.sqrt(m.between_var['auroc']):.3f}. "
-        "The IPO model's own probes are the exception (their two runs disagree by 3 to 6 SE): shown as context with "
-        "their errata item.",
+        "Probe AUROCs get instead the between-run variance of the study's repeated probing runs: "
+        f"{repeated['what']}, {len(repeated['pairs'])} pairs. Their squared differences minus both Hanley-McNeil "
+        f"variances, pooled and floored at 0, give an SD of {math.sqrt(m.between_var['auroc']):.3f}"
+        + (": the pairs move no more than sampling explains." if m.between_var["auroc"] == 0 else ".")
+        + " The IPO model's own probes are context (kind `probe_discordant` below).",
         "",
         f"Multiplicity: the numbers are not independent checks. A seeded Monte Carlo null ({sim['draws']:,} draws, "
         f"seed {sim['seed']}) simulates a faithful run: one retraining draw per model shared by all of its numbers (a "
