@@ -347,6 +347,21 @@ def test_stubbornness_and_flip_are_one_quantity(world: Path) -> None:
     assert result.n_failed == 1
 
 
+def test_values_equal_by_construction_are_one_quantity(world: Path) -> None:
+    """An ablation's original AUROC is the probe's peak AUROC: one quantity, and the recovery shares its draw."""
+    post4 = {e["id"]: e for e in PUBLISHED["posts"]["post4"]}
+    peak, original = post4["p4.own_peak.grpo_v3"], post4["p4.ablation_original.grpo_v3"]
+    recovery = post4["p4.ablation_recovery.grpo_v3"]
+    checks = {e["id"]: tol.judged(e, tol.tolerance(e, MODEL), MODEL) for e in (peak, original, recovery)}
+    assert checks[peak["id"]].quantity == checks[original["id"]].quantity == peak["path"]
+    assert peak["path"] in checks[recovery["id"]].parts
+    far = peak["published"] + 2 * tol.tolerance(peak, MODEL).value
+    fed = Fed(canonical_values() | {peak["path"]: far, original["path"]: far})
+    result = diff_post("post4", PUBLISHED, fed, SPEC, world / "results" / "tables", tiny=False)
+    assert {ln.id for ln in result.lines if ln.status == "FAIL"} == {peak["id"], original["id"]}
+    assert result.n_failed == 1
+
+
 def test_readme_tolerance_table_is_generated_from_the_code() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     begin, end = "<!-- tolerances: sycorec report tolerances --markdown -->\n", "<!-- /tolerances -->"

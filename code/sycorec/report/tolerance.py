@@ -63,6 +63,7 @@ class Model:
     between_var: dict[str, float]  # se model (auroc) -> between-run variance of the study's repeated probing runs
     simulation: dict[str, Any]
     study_counts: dict[str, dict[str, float]]  # run -> its own positives / negatives where `runs` gives them
+    same_quantity: dict[str, str]  # key path pattern ('*' = the model) -> the quantity it equals by construction
 
     @property
     def z(self) -> float:
@@ -125,7 +126,10 @@ def load_model(published: Mapping[str, Any]) -> Model:
     counts = {
         name: {k: float(run[k]) for k in ("n_pos", "n_neg") if k in run} for name, run in published["runs"].items()
     }
-    return Model(confidence, float(tm["family_level"]), scale, calibration, kinds, between, tm["simulation"], counts)
+    same = dict(tm["same_quantity"])
+    return Model(
+        confidence, float(tm["family_level"]), scale, calibration, kinds, between, tm["simulation"], counts, same
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,15 @@ def _siblings(path: str, names: list[str]) -> list[str]:
     return [f"{stem}.{name}" for name in names]
 
 
+def canonical_quantity(path: str, m: Model) -> str:
+    """The key path a value equals by construction (tolerance_model.same_quantity), else the path itself."""
+    for pattern, target in m.same_quantity.items():
+        head, _, tail = pattern.partition("*")
+        if path.startswith(head) and path.endswith(tail) and "." not in path[len(head) : len(path) - len(tail)]:
+            return target.replace("*", path[len(head) : len(path) - len(tail)])
+    return path
+
+
 def judged(entry: Mapping[str, Any], limit: Tolerance, m: Model) -> Judged:
     """The entry's place in the null: which sampling draws it is made of and which model draw it shares."""
     kind = m.kinds[entry["kind"]]
@@ -273,6 +286,7 @@ def judged(entry: Mapping[str, Any], limit: Tolerance, m: Model) -> Judged:
         else:
             shares = [1.0] * len(names)
         parts = {name: share / sum(shares) for name, share in zip(names, shares, strict=True)}
+    parts = {canonical_quantity(name, m): share for name, share in parts.items()}
     quantity = next(iter(parts)) if len(parts) == 1 else path
     rate = kind.get("se") in ("proportion", "combination") and "scale" not in kind and path.startswith("metrics.")
     modelled = kind.get("se", "exact") != "exact" and limit.value > 0
@@ -443,8 +457,9 @@ def tolerance_markdown(published: Mapping[str, Any]) -> str:
         f"Multiplicity: the numbers are not independent checks. A seeded Monte Carlo null ({sim['draws']:,} draws, "
         f"seed {sim['seed']}) simulates a faithful run: one retraining draw per model shared by all of its numbers (a "
         "proxy curve, the training-log values), one sampling draw per underlying rate shared by the quantities "
-        "computed from it (stubbornness = 1 − flip is one quantity; the aggregate and gap share their parts; an "
-        "ablation recovery shares its two AUROCs). The diff exits 1 when a post's FAILed quantities exceed the "
+        "computed from it (stubbornness = 1 − flip, and an ablation's original AUROC = its model's peak AUROC, are "
+        "one quantity each; the aggregate and gap share their parts; an ablation recovery shares its two AUROCs). "
+        "The diff exits 1 when a post's FAILed quantities exceed the "
         f"count a faithful run exceeds with probability ≤ {levels['count']:.1%}, when a number with a noise model "
         "is off by more times its tolerance than a faithful run's worst number is with probability "
         f"≤ {levels['worst']:.1%} (the count alone cannot tell one model moved by a retraining draw from one moved "
