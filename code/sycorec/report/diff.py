@@ -5,7 +5,7 @@ Full scale: PASS / FAIL for the numbers of the runs the DAG replicates, against 
 item and the replicated run's value, never judged); CONTEXT for numbers shown but not judged (peak layers,
 significance calls); MISSING when this run lacks a number; SKIP for numbers no stage regenerates. Every table of the
 post must exist with its rows and columns. The verdict counts FAILs against the number expected by chance and reads the
-worst |Δ| / tolerance, each against the threshold a simulated faithful run exceeds rarely (tolerance.null_verdict).
+worst |Δ| / tolerance, each against the threshold a simulated faithful run exceeds rarely (tolerance.null_thresholds).
 Tiny profile: the synthetic world cannot match the study's values, so only the structure is checked.
 """
 
