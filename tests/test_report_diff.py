@@ -467,7 +467,7 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert "FAIL" not in ok.output
     # full-only numbers (step 30 of a 50-step curve) are skipped, not missing
     report = json.loads((root / "results/published_diff/post1.json").read_text())
-    assert report["mode"] == "structure"
+    assert report["mode"] == "structure" and report["worst_ratio"]["limit"] is None  # strict JSON: no Infinity
     assert {x["id"]: x["status"] for x in report["numbers"]}["p1.relearn.dpo.step30"] == "SKIP"
 
     (root / "results/tables/post4/cosine.csv").unlink()

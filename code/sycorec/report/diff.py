@@ -164,7 +164,7 @@ class PostDiff:
     n_tables: int
     allowed: int = 0
     expected: float = 0.0  # mean FAIL count of a simulated faithful run
-    worst_limit: float = math.inf  # a modelled number off by more than this many times its tolerance fails the post
+    worst_limit: float | None = None  # a modelled number off by more than this many times its tolerance fails the post
     worst: float = 0.0  # the largest |Δ| / tolerance among this run's modelled numbers
     worst_id: str = ""
 
@@ -186,7 +186,7 @@ class PostDiff:
         missing = any(line.status == "MISSING" for line in self.lines)
         if self.tiny:
             return bool(self.structure_problems) or missing
-        too_far = self.worst > self.worst_limit
+        too_far = self.worst_limit is not None and self.worst > self.worst_limit
         return bool(self.structure_problems) or missing or self.n_failed > self.allowed or too_far
 
     def summary(self) -> str:
