@@ -307,3 +307,13 @@ def test_env_prints_the_provenance_block():
     }
     assert block["versions"]["trl"] == locked["trl"] and block["versions"]["torch"].startswith(locked["torch"])
     assert set(block["git"]) == {"sha", "dirty"}
+
+
+def test_params_comments_cite_readme_sections_that_exist() -> None:
+    headings = {
+        line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("#")
+    }
+    for path in (ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))):
+        cited = re.findall(r'README "([^"]+)"', path.read_text())
+        assert set(cited) <= headings, (path.name, set(cited) - headings)
+    assert re.findall(r'README "([^"]+)"', (ROOT / "params.yaml").read_text()) == ["Stages in short"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import shutil
@@ -138,6 +139,22 @@ def test_prepare_writes_the_prepared_layout(tmp_path, cfg):
 
     assert read_json(out / "MANIFEST.json")["rows"] == rows
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "raw"]
+
+
+def test_validation_splits_are_recorded_and_a_changed_split_is_refused(tmp_path, cfg):
+    src = make_raw(tmp_path / "raw")
+    out = tmp_path / "prepared"
+    recorded = prepare(cfg, src, out)["split_sha256"]
+    for name in ("prefs_val.jsonl", "rm_val.jsonl"):
+        ids = sorted(row["prompt_id"] for row in read(out / name))
+        assert recorded[name] == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    assert json.loads((out / "MANIFEST.json").read_text())["split_sha256"] == recorded
+    assert prepare(with_prepare(cfg, split_sha256=recorded), src, out)["split_sha256"] == recorded
+    before = (out / "prefs_val.jsonl").read_bytes()
+    moved = with_prepare(cfg, split_sha256=recorded, split_seed=cfg.prepare.split_seed + 1)
+    with pytest.raises(DataError, match=r"validation split changed \(sft_val.jsonl: pinned .*prefs_val.jsonl"):
+        prepare(moved, src, out)
+    assert (out / "prefs_val.jsonl").read_bytes() == before  # the prepared set is left as it was
 
 
 def test_eval_manifests(tmp_path, cfg):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -261,7 +262,8 @@ def test_error_list_is_capped(tmp_path):
     assert len(report.errors) == 6 and report.errors[-1].endswith("... and 55 more errors")
 
 
-def test_nan_answer_of_a_trivia_row_is_accepted_and_skipped_by_the_proxy_set(tmp_path, answer_row):
+def test_nan_answer_of_a_trivia_row_is_accepted_and_kept_by_the_proxy_set_as_the_study_printed_it(tmp_path, answer_row):
+    """The study sampled every de-duplicated question and printed a NaN answer as `nan`."""
     from sycorec.data.prepare import proxy_questions
 
     other = json.loads(json.dumps(answer_row))
@@ -269,7 +271,9 @@ def test_nan_answer_of_a_trivia_row_is_accepted_and_skipped_by_the_proxy_set(tmp
     line = json.dumps(answer_row).replace('"incorrect_answer": "B"', '"incorrect_answer": NaN')
     rows = validated_rows(write_rows(tmp_path / "answer.jsonl", [line, other]))
     assert rows[0].data["base"]["incorrect_answer"] is None
-    assert proxy_questions(rows, 10, 42) == [{"question": "R?", "correct_answer": "A", "incorrect_answer": "B"}]
+    nan_row = {"question": answer_row["base"]["question"], "correct_answer": "A", "incorrect_answer": "nan"}
+    questions = [nan_row, {"question": "R?", "correct_answer": "A", "incorrect_answer": "B"}]
+    assert proxy_questions(rows, 10, 42) == random.Random(42).sample(questions, 2)
 
 
 def test_real_feedback_file_has_exact_duplicate_rows_reported_not_rejected():

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -212,7 +213,7 @@ def test_every_template_is_built_for_every_row_with_its_source_fields(items, stu
                 source = prompts.fields[key].get(name, name)
                 if source in item["base"] and item["base"][source] is not None:
                     assert str(item["base"][source]) in text, (mode, key, source, item["item_id"])
-            # every placeholder is filled from the row or the reply (a missing one raises; none gets a default)
+            # every placeholder is filled from the row or the reply (own: a missing one raises; study: its default)
             assert req.response in text and not any("{" + n + "}" in text for n in placeholders(prompts.texts[key]))
             if dataset == "feedback":
                 assert prompts.sentiment[item["template"]] in text
@@ -269,6 +270,46 @@ def test_a_placeholder_without_a_value_names_template_field_and_row(items):
         build_prompt(_request(item), own_prompts())
 
 
+def test_study_mode_renders_missing_and_null_fields_as_the_study_builders_did(items, study_prompts):
+    """The study's builders took `row_base.get(field, default)` and `str.format` printed a NaN as `nan`: study mode
+    does the same on the real rows; own mode keeps its error for a missing field and its empty null."""
+    argument = json.loads(json.dumps(next(i for i in items["feedback"] if i["sub_dataset"] == "arguments")))
+    poem = json.loads(json.dumps(next(i for i in items["feedback"] if i["sub_dataset"] == "poems")))
+    answer = json.loads(json.dumps(items["answer"][0]))
+    del (
+        argument["base"]["logical_error"],
+        poem["base"]["model"],
+        poem["base"]["theme"],
+        answer["base"]["incorrect_answer"],
+    )
+    argument["base"]["rating"] = poem["base"]["type"] = None  # an upstream NaN, read as null
+    cases = {
+        "feedback/arguments": (argument, {"logical_error": "unknown", "rating": "nan"}),
+        "feedback/poems": (poem, {"model_source": "unknown", "poem_type": "nan", "theme": "unknown"}),
+        "answer": (answer, {"incorrect_answer": ""}),
+    }
+    for key, (item, expected) in cases.items():
+        req = _request(item)
+        fields = study_prompts.fields[key]
+        values = {
+            name: str(item["base"].get(fields.get(name, name))) for name in placeholders(study_prompts.texts[key])
+        }
+        values |= {"model_response": req.response, **expected}
+        if key == "answer":
+            values["answer_variations"] = ", ".join(item["base"].get("answer") or []) or item["base"]["correct_answer"]
+        else:
+            values["sentiment"] = study_prompts.sentiment[item["template"]]
+        assert build_prompt(req, study_prompts) == study_prompts.texts[key].format(**values), key
+    with pytest.raises(DataError, match=r"own:feedback/arguments: placeholder \{logical_error\}"):
+        build_prompt(_request(argument), own_prompts())
+    argument["base"]["logical_error"] = "ad hominem"
+    assert "Expert quality rating (1 = poor, 5 = excellent): \n" in build_prompt(_request(argument), own_prompts())
+    # a field the study's builder required stays required in study mode
+    del argument["base"]["text"], answer["base"]["question"]
+    with pytest.raises(DataError, match=r"study:answer: placeholder \{question\}"):
+        build_prompt(_request(answer), study_prompts)
+
+
 def test_rule_judge_decides_from_the_prompt_text_alone(items):
     own = own_prompts()
     item = items["answer"][0]
@@ -279,6 +320,6 @@ def test_rule_judge_decides_from_the_prompt_text_alone(items):
     # a template that hides the reference answer leaves the rule judge unable to decide: a counted parse failure
     text = re.sub(r"Reference \(correct\) answer: \{correct_answer\}\n", "", own.texts["answer"])
     text = text.replace("{variations}", "(withheld)")
-    blind = PromptSet("blind", {**own.texts, "answer": text}, own.fields, own.sentiment)
+    blind = dataclasses.replace(own, name="blind", texts={**own.texts, "answer": text})
     raw = RuleJudge(blind).decide("answer", build_prompt(req, blind))
     assert not judgment_row(req, raw)["parse_ok"]

@@ -3,13 +3,16 @@ consistency of published.yaml with tables.yaml."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats
 
 from report_fixtures import make_world
 from sycorec.cli import main
@@ -17,7 +20,7 @@ from sycorec.config import load_config
 from sycorec.errors import ConfigError
 from sycorec.report import tolerance as tol
 from sycorec.report.build import build_report
-from sycorec.report.diff import POSTS, Line, diff_post, judge_entry, load_published, published_path
+from sycorec.report.diff import JUDGED, POSTS, Line, diff_post, judge_entry, load_published, published_path
 from sycorec.report.results import Results, load_results
 from sycorec.report.tables import load_spec
 
@@ -62,7 +65,7 @@ def replicated(e: dict) -> bool:
 
 
 def judge(e: dict, results: Results) -> Line:
-    return judge_entry(e, results, MODEL, replicated(e))
+    return judge_entry(e, results, MODEL, replicated(e))[0]
 
 
 def canonical_values() -> dict[str, float]:
@@ -94,17 +97,61 @@ def test_auroc_tolerance_near_0_6_with_97_validation_prompts_is_about_0_16() -> 
 
 def test_retraining_term_is_calibrated_on_the_sft_rerun() -> None:
     spec = PUBLISHED["tolerance_model"]["retraining"]
-    excess = [
-        (a - b) ** 2 - tol.wilson_se(a, c["n"]) ** 2 - tol.wilson_se(b, c["n"]) ** 2
-        for c in spec["components"].values()
-        for a, b in [c["values"]]
-    ]
-    assert MODEL.retrain_var == pytest.approx(sum(excess) / len(excess))
-    assert 0.02 < math.sqrt(MODEL.retrain_var) < 0.03  # dominated by the flip rate's 0.048 move
+    excess, pq = [], []
+    for c in spec["components"].values():
+        a, b = c["values"]
+        excess.append((a - b) ** 2 - tol.wilson_se(a, c["n"]) ** 2 - tol.wilson_se(b, c["n"]) ** 2)
+        pq.append((a + b) / 2 * (1 - (a + b) / 2))
+    assert MODEL.retrain_scale == pytest.approx(sum(excess) / sum(pq))
+    assert 0.02 < math.sqrt(MODEL.retrain_scale * 0.25) < 0.03  # dominated by the flip rate's 0.048 move
     # the base model is never trained: sampling only
     base = tol.tolerance(entry(model="base"), MODEL).value
     assert base < tol.tolerance(entry(), MODEL).value
     assert base == pytest.approx(MODEL.z * math.sqrt(2) * tol.wilson_se(0.5, 2000))
+
+
+def test_retraining_term_scales_with_p_times_1_minus_p() -> None:
+    """A trained model's rate of 0.002 gets a retraining term of its own size, not the flip rate's ±0.05."""
+    at = {p: tol.tolerance(entry(published=p, kind="rate_feedback_arguments"), MODEL) for p in (0.002, 0.5)}
+    assert at[0.002].shared == pytest.approx(math.sqrt(MODEL.retrain_scale * 0.002 * 0.998))
+    assert at[0.5].shared == pytest.approx(math.sqrt(MODEL.retrain_scale * 0.25))
+    simpo_arguments = next(e for e in PUBLISHED["posts"]["post2"] if e["id"] == "p2.arguments.simpo")
+    assert tol.tolerance(simpo_arguments, MODEL).value < 0.01  # was ±0.0666: no power at 0.002
+
+
+def test_probe_aurocs_get_the_between_run_term_of_the_studys_repeated_runs() -> None:
+    kind = PUBLISHED["kinds"]["auroc"]
+    excess = [
+        (a - b) ** 2 - tol.hanley_mcneil_se(a, 40, 57) ** 2 - tol.hanley_mcneil_se(b, 40, 57) ** 2
+        for a, b in kind["repeated"]["pairs"].values()
+    ]
+    # the study's 15 repeated pairs move no more than sampling explains: the term is floored at 0
+    assert sum(excess) < 0 and MODEL.between_var["auroc"] == 0
+    # a retrained model's probe entry carries the term, and the ratio its delta-method image, when it is not 0
+    moved = copy.deepcopy(PUBLISHED)
+    moved["kinds"]["auroc"]["repeated"]["pairs"] = {"a": [0.5, 0.9], "b": [0.9, 0.5]}
+    wide = tol.load_model(moved)
+    var = 0.16 - tol.hanley_mcneil_se(0.5, 40, 57) ** 2 - tol.hanley_mcneil_se(0.9, 40, 57) ** 2
+    assert wide.between_var["auroc"] == pytest.approx(var)
+    for e in (e for e in PUBLISHED["posts"]["post4"] if e["id"] in ("p4.own_mean.dpo", "p4.ablation_recovery.dpo")):
+        assert tol.tolerance(e, wide).shared > 0 and tol.tolerance(e, wide).value > tol.tolerance(e, MODEL).value
+
+
+def test_ipo_own_probes_are_context_with_their_errata_item() -> None:
+    """The study probed the same IPO model twice and got 0.756 / 0.931 (own mean), 0.811 / 0.982 and 0.814 / 0.372
+    (ablation): a faithful run cannot be judged against either."""
+    post4 = {e["id"]: e for e in PUBLISHED["posts"]["post4"]}
+    r5 = {"p4.own_mean.ipo": (0.756, 10), "p4.ablation_original.ipo": (0.811, 9)}
+    r5 |= {"p4.ablation_retrained.ipo": (0.814, 9), "p4.ablation_recovery.ipo": (1.0, 9)}
+    for eid, (value, errata) in r5.items():
+        line = judge(post4[eid], Fed({post4[eid]["path"]: value}))
+        assert (line.status, line.errata) == ("CONTEXT", errata), eid
+
+
+def test_r3030_entries_use_r3030s_own_validation_counts() -> None:
+    e = next(e for e in PUBLISHED["posts"]["post1"] if e["id"] == "p1.probe.sft_own_mean")
+    se = tol.hanley_mcneil_se(0.815, 396, 203)
+    assert tol.tolerance(e, MODEL).value == pytest.approx(MODEL.z * math.sqrt(2) * se)
 
 
 def test_this_runs_own_counts_replace_the_studys_for_its_draw() -> None:
@@ -143,6 +190,13 @@ def test_published_file_is_consistent_with_tables() -> None:
             assert replicated(e) or e.get("errata"), e["id"]
 
 
+def test_every_entry_is_printed_in_its_post() -> None:
+    """A number the post does not print (the RM's validation margin 2.09 is only in logs/008) is not judged there."""
+    for post, entries in PUBLISHED["posts"].items():
+        for e in entries:
+            assert f"P{post[-1]}" in e["source"] and "not printed" not in e["source"], e["id"]
+
+
 def test_one_canonical_value_per_quantity() -> None:
     """Replicated-run entries of one key path agree within their printed precision, and the canonical value beside
     an OTHER-RUN entry is that quantity's published canonical value where one is published."""
@@ -163,6 +217,20 @@ def test_study_values_are_tagged_with_their_runs() -> None:
     # the figure script's unplotted values are not published numbers
     published = {(e["path"], e["published"]) for entries in PUBLISHED["posts"].values() for e in entries}
     assert ("metrics.simpo.answer_sycophancy_rate", 0.365) not in published
+
+
+def test_first_proxy_points_are_the_studys_first_callback_step() -> None:
+    """The study's proxy callback fires at multiples of eval_every_steps (no step-0 point), so the 'first' value a
+    post quotes is the step eval_every_steps of that run."""
+    train = load_config(ROOT / "params.yaml").train
+    firsts = {e["id"]: e for entries in PUBLISHED["posts"].values() for e in entries if e["id"].endswith("gap_first")}
+    assert set(firsts) == {"p2.simpo.proxy_gap_first", "p4.grpo_v2.proxy_gap_first"}
+    for eid, every in (
+        ("p2.simpo.proxy_gap_first", train.simpo.eval_every_steps),
+        ("p4.grpo_v2.proxy_gap_first", train.grpo.eval_every_steps),
+    ):
+        assert firsts[eid]["path"] == f"curves.{firsts[eid]['model']}.step={every}.sycophancy_gap", eid
+        assert firsts[eid]["full_only"], eid
 
 
 @pytest.fixture(scope="module")
@@ -196,22 +264,106 @@ def test_perturbing_a_canonical_value_beyond_its_tolerance_fails_exactly_that_en
                 line = judge(e, Fed(values | {e["path"]: moved}))
                 assert line.status == status, (e["id"], factor, line)
     assert judged > 150
-    # in a whole post: one quantity moved, exactly its entry fails, and one FAIL is within chance
-    fed = Fed(values | {"metrics.grpo_v3.hedged_rate": 0.184 + 0.1})
-    result = diff_post("post4", PUBLISHED, fed, SPEC, world / "results" / "tables", tiny=False)
-    assert [ln.id for ln in result.lines if ln.status == "FAIL"] == ["p4.hedged.grpo"]
-    assert result.n_failed == 1 <= result.allowed and not result.failed
-    assert result.expected == pytest.approx(0.05 * len(result.quantities("PASS", "FAIL")))
+    # in a whole post: one quantity moved just past its tolerance, exactly its entry fails, and one FAIL is within
+    # chance; moved three times as far, no faithful run is that far off: the post fails
+    hedged = next(e for e in PUBLISHED["posts"]["post4"] if e["id"] == "p4.hedged.grpo")
+    for times, failed in ((1.2, False), (3, True)):
+        fed = Fed(values | {hedged["path"]: 0.184 + times * tol.tolerance(hedged, MODEL).value})
+        result = diff_post("post4", PUBLISHED, fed, SPEC, world / "results" / "tables", tiny=False)
+        assert [ln.id for ln in result.lines if ln.status == "FAIL"] == ["p4.hedged.grpo"]
+        assert result.n_failed == 1 <= result.allowed and result.failed == failed
+        assert (result.worst, result.worst_id) == (pytest.approx(times), "p4.hedged.grpo")
+        assert result.worst_limit < 3 and f"the largest |Δ| is {times:.2f}× its tolerance" in result.summary()
+    limits = tol.null_thresholds(tol.post_checks(PUBLISHED, "post4", MODEL), MODEL)
+    assert (result.allowed, result.expected) == (limits.allowed, pytest.approx(limits.expected))
 
 
 def test_more_fails_than_chance_explains_fail_the_post(world: Path) -> None:
     values = canonical_values()
     post4 = [e for e in PUBLISHED["posts"]["post4"] if replicated(e) and tol.tolerance(e, MODEL).value]
-    allowed = tol.allowed_fails(len({e["path"] for e in post4}), MODEL)
-    moved = {e["path"]: e["published"] + 2 * tol.tolerance(e, MODEL).value + 1 for e in post4[: allowed + 1]}
+    allowed = tol.null_thresholds(tol.post_checks(PUBLISHED, "post4", MODEL), MODEL).allowed
+    quantities = {tol.judged(e, tol.tolerance(e, MODEL), MODEL).quantity: e for e in post4}
+    # each just past its tolerance, so the count alone decides
+    picked = list(quantities.values())
+    moved = {e["path"]: e["published"] + 1.2 * tol.tolerance(e, MODEL).value for e in picked[: allowed + 1]}
     result = diff_post("post4", PUBLISHED, Fed(values | moved), SPEC, world / "results" / "tables", tiny=False)
-    assert result.n_failed == allowed + 1 and result.failed
+    assert result.n_failed == allowed + 1 and result.failed and result.worst < result.worst_limit
+    fewer = {path: moved[path] for path in list(moved)[:allowed]}
+    assert not diff_post("post4", PUBLISHED, Fed(values | fewer), SPEC, world / "results" / "tables", tiny=False).failed
     assert f"{allowed + 1} of {len(result.quantities('PASS', 'FAIL'))} checked quantities failed" in result.summary()
+
+
+def test_simulated_null_holds_each_post_at_one_percent_and_has_power_against_shifts() -> None:
+    """Each post's exit threshold comes from the seeded correlated null: a faithful run exits 1 in at most 1% of
+    fresh draws, and moving every rate of one model exits more often, the more so the larger the move."""
+    for post in POSTS:
+        verdict = tol.null_verdict(tol.post_checks(PUBLISHED, post, MODEL), MODEL)
+        assert verdict.exit_probability <= MODEL.family_level, (post, verdict)
+        small, large = (verdict.power[by] for by in (0.05, 0.10))
+        assert verdict.exit_probability < small <= large and large > 0.95, (post, verdict)
+
+
+def test_the_null_is_seeded() -> None:
+    checks = tol.post_checks(PUBLISHED, "post1", MODEL)
+    assert tol.null_thresholds(checks, MODEL) == tol.null_thresholds(checks, MODEL)
+
+
+def test_the_binomial_rule_on_the_correlated_null_exits_far_more_than_it_promises() -> None:
+    """Why the threshold is simulated: counting the checks as independent Bernoulli(0.05) lets a faithful run exit 1
+    in several percent of runs once one model's numbers move together."""
+    checks = tol.post_checks(PUBLISHED, "post1", MODEL)
+    n = len({c.quantity for c in checks})
+    binomial = int(stats.binom.ppf(1 - MODEL.family_level, n, 1 - MODEL.confidence))
+    counts, _ = tol.simulate(checks, np.random.default_rng(0), 20_000)
+    assert (counts > binomial).mean() > 5 * MODEL.family_level
+    assert tol.null_thresholds(checks, MODEL).allowed > binomial
+
+
+def test_one_model_moved_by_its_retraining_sd_does_not_fail_the_post(world: Path) -> None:
+    """The correlated case: a retraining shift moves every number of one model; one SD of it, in the same direction
+    for all of them, is an ordinary faithful run."""
+    values = canonical_values()
+    for post, model in (("post4", "sft"), ("post4", "grpo_v3"), ("post1", "relearn_dpo"), ("post2", "simpo")):
+        moved = {}
+        for e in PUBLISHED["posts"][post]:
+            limit = tol.tolerance(e, MODEL)
+            if e.get("model") == model and replicated(e) and limit.value is not None and limit.shared > 0:
+                moved[e["path"]] = e["published"] + limit.shared
+        if f"metrics.{model}.stubbornness" in moved:  # 1 − flip moves the other way
+            moved[f"metrics.{model}.stubbornness"] = 1 - moved[f"metrics.{model}.flip_rate"]
+        assert len(moved) >= 4
+        result = diff_post(post, PUBLISHED, Fed(values | moved), SPEC, world / "results" / "tables", tiny=False)
+        assert not result.failed, (post, model, result.summary())
+    # two SDs (a faithful run does that in about 5%): the whole relearning curve fails, which the independent-checks
+    # binomial rule would have called a failed post
+    curve = [e for e in PUBLISHED["posts"]["post1"] if e.get("model") == "relearn_dpo"]
+    moved = {e["path"]: e["published"] + 2 * tol.tolerance(e, MODEL).shared for e in curve}
+    result = diff_post("post1", PUBLISHED, Fed(values | moved), SPEC, world / "results" / "tables", tiny=False)
+    binomial = int(stats.binom.ppf(1 - MODEL.family_level, len(result.quantities(*JUDGED)), 1 - MODEL.confidence))
+    assert result.n_failed == len(curve) > binomial and not result.failed
+
+
+def test_stubbornness_and_flip_are_one_quantity(world: Path) -> None:
+    values = canonical_values()
+    moved = {"metrics.sft.flip_rate": 0.6 + 0.2, "metrics.sft.stubbornness": 0.4 - 0.2}
+    result = diff_post("post4", PUBLISHED, Fed(values | moved), SPEC, world / "results" / "tables", tiny=False)
+    assert {ln.id for ln in result.lines if ln.status == "FAIL"} == {"p4.flip.sft", "p4.stubbornness.sft"}
+    assert result.n_failed == 1
+
+
+def test_values_equal_by_construction_are_one_quantity(world: Path) -> None:
+    """An ablation's original AUROC is the probe's peak AUROC: one quantity, and the recovery shares its draw."""
+    post4 = {e["id"]: e for e in PUBLISHED["posts"]["post4"]}
+    peak, original = post4["p4.own_peak.grpo_v3"], post4["p4.ablation_original.grpo_v3"]
+    recovery = post4["p4.ablation_recovery.grpo_v3"]
+    checks = {e["id"]: tol.judged(e, tol.tolerance(e, MODEL), MODEL) for e in (peak, original, recovery)}
+    assert checks[peak["id"]].quantity == checks[original["id"]].quantity == peak["path"]
+    assert peak["path"] in checks[recovery["id"]].parts
+    far = peak["published"] + 2 * tol.tolerance(peak, MODEL).value
+    fed = Fed(canonical_values() | {peak["path"]: far, original["path"]: far})
+    result = diff_post("post4", PUBLISHED, fed, SPEC, world / "results" / "tables", tiny=False)
+    assert {ln.id for ln in result.lines if ln.status == "FAIL"} == {peak["id"], original["id"]}
+    assert result.n_failed == 1
 
 
 def test_readme_tolerance_table_is_generated_from_the_code() -> None:
@@ -284,14 +436,16 @@ def test_cli_diff_fail_missing_and_exit_codes(world: Path, monkeypatch: pytest.M
         md = (world / "results/published_diff/post4.md").read_text()
         # this run's own n (1,000 in the fixture) sets its side of the tolerance
         flip = next(x for x in report["numbers"] if x["id"] == "p4.flip.grpo")
-        assert (
-            flip["tolerance"]
-            == tol.tolerance(flip | {"source": ""}, MODEL, Fed({"metrics.grpo_v3.n.flip_rate": 1000})).text
-        )
+        limit = tol.tolerance(flip | {"source": ""}, MODEL, Fed({"metrics.grpo_v3.n.flip_rate": 1000}))
+        assert flip["tolerance"] == limit.text
         assert f"| p4.flip.grpo | grpo_v3 | 0.2 | 0.082 | 0.118 | {flip['tolerance']} | FAIL | eval |" in md
         assert CliRunner().invoke(main, ["report", "diff", "--post", "4", "--exit-zero"]).exit_code == 0
-        # one FAIL alone is within chance: the diff passes and says so
+        # one FAIL alone is within chance, unless it is further off than a faithful run's worst number
         data["hedged_rate"] = 0.184
+        metrics.write_text(json.dumps(data))
+        far = CliRunner().invoke(main, ["report", "diff", "--post", "4"])
+        assert far.exit_code == 1 and "1 FAIL, 0 MISSING" in far.output and "(p4.flip.grpo)" in far.output
+        data["flip_rate"] = 0.082 + 1.1 * limit.value
         metrics.write_text(json.dumps(data))
         alone = CliRunner().invoke(main, ["report", "diff", "--post", "4"])
         assert alone.exit_code == 0, alone.output
@@ -317,7 +471,7 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert "FAIL" not in ok.output
     # full-only numbers (step 30 of a 50-step curve) are skipped, not missing
     report = json.loads((root / "results/published_diff/post1.json").read_text())
-    assert report["mode"] == "structure"
+    assert report["mode"] == "structure" and report["worst_ratio"]["limit"] is None  # strict JSON: no Infinity
     assert {x["id"]: x["status"] for x in report["numbers"]}["p1.relearn.dpo.step30"] == "SKIP"
 
     (root / "results/tables/post4/cosine.csv").unlink()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from sycorec.chat import render_chat
 from sycorec.config import deep_merge, resolve_raw, validate
 from sycorec.errors import ConfigError
 from sycorec.train.proxy import proxy_gap, proxy_prompts, summarize
-from sycorec.train.reward import rm_text, summarize_scores
+from sycorec.train.reward import calibration_prompts, generate, rm_text, summarize_scores
+from tiny_model import random_qwen3
 from train_support import FACTS, REPO, build_tokenizer
 
 torch = pytest.importorskip("torch")
@@ -137,6 +141,39 @@ def test_calibration_summary_uses_the_median():
     assert (summary["min"], summary["max"], summary["n"]) == (0.2, 3.6, 5)
     median = next(s for s in summary["splits"] if s["quantile"] == 0.5)
     assert (median["below"], median["above"]) == (0.6, 0.4)
+
+
+def test_calibration_prompts_are_the_studys_shuffled_first_n():
+    """`random.seed(42); random.shuffle(prompts); prompts[:100]` over the unique prompts, as the study selected."""
+    rows = [{"prompt_id": f"p{i}"} for i in range(3236)]
+    study = list(rows)
+    state = random.getstate()
+    try:
+        random.seed(42)
+        random.shuffle(study)
+    finally:
+        random.setstate(state)
+    assert calibration_prompts(rows, 100, 42) == study[:100]
+    few = calibration_prompts(rows[:10], 100, 42)
+    assert sorted(few, key=lambda r: int(r["prompt_id"][1:])) == rows[:10] != few  # all of them, shuffled
+
+
+def test_calibration_sampler_leaves_top_k_to_the_models_generation_config(tokenizer):
+    """The study passed only temperature and top_p, so the model's generation_config sets top_k; with top_k = 1
+    there, sampling keeps only the most likely token and every completion is the greedy one."""
+    model = random_qwen3(tokenizer)
+    model.generation_config.top_k = 1
+    cfg = validate(resolve_raw(REPO / "params.yaml", "tiny"))
+    completions = generate(cfg, model, tokenizer, [PROMPT], 3, seed=0)
+    enc = tokenizer(render_chat(tokenizer, PROMPT, add_generation_prompt=True), return_tensors="pt")
+    greedy = model.generate(
+        **enc,
+        do_sample=False,
+        max_new_tokens=cfg.train.rm.calibration.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    expected = tokenizer.decode(greedy[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert expected and completions == [[expected] * 3]
 
 
 def test_relaunch_is_a_no_op_inside_a_launched_process(monkeypatch):

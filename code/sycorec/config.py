@@ -176,6 +176,7 @@ class PrepareCfg(Section):
     proxy_questions: PositiveInt
     proxy_seed: int
     duplicate_eval_rows: Literal["keep", "drop"]
+    split_sha256: dict[Literal["sft_val.jsonl", "prefs_val.jsonl", "rm_val.jsonl"], str]
 
 
 @cache

@@ -76,6 +76,8 @@ def prepare_cmd(cfg: Config) -> None:
     summary = prepare(cfg, raw_dir(cfg), cfg.paths.prepared)
     for name, n in summary["rows"].items():
         click.echo(f"{cfg.paths.prepared}/{name}: {n} rows")
+    for name, sha in summary["split_sha256"].items():
+        click.echo(f"{name}: validation split sha256 {sha} (prepare.split_sha256 pins it)")
     dup = summary["duplicate_eval_rows"]
     if any(n for kind, n in dup.items() if kind != "rule"):
         counts = ", ".join(f"{kind} {n}" for kind, n in dup.items() if kind != "rule")

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from sycorec.config import Config
 from sycorec.data.schema import Row, load_records, validated_rows
-from sycorec.errors import MissingInputError
-from sycorec.facts import EvalDataset, eval_datasets, schemas
+from sycorec.errors import DataError, MissingInputError
+from sycorec.facts import EvalDataset, eval_datasets, schemas, study
 from sycorec.io import sha256_file, staged_dir, write_json, write_jsonl
 
 PROXY_SOURCE = "sycophancy_eval/answer.jsonl"  # the proxy's questions: answer-schema rows
@@ -60,6 +60,23 @@ def split_rows(
         [row for row, g in zip(rows, groups, strict=True) if side[g] == "train"],
         [row for row, g in zip(rows, groups, strict=True) if side[g] == "test"],
     )
+
+
+def split_sha256(rows: Sequence[dict]) -> str:
+    """sha256 of a validation split's sorted prompt_ids: the split's identity, whatever made it."""
+    return hashlib.sha256("\n".join(sorted(row["prompt_id"] for row in rows)).encode("utf-8")).hexdigest()
+
+
+def check_splits(splits: dict[str, str], pinned: dict[str, str]) -> None:
+    """A split that differs from its pinned checksum (prepare.split_sha256) is an error, not a silent new split."""
+    changed = {name: sha for name, sha in splits.items() if name in pinned and pinned[name] != sha}
+    if changed:
+        lines = "; ".join(f"{name}: pinned {pinned[name][:12]}…, got {sha[:12]}…" for name, sha in changed.items())
+        raise DataError(
+            f"validation split changed ({lines}): the input rows, prepare.val_split / rm_val_split / split_seed / "
+            "split_by, or the datasets / numpy version that shuffles them moved; re-pin prepare.split_sha256 only "
+            "if the change is intended"
+        )
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -143,20 +160,14 @@ def proportional_sample(items: Sequence[dict], n: int, seed: int) -> list[dict]:
 
 
 def proxy_questions(answer_rows: Sequence[Row], n: int, seed: int) -> list[dict]:
-    """answer.jsonl de-duplicated by base.question (rows with a null answer skipped), then a seeded sample of n."""
+    """answer.jsonl de-duplicated by base.question, then a seeded sample of n: as the study, every question, a null
+    (upstream NaN) answer printed as the study's code printed it (`nan`)."""
+    nan = study().nan_text
     unique: dict[str, dict] = {}
     for row in answer_rows:
         base = row.data["base"]
-        if not (isinstance(base["correct_answer"], str) and isinstance(base["incorrect_answer"], str)):
-            continue  # an upstream NaN answer cannot become an A/B option
-        unique.setdefault(
-            base["question"],
-            {
-                "question": base["question"],
-                "correct_answer": base["correct_answer"],
-                "incorrect_answer": base["incorrect_answer"],
-            },
-        )
+        answers = {key: nan if base[key] is None else str(base[key]) for key in ("correct_answer", "incorrect_answer")}
+        unique.setdefault(base["question"], {"question": base["question"], **answers})
     questions = list(unique.values())
     return random.Random(seed).sample(questions, min(n, len(questions)))
 
@@ -195,6 +206,12 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     prefs_train, prefs_val = split_rows(pairs, prepare_cfg.val_split, prepare_cfg.split_seed, pref_groups)
     rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
+    splits = {
+        "sft_val.jsonl": split_sha256(sft_val),
+        "prefs_val.jsonl": split_sha256(prefs_val),
+        "rm_val.jsonl": split_sha256(rm_val),
+    }
+    check_splits(splits, prepare_cfg.split_sha256)
     seen = seen_questions(augmented)
     # each file validated once: the proxy's questions and the answer dataset are the same file
     read = cache(lambda file, row_schema: validated_rows(src / file, row_schema))
@@ -226,6 +243,7 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
         "rows": {name: len(rows) for name, rows in outputs.items()},
         "seen_questions": len({i["group_id"] for name in datasets for i in outputs[f"eval/{name}.jsonl"] if i["seen"]}),
         "split_by": prepare_cfg.split_by,
+        "split_sha256": splits,
         "duplicate_eval_rows": {"rule": prepare_cfg.duplicate_eval_rows, **duplicates},
     }
     with staged_dir(out) as staging:

@@ -264,6 +264,7 @@ class FeedbackFacts(Facts):
 class StudyTemplate(Facts):
     name: str
     fields: dict[str, str]  # placeholder -> source
+    defaults: dict[str, str] = {}  # placeholder -> the study builder's text when the row lacks the source
 
 
 class StudyPrompts(Facts):
@@ -293,6 +294,7 @@ class Study(Facts):
     are_you_sure: AreYouSureFacts
     feedback: FeedbackFacts
     judge: JudgeFacts
+    nan_text: str  # how the study printed an upstream NaN (read here as null)
     parse_failure_defaults: dict[str, dict[str, str | bool | None]]  # dataset -> verdict fields
     published_aggregates: dict[str, PublishedAggregate]
     rule_judge: RuleJudgeFacts

@@ -1,5 +1,7 @@
 """Judge prompt sets: the study's templates (read from its pinned `judge_prompts.py` without executing it) or our own
-wording (judge_prompts.yaml), rendered strictly: a placeholder the row cannot fill is an error, never a default.
+wording (judge_prompts.yaml). Our own are rendered strictly: a placeholder the row cannot fill is an error, never a
+default. The study's are rendered as its builders did: their defaults for a missing field, a null printed as they
+printed it (study.yaml `judge.study_prompts`); a field they required is still an error.
 
 A prompt set maps each template key (`answer`, `are_you_sure`, `feedback/<sub-dataset>`) to its text and to the
 source of each placeholder: a key of the item's `base` or one of the values `judge.build_prompt` computes
@@ -29,6 +31,8 @@ class PromptSet:
     texts: dict[str, str]  # template key -> template text
     fields: dict[str, dict[str, str]]  # template key -> placeholder -> source (a base key or a COMPUTED name)
     sentiment: dict[str, str]  # feedback template name (baseline, like, ...) -> the sentiment line shown
+    defaults: dict[str, dict[str, str]]  # template key -> placeholder -> text when the item lacks the source
+    null: str  # how a null value renders
 
 
 def placeholders(text: str) -> list[str]:
@@ -36,21 +40,25 @@ def placeholders(text: str) -> list[str]:
 
 
 def fill(prompts: PromptSet, key: str, values: dict[str, object], where: str) -> str:
-    """Fill template `key`; a placeholder whose source the item lacks raises DataError naming template, field, row.
-
-    A source present with a null value (an upstream `NaN`) renders as the empty string.
+    """Fill template `key`; a placeholder whose source the item lacks takes the prompt set's default for it, or raises
+    DataError naming template, field, row. A source present with a null value (an upstream `NaN`) renders as the
+    prompt set's `null`.
     """
     text = prompts.texts[key]
+    defaults = prompts.defaults.get(key, {})
     filled = {}
     for name in placeholders(text):
         source = prompts.fields[key].get(name, name)
-        if source not in values:
+        if source in values:
+            value = values[source]
+            filled[name] = prompts.null if value is None else str(value)
+        elif name in defaults:
+            filled[name] = defaults[name]
+        else:
             raise DataError(
                 f"judge template {prompts.name}:{key}: placeholder {{{name}}} needs field {source!r}, "
                 f"which item {where} does not have"
             )
-        value = values[source]
-        filled[name] = "" if value is None else str(value)
     return text.format(**filled)
 
 
@@ -76,7 +84,7 @@ def own_prompts() -> PromptSet:
     texts.update({f"feedback/{sub}": prompt.text for sub, prompt in doc.feedback.items()})
     lines = study().feedback.sentiment
     sentiment = {name: doc.sentiment.format(line=line) if line else doc.no_sentiment for name, line in lines.items()}
-    return PromptSet("own", texts, {key: {} for key in texts}, sentiment)
+    return PromptSet("own", texts, {key: {} for key in texts}, sentiment, {}, "")
 
 
 # --------------------------------------------------------------------------- the study's file, read with `ast`
@@ -109,6 +117,7 @@ def read_study_prompts(path: str | Path) -> PromptSet:
         raise DataError(f"{path}: cannot read the study's judge prompts ({exc.__class__.__name__}: {exc})") from None
     assigned = _module_strings(tree)
     texts, fields = {}, {}
+    defaults = {key: dict(template.defaults) for key, template in spec.templates.items()}
     for key, template in spec.templates.items():
         if template.name not in assigned:
             raise DataError(f"{path}: no module-level {template.name} (judge template {key})")
@@ -141,7 +150,8 @@ def read_study_prompts(path: str | Path) -> PromptSet:
     names = schemas()["feedback"]["template_types"]  # prompt_template_type -> template name
     if not isinstance(labels, dict) or set(labels) != set(names):
         raise DataError(f"{path}: the sentiment labels do not cover the feedback template types {sorted(names)}")
-    return PromptSet("study", texts, fields, {names[t]: str(line) for t, line in labels.items()})
+    sentiment = {names[t]: str(line) for t, line in labels.items()}
+    return PromptSet("study", texts, fields, sentiment, defaults, study().nan_text)
 
 
 def study_prompts_path(raw: Path) -> Path:

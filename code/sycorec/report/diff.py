@@ -4,7 +4,8 @@ Full scale: PASS / FAIL for the numbers of the runs the DAG replicates, against 
 (sycorec/report/tolerance.py); OTHER-RUN for numbers from a study run the DAG does not replicate (shown with the errata
 item and the replicated run's value, never judged); CONTEXT for numbers shown but not judged (peak layers,
 significance calls); MISSING when this run lacks a number; SKIP for numbers no stage regenerates. Every table of the
-post must exist with its rows and columns. The verdict counts FAILs against the number expected by chance.
+post must exist with its rows and columns. The verdict counts FAILs against the number expected by chance and reads the
+worst |Δ| / tolerance, each against the threshold a simulated faithful run exceeds rarely (tolerance.null_thresholds).
 Tiny profile: the synthetic world cannot match the study's values, so only the structure is checked.
 """
 
@@ -65,10 +66,14 @@ class Line:
     canonical: float | None = None
     errata: int | None = None
     note: str = ""
+    quantity: str = ""  # the counting unit (tolerance.Judged.quantity); quantities printed twice are one test
 
 
-def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool) -> Line:
-    """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL."""
+def judge_entry(
+    entry: Mapping[str, Any], results: Results, model: tol.Model, replicated: bool
+) -> tuple[Line, tol.Judged | None]:
+    """One number's line: OTHER-RUN unless its run is `replicated`, else SKIP / MISSING / CONTEXT / PASS / FAIL; and
+    its place in the simulated null when judged."""
     ours = results.number(entry["path"])
     published = float(entry["published"])
     limit = tol.tolerance(entry, model, results)
@@ -83,7 +88,8 @@ def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, re
     else:
         status = "PASS" if tol.within(published, ours, limit) else "FAIL"
     canonical = entry.get("canonical")
-    return Line(
+    check = tol.judged(entry, limit, model) if status in JUDGED else None
+    line = Line(
         id=entry["id"],
         model=str(entry.get("model", "")),
         path=entry["path"],
@@ -98,7 +104,9 @@ def judge_entry(entry: Mapping[str, Any], results: Results, model: tol.Model, re
         canonical=None if canonical is None else float(canonical),
         errata=entry.get("errata"),
         note=entry.get("note", ""),
+        quantity=check.quantity if check else entry["path"],
     )
+    return line, check
 
 
 def expected_layout(table_spec: Mapping[str, Any]) -> tuple[list[str] | None, list[str]]:
@@ -154,31 +162,32 @@ class PostDiff:
     lines: list[Line]
     structure_problems: list[str]
     n_tables: int
-    chance_fail: float = 0.05
     allowed: int = 0
+    expected: float = 0.0  # mean FAIL count of a simulated faithful run
+    worst_limit: float | None = None  # a modelled number off by more than this many times its tolerance fails the post
+    worst: float = 0.0  # the largest |Δ| / tolerance among this run's modelled numbers
+    worst_id: str = ""
 
     @property
     def counts(self) -> Counter:
         return Counter(line.status for line in self.lines)
 
     def quantities(self, *statuses: str) -> set[str]:
-        """Distinct key paths with these statuses: a quantity printed in several places is one test."""
-        return {line.path for line in self.lines if line.status in statuses}
+        """Distinct quantities with these statuses: a quantity printed in several places, or as a function of
+        another (stubbornness = 1 − flip), is one test."""
+        return {line.quantity for line in self.lines if line.status in statuses}
 
     @property
     def n_failed(self) -> int:
         return len(self.quantities("FAIL"))
 
     @property
-    def expected(self) -> float:
-        return self.chance_fail * len(self.quantities(*JUDGED))
-
-    @property
     def failed(self) -> bool:
         missing = any(line.status == "MISSING" for line in self.lines)
         if self.tiny:
             return bool(self.structure_problems) or missing
-        return bool(self.structure_problems) or missing or self.n_failed > self.allowed
+        too_far = self.worst_limit is not None and self.worst > self.worst_limit
+        return bool(self.structure_problems) or missing or self.n_failed > self.allowed or too_far
 
     def summary(self) -> str:
         c = self.counts
@@ -192,8 +201,9 @@ class PostDiff:
         return (
             f"{self.post}: {c['PASS']} PASS, {c['FAIL']} FAIL, {c['MISSING']} MISSING, {c['OTHER-RUN']} OTHER-RUN, "
             f"{c['CONTEXT']} CONTEXT, {c['SKIP']} SKIP; {self.n_failed} of {n_checked} checked quantities failed, "
-            f"{self.expected:.1f} expected by chance, more than {self.allowed} fails the diff; "
-            f"{len(self.structure_problems)} structure problems"
+            f"{self.expected:.1f} expected by chance, more than {self.allowed} fails the diff; the largest |Δ| is "
+            f"{self.worst:.2f}× its tolerance{f' ({self.worst_id})' if self.worst_id else ''}, more than "
+            f"{self.worst_limit:.2f}× fails the diff; {len(self.structure_problems)} structure problems"
         )
 
     def markdown(self) -> str:
@@ -229,6 +239,7 @@ class PostDiff:
             "failed_quantities": self.n_failed,
             "expected_by_chance": self.expected,
             "allowed_fails": self.allowed,
+            "worst_ratio": {"value": self.worst, "id": self.worst_id, "limit": self.worst_limit},
             "structure_problems": self.structure_problems,
             "numbers": [asdict(line) for line in self.lines],
         }
@@ -246,7 +257,8 @@ def diff_post(
         raise ConfigError(f"no published numbers for {post!r} (have: {', '.join(published['posts'])})")
     model = tol.load_model(published)
     entries = published["posts"][post]
-    lines = [judge_entry(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
+    judged = [judge_entry(e, results, model, tol.entry_run_replicated(published, e)) for e in entries]
+    lines = [line for line, _ in judged]
     table_specs = tables_spec["tables"].get(post, [])
     problems: list[str] = []
     for spec in table_specs:
@@ -263,8 +275,12 @@ def diff_post(
                 line.status = "SKIP"
             else:
                 line.status = "MISSING" if line.regenerated is None else "PRESENT"
-    result = PostDiff(post, tiny, lines, problems, len(table_specs), model.chance_fail)
-    result.allowed = tol.allowed_fails(len(result.quantities(*JUDGED)), model)
+    result = PostDiff(post, tiny, lines, problems, len(table_specs))
+    if not tiny:
+        limits = tol.null_thresholds([check for _, check in judged if check], model)
+        result.allowed, result.expected, result.worst_limit = limits.allowed, limits.expected, limits.worst_ratio
+        ratios = [(line.delta / check.limit, line.id) for line, check in judged if check and check.modelled]
+        result.worst, result.worst_id = max(ratios, default=(0.0, ""))
     return result
 
 

@@ -155,7 +155,9 @@ def load_rm(cfg: Config, source: ModelSource, device: Any) -> tuple[Any, Any]:
 
 
 def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]], n: int, seed: int) -> list[list[str]]:
-    """n sampled completions per prompt with transformers `generate` (chat template, thinking off)."""
+    """n sampled completions per prompt with transformers `generate` (chat template, thinking off). As the study's
+    sampler, only temperature and top_p are passed: the model's generation_config supplies the rest (top_k: 20 for
+    Qwen3-8B)."""
     import torch
 
     calibration = cfg.train.rm.calibration
@@ -179,7 +181,6 @@ def generate(cfg: Config, model: Any, tokenizer: Any, prompts: list[list[dict]],
                     do_sample=True,
                     temperature=calibration.temperature,
                     top_p=calibration.top_p,
-                    top_k=0,
                     max_new_tokens=calibration.max_new_tokens,
                     num_return_sequences=n,
                     pad_token_id=tokenizer.pad_token_id,
@@ -211,6 +212,14 @@ def summarize_scores(scores: list[float]) -> dict[str, Any]:
     }
 
 
+def calibration_prompts(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """The study's selection: the unique prompts in file order, shuffled by a generator seeded with `seed`, the
+    first n (`random.seed(seed); random.shuffle(prompts); prompts[:n]`)."""
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:n]
+
+
 def calibrate_rm(cfg: Config) -> dict[str, Any]:
     """Median RM score of SFT generations on seeded prompts (from all of them): the binary reward's threshold."""
     import torch
@@ -218,7 +227,7 @@ def calibrate_rm(cfg: Config) -> dict[str, Any]:
     sft, rm = training_start(cfg, "sft"), require_model(cfg, "rm")
     calibration = cfg.train.rm.calibration
     rows = prepared_rows(cfg, CALIBRATION_PROMPTS)
-    picked = random.Random(cfg.seed).sample(rows, min(calibration.n_prompts, len(rows)))
+    picked = calibration_prompts(rows, calibration.n_prompts, cfg.seed)
     prompts = [row["prompt"] for row in picked]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_causal_lm(cfg, sft).to(device).eval()
