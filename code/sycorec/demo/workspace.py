@@ -93,7 +93,8 @@ def init_sandbox(workdir: Path) -> None:
             raise SycorecError(f"git init failed in {workdir}")
         for key, value in (("user.name", "sycorec demo"), ("user.email", "demo@sycorec.invalid")):
             _git("config", key, value, cwd=workdir)
-        write_text_atomic(workdir / ".gitignore", "/outputs/\n/data/\n/.sycorec/\n")
+        # outputs/ but the RM calibration (a DVC metrics file: `dvc metrics diff` reads HEAD's from git)
+        write_text_atomic(workdir / ".gitignore", "/outputs/*\n!/outputs/calibration/\n/data/\n/.sycorec/\n")
     if not (workdir / ".dvc").is_dir():
         steps += [("init", "-q"), ("config", "core.analytics", "false")]
     elif "no_scm" in (workdir / ".dvc" / "config").read_text():  # a demo made before it was a sandbox
