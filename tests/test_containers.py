@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -186,9 +187,14 @@ def test_dvc_runs_under_a_uid_without_a_passwd_entry(recipe, tmp_path):
 
 
 def test_jobs_run_the_checked_out_code():
-    """The checkout (what DVC hashes) is bind-mounted at /work; its code goes before the image's baked copy."""
-    assert docker_env()["PYTHONPATH"] == "/work/code"
-    assert "/work" in [line.split()[1] for line in docker_final_stage() if line.startswith("WORKDIR ")]
+    """A job's working directory is where the checkout (what DVC hashes) is bound, and the checkout's package folder
+    comes first on PYTHONPATH, before the image's baked copy."""
+    (workdir,) = [line.split()[1] for line in docker_final_stage() if line.startswith("WORKDIR ")]
+    sbatch = (ROOT / "slurm" / "base.sbatch.j2").read_text(encoding="utf-8")
+    assert f'"$REPO:{workdir}' in sbatch and f"--pwd {workdir}" in sbatch
+    package_root = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for env in (docker_env(), apptainer_env()):
+        assert env["PYTHONPATH"].split(":")[0] == f"{workdir}/{package_root['where'][0]}"
 
 
 def test_build_leftovers_stay_out_of_the_image():
