@@ -41,28 +41,24 @@ def test_tiny_profile_overlays_only_what_it_names():
 
 
 def test_profiles_override_only_what_a_cpu_and_a_tiny_model_force():
-    from sycorec.config import available_profiles, disallowed_overrides
+    from sycorec.config import available_profiles
 
-    assert available_profiles(ROOT) and all(
-        disallowed_overrides(ROOT / "params.yaml", p) == [] for p in available_profiles(ROOT)
-    )
+    assert available_profiles(ROOT) and all(resolve_raw(ROOT / "params.yaml", p) for p in available_profiles(ROOT))
 
 
-def test_a_profile_that_drifts_off_the_cluster_path_is_caught(tmp_path):
-    from sycorec.config import disallowed_overrides
-
-    params = _write_params(tmp_path, lambda raw: None)
+def test_a_profile_that_drifts_off_the_cluster_path_is_refused_at_load(tmp_path):
+    _write_params(tmp_path, lambda raw: None)
     tiny = yaml.safe_load((tmp_path / "profiles" / "tiny.yaml").read_text())
     tiny["train"]["common"]["gradient_checkpointing"] = False  # not forced by a CPU: the GRPO sampling path differs
     tiny["generation"]["temperature"] = 0.0
     tiny["judge"]["parse_failure_policy"] = "exclude"
     tiny["train"]["grpo"]["max_completion_length"] = 12  # a size: allowed
-    (tmp_path / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    assert sorted(disallowed_overrides(params, "tiny")) == [
-        "generation.temperature",
-        "judge.parse_failure_policy",
-        "train.common.gradient_checkpointing",
-    ]
+    (tmp_path / "profiles" / "evil.yaml").write_text(yaml.safe_dump(tiny))
+    _one_line_exit_2(
+        _cli(tmp_path, "--profile", "evil", "config", "check"),
+        "evil.yaml: a profile may not change generation.temperature, judge.parse_failure_policy, "
+        "train.common.gradient_checkpointing (only sizes",
+    )
 
 
 def test_defaults_are_the_study_as_run_each_fix_one_param_away():

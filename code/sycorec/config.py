@@ -43,7 +43,7 @@ PROFILES_DIR = "profiles"
 
 # What a profile may change (house rule 1: the demo runs the cluster's code path): what a CPU and a tiny model force.
 # Dotted key paths; `*` matches any run of keys. Anything else a profile overrides is a drift onto a path the full
-# study never takes (tests/test_config.py checks every profile against this list).
+# study never takes: loading such a profile is refused.
 PROFILE_MAY_OVERRIDE = (
     # which run it is, and where its data and base model come from
     "profile",
@@ -624,11 +624,9 @@ def overridden_paths(base: Any, overlay: Any, prefix: str = "") -> list[str]:
     return [] if overlay == base else [prefix.rstrip(".")]
 
 
-def disallowed_overrides(params: str | Path, profile: str) -> list[str]:
-    """Keys the profile changes that PROFILE_MAY_OVERRIDE does not allow."""
-    params = Path(params)
-    overlay = _read_yaml(params.resolve().parent / PROFILES_DIR / f"{profile}.yaml")
-    changed = overridden_paths(_read_yaml(params), overlay)
+def disallowed_overrides(base: dict, overlay: dict) -> list[str]:
+    """Keys `overlay` changes that PROFILE_MAY_OVERRIDE does not allow."""
+    changed = overridden_paths(base, overlay)
     return [p for p in changed if not any(fnmatchcase(p, pattern) for pattern in PROFILE_MAY_OVERRIDE)]
 
 
@@ -707,7 +705,13 @@ def resolve_raw(params: str | Path = PARAMS_FILE, profile: str | None = None) ->
         if not overlay_path.is_file():
             names = ", ".join(available_profiles(root)) or "none"
             raise ConfigError(f"unknown profile {profile!r} (available: {names})")
-        raw = deep_merge(raw, _read_yaml(overlay_path))
+        overlay = _read_yaml(overlay_path)
+        if drift := disallowed_overrides(raw, overlay):
+            raise ConfigError(
+                f"{overlay_path}: a profile may not change {', '.join(drift)} "
+                "(only sizes, steps, learning rates, dtype and backends: PROFILE_MAY_OVERRIDE in sycorec/config.py)"
+            )
+        raw = deep_merge(raw, overlay)
     return raw
 
 
