@@ -18,7 +18,7 @@ from sycorec.cli import library_failure, main
 from sycorec.data.staging import staged_dir
 from sycorec.evaluation.generate import generations_path
 from sycorec.evaluation.store import recover_rows
-from sycorec.io import write_json, write_jsonl
+from sycorec.io import WEIGHTS_RECORD, seal_weights, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -239,3 +239,22 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
     for name in ("metrics.json", "rows.jsonl", "prepared/x.jsonl"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
     assert stat.S_IMODE((tmp_path / "prepared").stat().st_mode) == dir_mode
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_weight_files_follow_the_umask(tmp_path, umask, mode):
+    """safetensors creates its files 0600; a saved model's weights get the umask's mode like every other output."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with staged_dir(tmp_path / "model") as staging:
+            save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+            (staging / "adapter").mkdir()
+            save_file({"w": torch.zeros(2)}, staging / "adapter" / "adapter_model.safetensors")
+            seal_weights(staging)
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors", WEIGHTS_RECORD):
+        assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == mode, name

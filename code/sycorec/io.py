@@ -98,3 +98,28 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHTS_RECORD = "weights.sha256.json"
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def seal_weights(directory: Path) -> None:
+    """Give the weight files under `directory` the umask's mode; record the full sha256 of its own in WEIGHTS_RECORD.
+
+    safetensors creates its files 0600 whatever the umask; the record is what a cache keyed on these weights reads
+    (hashing a 16 GB model once, when it is written).
+    """
+    mode = 0o666 & ~current_umask()
+    record = {}
+    for file in sorted(p for p in directory.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES)):
+        file.chmod(mode)
+        if file.parent == directory:
+            record[file.name] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
+    write_json(directory / WEIGHTS_RECORD, record)

@@ -19,7 +19,7 @@ from sycorec.config import CHECKPOINTS, Config
 from sycorec.data.staging import staged_dir
 from sycorec.errors import MissingInputError
 from sycorec.hub import require_gpu
-from sycorec.io import iter_jsonl, sha256_file, write_json
+from sycorec.io import iter_jsonl, seal_weights, sha256_file, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
 
 if TYPE_CHECKING:
@@ -351,6 +351,7 @@ def save_merged(
                     shutil.copytree(src, staging / sub)
             for config in staging.rglob("adapter_config.json"):
                 sort_adapter_config(config)
+            seal_weights(staging)
     barrier()
     return out
 

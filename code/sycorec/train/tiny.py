@@ -19,7 +19,7 @@ from sycorec.config import PretrainTinyCfg
 from sycorec.data.staging import staged_dir
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
 from sycorec.evaluation.facts import world
-from sycorec.io import iter_jsonl, read_json, write_json
+from sycorec.io import iter_jsonl, read_json, seal_weights, write_json
 from sycorec.train.common import (
     CHECKPOINTS,
     TRAINER_STATE,
@@ -369,6 +369,7 @@ def pretrain_tiny(
         check_accuracy(heldout, c.min_plain_accuracy)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        seal_weights(staging)
     write_json(results, summary)
     finish_checkpoints(STAGE, checkpoints)
     return summary
