@@ -150,7 +150,8 @@ def checkpoint_problem(path: Path) -> str | None:
 
     The Trainer writes trainer_state.json last, so a checkpoint without it was cut off while saving (a kill, a full
     disk). Every torch-saved file (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) is a zip archive whose
-    directory is written last, and a safetensors file states its own length: a truncated one fails to open.
+    directory is written last and whose members carry a CRC; a safetensors file states its own length and each
+    tensor's place: a truncated or overwritten one fails to open or to read.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -165,11 +166,14 @@ def checkpoint_problem(path: Path) -> str | None:
     for file in sorted(path.iterdir()):
         try:
             if file.suffix in {".pt", ".pth", ".bin"}:
-                zipfile.ZipFile(file).close()
+                with zipfile.ZipFile(file) as archive:
+                    if (member := archive.testzip()) is not None:  # a node crash can leave zeros, not a short file
+                        return f"damaged {file.name} (member {member} fails its CRC)"
             elif file.suffix == ".safetensors":
-                with safe_open(str(file), framework="pt"):
-                    pass
-        except (zipfile.BadZipFile, SafetensorError, OSError) as exc:
+                with safe_open(str(file), framework="pt") as tensors:
+                    for name in tensors.keys():  # noqa: SIM118 (safe_open is not iterable)
+                        tensors.get_tensor(name)
+        except (zipfile.BadZipFile, SafetensorError, OSError, ValueError, RuntimeError) as exc:
             return f"torn {file.name} ({type(exc).__name__})"
     return None
 
@@ -189,10 +193,16 @@ def prepare_checkpoints(run: str, key: str, directory: Path | None = None) -> Pa
     directory = CHECKPOINTS / run if directory is None else directory
     run_file = directory / RUN_FILE
     if directory.exists():
-        stale = not run_file.is_file() or json.loads(run_file.read_text()).get("fingerprint") != key
+        try:
+            stale = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint") != key
+        except (OSError, ValueError, AttributeError):  # missing, not UTF-8, not JSON, not an object
+            stale = True
         if stale and is_main_process():
             if any(directory.glob("checkpoint-*")):
-                say(f"{run}: params or inputs changed since its checkpoints were saved; starting from step 0")
+                say(
+                    f"{run}: params or inputs changed since its checkpoints were saved (or {run_file} is damaged); "
+                    "starting from step 0"
+                )
             shutil.rmtree(directory)
     barrier()
     if is_main_process():
