@@ -118,6 +118,30 @@ def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str]
 # --------------------------------------------------------------------------- resume
 
 
+# The train.* sections each run reads besides train.common (GRPO's reward reads train.rm; relearning takes SFT's loss).
+RUN_READS = {
+    "pretrain_tiny": ("pretrain_tiny",),
+    "sft": ("sft",),
+    "dpo": ("dpo",),
+    "simpo": ("simpo",),
+    "ipo": ("ipo",),
+    "rm": ("rm",),
+    "grpo": ("grpo", "rm"),
+    "relearn": ("relearn", "sft"),
+}
+
+
+def train_params_read(cfg: Config, run: str) -> dict[str, Any]:
+    """train.common and the sections `run` reads (a GRPO version: its own entry of train.grpo.versions only), so an
+    edit of another stage's params keeps this run's checkpoints."""
+    kind, _, version = run.partition("_") if run.startswith(("grpo_", "relearn_")) else (run, "", "")
+    train = cfg.train.model_dump(mode="json")
+    read = {name: train[name] for name in ("common", *RUN_READS[kind])}
+    if kind == "grpo":
+        read["grpo"]["versions"] = {version: read["grpo"]["versions"][version]}
+    return read
+
+
 def fingerprint(
     cfg: Config, run: str, inputs: list[Path], start: ModelSource | None = None, extra: dict | None = None
 ) -> str:
@@ -129,7 +153,7 @@ def fingerprint(
         start_ids = [start.path, start.revision, sha256_file(config) if config.is_file() else start.path]
     blob = {
         "run": run,
-        "train": cfg.train.model_dump(mode="json"),
+        "train": train_params_read(cfg, run),
         "lora": cfg.lora.model_dump(mode="json"),
         "base_model": cfg.base_model.model_dump(mode="json"),
         "start": start_ids,
