@@ -16,12 +16,14 @@ from click.testing import CliRunner
 from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import library_failure, main
 from sycorec.data.staging import staged_dir
+from sycorec.errors import DiskFullError
 from sycorec.evaluation.generate import generations_path
-from sycorec.evaluation.store import recover_rows
+from sycorec.evaluation.store import AppendStore, recover_rows
 from sycorec.io import WEIGHTS_RECORD, seal_weights, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+EFBIG = OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # the file size limit (`ulimit -f`)
 
 
 class FullDisk:
@@ -30,8 +32,8 @@ class FullDisk:
     The write that crosses the budget writes what still fits first, as a real one would (a torn line).
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
-        self.left = budget
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int, error: OSError = ENOSPC) -> None:
+        self.left, self.error = budget, error
         real_open = Path.open
 
         def open_(path: Path, mode: str = "r", *args, **kwargs):
@@ -51,7 +53,7 @@ class _Limited:
         if len(fits) < len(data):
             self._fh.write(fits)
             self._fh.flush()
-            raise ENOSPC
+            raise self._disk.error
         return self._fh.write(data)
 
     def __enter__(self):
@@ -167,6 +169,21 @@ def test_full_disk_while_writing_one_file_leaves_the_old_one(tmp_path, monkeypat
     assert os.listdir(tmp_path) == ["m.json"]
 
 
+def test_a_file_size_limit_in_a_cache_keeps_its_whole_rows(tmp_path, monkeypatch):
+    store = AppendStore(tmp_path / "cache.jsonl", key=lambda row: row["key"])
+    store.append([{"key": "a", "raw": "x" * 40}])
+    whole = store.path.read_bytes()
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=30, error=EFBIG)
+        with pytest.raises(DiskFullError) as info:
+            store.append([{"key": "b", "raw": "y" * 40}])
+    assert str(info.value) == (
+        f"{store.path}: File too large after 0 new rows; the file ends at its last whole row, "
+        "raise the file size limit (ulimit -f) and re-run to continue"
+    )
+    assert store.path.read_bytes() == whole  # the torn row is cut off
+
+
 def test_library_failures_that_are_not_the_machine_keep_their_traceback():
     assert library_failure(ValueError("bug"), "train") is None
     assert library_failure(OSError(errno.EACCES, "Permission denied"), "train") is None
@@ -175,12 +192,21 @@ def test_library_failures_that_are_not_the_machine_keep_their_traceback():
 # --------------------------------------------------------------------------- an unreachable hub
 
 
-def test_train_base_without_a_reachable_hub_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"HF_ENDPOINT": "http://127.0.0.1:9"},  # nothing listens: connection refused at once
+        # a dead HTTPS proxy: huggingface_hub re-raises requests' ProxyError instead of falling back to the cache
+        {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""},
+    ],
+    ids=["refused", "dead-proxy"],
+)
+def test_train_base_without_a_reachable_hub_is_one_line(tmp_path, network):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {
         **os.environ,
         "HF_HOME": str(tmp_path / "hf"),  # nothing cached
-        "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: connection refused at once
+        **network,
         "HF_HUB_OFFLINE": "0",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")]),
     }
@@ -258,3 +284,41 @@ def test_saved_weight_files_follow_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for name in ("model.safetensors", "adapter/adapter_model.safetensors", WEIGHTS_RECORD):
         assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == mode, name
+
+
+@pytest.mark.slow  # trains the tiny SFT in a subprocess
+@pytest.mark.parametrize(
+    ("share", "needle"),
+    [
+        # the LoRA adapter (~0.6 of the base model) fits, the optimizer state (twice the adapter) does not
+        (1.0, "torch could not write a file (sycorec train: RuntimeError: [enforce fail at inline_container.cc"),
+        # not even the adapter fits
+        (0.5, "safetensors: File too large (sycorec train); raise the file size limit (ulimit -f) and re-run"),
+    ],
+    ids=["torch-optimizer", "safetensors-adapter"],
+)
+def test_a_file_size_limit_in_training_is_one_line_and_leaves_no_model(tmp_path, share, needle):
+    """A real limit (RLIMIT_FSIZE, as `ulimit -f` sets): torch's and safetensors' writers fail without an OSError."""
+    import resource
+
+    from train_support import make_run_root
+
+    root = make_run_root(tmp_path / "r")
+    limit = int((root / "outputs/models/base/model.safetensors").stat().st_size * share) - 4096
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sycorec", "--profile", "tiny", "train", "sft"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        preexec_fn=limited,
+    )
+    errors = [line[line.index("error:") :] for line in proc.stderr.splitlines() if "error:" in line]  # after tqdm's
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: {needle}"), proc.stderr
+    assert sorted(p.name for p in (root / "outputs/models").iterdir()) == ["base"]  # no sft, no staging leftovers

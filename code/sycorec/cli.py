@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 import sys
 
 import click
@@ -14,7 +16,7 @@ from sycorec.config import load_config
 from sycorec.cpushare import follow_share
 from sycorec.errors import SycorecError
 from sycorec.hub import first_line, hub_unreachable
-from sycorec.io import disk_full
+from sycorec.io import disk_full, make_room
 from sycorec.provenance import environment_block
 
 # Stage commands are imported only when invoked, so `sycorec --help` and each stage start fast
@@ -62,11 +64,27 @@ class SycorecGroup(click.Group):
             sys.exit(2)
 
 
+# safetensors reports an OS error inside its message only: `I/O error: File too large (os error 27)` (older releases:
+# `IoError(Os { code: 28, ... })`); torch's zip writer drops the errno: `[enforce fail at inline_container.cc:626] .
+# unexpected pos 384 vs 342` or `... PytorchStreamWriter failed writing file data/0: file write failed`.
+SAFETENSORS_OS_ERROR = re.compile(r"os error (\d+)|Os \{ code: (\d+)")
+TORCH_ZIP_WRITER = "inline_container.cc"
+
+
 def library_failure(exc: Exception, stage: str) -> str | None:
     """One line for what a library raises about the machine, not the code: a full disk, an unreachable HF hub."""
     if isinstance(exc, OSError) and disk_full(exc):  # trainer checkpoints, model saves
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror} (sycorec {stage}); free space and re-run"
+        return f"{where}{exc.strerror} (sycorec {stage}); {make_room(exc)} and re-run"
+    if type(exc).__name__ == "SafetensorError" and (code := SAFETENSORS_OS_ERROR.search(str(exc))):
+        error = OSError(int(code.group(1) or code.group(2)), "")
+        if disk_full(error):
+            return f"safetensors: {os.strerror(error.errno)} (sycorec {stage}); {make_room(error)} and re-run"
+    if isinstance(exc, RuntimeError) and TORCH_ZIP_WRITER in str(exc):
+        return (
+            f"torch could not write a file (sycorec {stage}: {first_line(exc)}); a full disk or quota or the file "
+            "size limit (ulimit -f) is the usual cause: make room and re-run"
+        )
     if hub_unreachable(exc):  # from_pretrained of a hub id that is not cached
         return (
             f"sycorec {stage}: the Hugging Face hub cannot be reached and a file is not in the HF cache "

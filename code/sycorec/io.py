@@ -35,8 +35,16 @@ def create_temp(path: Path, directory: bool = False) -> Path:
     raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
+# What to do when a write finds no room, by errno: a full disk or quota, or the file size limit (`ulimit -f`).
+NO_ROOM = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "raise the file size limit (ulimit -f)"}
+
+
 def disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return exc.errno in NO_ROOM
+
+
+def make_room(exc: OSError) -> str:
+    return NO_ROOM.get(exc.errno, "free space")  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -53,7 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         if disk_full(exc):
-            raise DiskFullError(f"{path}: {exc.strerror}; nothing was written, free space and re-run") from None
+            raise DiskFullError(f"{path}: {exc.strerror}; nothing was written, {make_room(exc)} and re-run") from None
         raise
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from sycorec.errors import DiskFullError
-from sycorec.io import atomic_path, disk_full, write_jsonl
+from sycorec.io import atomic_path, disk_full, make_room, write_jsonl
 
 Key = Callable[[dict], str]
 
@@ -135,7 +135,7 @@ class AppendStore:
                 fh.truncate(good)
                 raise DiskFullError(
                     f"{self.path}: {exc.strerror} after {added} new rows; the file ends at its last whole row, "
-                    "free space and re-run to continue"
+                    f"{make_room(exc)} and re-run to continue"
                 ) from None
         return added
 
