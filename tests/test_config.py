@@ -142,6 +142,28 @@ BAD_CASES = {
     ),
     "nan learning rate": (_set("train.dpo.learning_rate", float("nan")), "train.dpo.learning_rate: input should be a"),
     "nan beta": (_set("train.grpo.beta", float("nan")), "train.grpo.beta: input should be a finite number"),
+    "nan in a key TRL takes as it is": (
+        _set("train.sft.adam_beta1", float("nan")),
+        "train.sft.adam_beta1: input should be a finite number, got nan",
+    ),
+    "Adam beta above one": (
+        _set("train.sft.adam_beta2", 2.0),
+        "train.sft.adam_beta2: Invalid beta parameter at index 1: 2.0, got 2.0",
+    ),
+    "negative warmup steps": (
+        _set("train.sft.warmup_steps", -5),
+        "train.sft.warmup_steps: warmup_steps must be of type int and must be 0 or a positive integer, got -5",
+    ),
+    "a passed-through key of the wrong type": (
+        _set("train.dpo.max_grad_norm", "big"),
+        "train.dpo.max_grad_norm: expected float, got 'big'",
+    ),
+    "negative seed": (_set("train.common.seed", -1), "train.common.seed: input should be greater than or equal to 0"),
+    "seed past numpy's range": (_set("metrics.seed", 2**32), "metrics.seed: input should be less than or equal to"),
+    "negative split seed": (
+        _set("prepare.split_seed", -3),
+        "prepare.split_seed: input should be greater than or equal",
+    ),
     "negative top_k": (_set("generation.top_k", -5), "generation.top_k: input should be greater than or equal to -1"),
     "zero top_k": (_set("generation.top_k", 0), "generation.top_k: 0 is not a top_k"),
     "top_p above one": (_set("generation.top_p", 1.5), "generation.top_p: input should be less than or equal to 1"),
