@@ -172,6 +172,10 @@ BAD_CASES = {
         _set("models", ["../../../tmp/evil", "base"]),
         "models.0: model name '../../../tmp/evil' must match ^[A-Za-z0-9_.-]+$",
     ),
+    "a model name too long for a file name": (
+        _set("models", ["base", "m" * 240]),
+        "models.1: model name 'mmmmmmmmmmmmmmmmmmmm'... has 240 characters, more than 100",
+    ),
     "shell in a model name": (_set("probing.reference_model", "sft;touch x"), "probing.reference_model: model name"),
     "dots as a model name": (_set("train.relearn.starts", [".."]), "train.relearn.starts.0: model name '..'"),
     "space in a grpo version": (

@@ -124,12 +124,7 @@ def test_full_disk_in_generate_and_score(eval_root, monkeypatch):
 
 
 def test_full_disk_in_prepare_leaves_prepared_as_it_was(tmp_path, monkeypatch):
-    from test_data_prepare import make_raw
-
-    for name in ("params.yaml", "profiles/tiny.yaml"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text((ROOT / name).read_text())
-    make_raw(tmp_path / "data/synth")
+    synth_root(tmp_path)
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         FullDisk(patch, budget=20_000)
@@ -186,7 +181,78 @@ def test_a_file_size_limit_in_a_cache_keeps_its_whole_rows(tmp_path, monkeypatch
 
 def test_library_failures_that_are_not_the_machine_keep_their_traceback():
     assert library_failure(ValueError("bug"), "train") is None
-    assert library_failure(OSError(errno.EACCES, "Permission denied"), "train") is None
+    assert library_failure(OSError(errno.EIO, "Input/output error"), "train") is None
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def synth_root(tmp_path: Path) -> Path:
+    from test_data_prepare import make_raw
+
+    for name in ("params.yaml", "profiles/tiny.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    make_raw(tmp_path / "data/synth")
+    return tmp_path
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, under: Path, code: int, writing: bool) -> None:
+    """What the kernel says to a user without access (tests may run as root, whom permissions do not stop)."""
+    real_open, real_mkdir = Path.open, Path.mkdir
+
+    def refused(path: Path) -> bool:
+        return Path(path).resolve().is_relative_to(under.resolve())
+
+    def open_(path: Path, mode: str = "r", *args, **kwargs):
+        if refused(path) and (mode[0] != "r") == writing:
+            raise PermissionError(code, os.strerror(code), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    def mkdir(path: Path, *args, **kwargs):
+        if writing and refused(path) and not Path(path).exists():  # an existing folder is EEXIST first
+            raise PermissionError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize(
+    ("code", "writing", "where", "needle"),
+    [
+        (errno.EACCES, False, "data/synth", "Permission denied (sycorec data)"),  # an unreadable input
+        (errno.EROFS, True, "data", "Read-only file system (sycorec data)"),  # a read-only output folder
+    ],
+    ids=["unreadable-input", "read-only-output"],
+)
+def test_a_file_or_folder_this_user_may_not_use_is_one_line(tmp_path, monkeypatch, code, writing, where, needle):
+    root = synth_root(tmp_path)
+    monkeypatch.chdir(root)
+    with monkeypatch.context() as patch:
+        deny(patch, root / where, code, writing)
+        line = one_line_exit_2(CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"]), needle)
+    assert line.endswith("give this user access to it (or its folder) and re-run")
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["synth"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not stopped by file modes")
+def test_a_read_only_data_folder_is_one_line_for_a_plain_user(tmp_path):
+    root = synth_root(tmp_path)
+    (root / "data").chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sycorec", "--profile", "tiny", "data", "prepare"],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=env,
+        )
+    finally:
+        (root / "data").chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Permission denied (sycorec data)" in proc.stderr.strip().splitlines()[-1]
 
 
 # --------------------------------------------------------------------------- an unreachable hub

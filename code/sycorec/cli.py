@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -72,10 +73,14 @@ TORCH_ZIP_WRITER = "inline_container.cc"
 
 
 def library_failure(exc: Exception, stage: str) -> str | None:
-    """One line for what a library raises about the machine, not the code: a full disk, an unreachable HF hub."""
+    """One line for what a library raises about the machine, not the code: a full disk, a file or folder this user
+    may not read or write, an unreachable HF hub."""
     if isinstance(exc, OSError) and disk_full(exc):  # trainer checkpoints, model saves
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror} (sycorec {stage}); {make_room(exc)} and re-run"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror} (sycorec {stage}); give this user access to it (or its folder) and re-run"
     if type(exc).__name__ == "SafetensorError" and (code := SAFETENSORS_OS_ERROR.search(str(exc))):
         error = OSError(int(code.group(1) or code.group(2)), "")
         if disk_full(error):

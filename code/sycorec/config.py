@@ -98,11 +98,15 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 # Model names become paths, DVC stage names and sbatch values: nothing that could leave its directory or a word.
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# ... and parts of file names (`.relearn_<name>.<12 hex>.tmp`, `<name>.jsonl`) that must stay under NAME_MAX (255).
+MODEL_NAME_MAX = 100
 
 
 def _model_name(name: str) -> str:
     if not MODEL_NAME.fullmatch(name) or set(name) == {"."}:
         raise ValueError(f"model name {name!r} must match ^[A-Za-z0-9_.-]+$ and not be only dots")
+    if len(name) > MODEL_NAME_MAX:
+        raise ValueError(f"model name {name[:20]!r}... has {len(name)} characters, more than {MODEL_NAME_MAX}")
     return name
 
 
