@@ -44,7 +44,7 @@ def disk_full(exc: OSError) -> bool:
 
 
 def make_room(exc: OSError) -> str:
-    return NO_ROOM.get(exc.errno, "free space")  # type: ignore[arg-type]
+    return NO_ROOM.get(exc.errno, "free space")
 
 
 @contextmanager
