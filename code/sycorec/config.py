@@ -204,10 +204,10 @@ def config_fields(config_class: str) -> frozenset[str]:
 _NEUTRAL_ARGS = {"output_dir": "checked-at-load", "bf16": False, "fp16": False, "use_cpu": True, "report_to": "none"}
 
 
-def passthrough_problem(config_class: str, key: str, value: Any) -> str | None:
+def passthrough_problem(config_class: str, key: str, value: Any, context: dict[str, Any]) -> str | None:
     """Why `key: value` would fail in training, checked now: the field's type (finite numbers only), the config
-    class's own checks (TrainingArguments' and TRL's __post_init__) and, for Adam's betas and epsilon, which the
-    Trainer hands to torch's optimizer unchecked, torch's own."""
+    class's own checks (TrainingArguments' and TRL's __post_init__, with the slice's other fields in `context`) and,
+    for Adam's betas and epsilon, which the Trainer hands to torch's optimizer unchecked, torch's own."""
     import typing
 
     cls = _config_class(config_class)
@@ -224,7 +224,7 @@ def passthrough_problem(config_class: str, key: str, value: Any) -> str | None:
 
     try:
         if issubclass(cls, TrainingArguments):
-            cls(**{**_NEUTRAL_ARGS, key: value})
+            cls(**{**context, **_NEUTRAL_ARGS, key: value})
         weight = [torch.zeros(1, requires_grad=True)]
         if key in ("adam_beta1", "adam_beta2"):
             betas = [0.9, 0.999]
@@ -265,8 +265,9 @@ class LibrarySlice(Section):
             for key in undeclared
             if key not in known
         ]
+        context = {key: value for key, value in data.items() if key in known and key not in cls.OWN}
         for key in undeclared:
-            if key in known and (problem := passthrough_problem(cls.CONFIG_CLASS, key, data[key])):
+            if key in known and (problem := passthrough_problem(cls.CONFIG_CLASS, key, data[key], context)):
                 errors.append(
                     InitErrorDetails(
                         type=PydanticCustomError("not_a_field", "{problem}", {"problem": problem}),
