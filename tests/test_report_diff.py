@@ -346,6 +346,9 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert ok.exit_code == 0, ok.output
     assert "post4 (tiny profile: structure only, values not compared): 8 tables, 0 structure problems" in ok.output
     assert "FAIL" not in ok.output
+    assert ok.output.strip().splitlines()[-1] == (
+        "all posts: post1 passed, post2 passed, post3 passed, post4 passed; 0 MISSING, 0 structure problems in all"
+    )
     # full-only numbers (step 30 of a 50-step curve) are skipped, not missing
     report = json.loads((root / "results/published_diff/post1.json").read_text())
     assert report["mode"] == "structure"
