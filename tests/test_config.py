@@ -42,28 +42,24 @@ def test_tiny_profile_overlays_only_what_it_names():
 
 
 def test_profiles_override_only_what_a_cpu_and_a_tiny_model_force():
-    from sycorec.config import available_profiles, disallowed_overrides
+    from sycorec.config import available_profiles
 
-    assert available_profiles(ROOT) and all(
-        disallowed_overrides(ROOT / "params.yaml", p) == [] for p in available_profiles(ROOT)
-    )
+    assert available_profiles(ROOT) and all(resolve_raw(ROOT / "params.yaml", p) for p in available_profiles(ROOT))
 
 
-def test_a_profile_that_drifts_off_the_cluster_path_is_caught(tmp_path):
-    from sycorec.config import disallowed_overrides
-
-    params = _write_params(tmp_path, lambda raw: None)
+def test_a_profile_that_drifts_off_the_cluster_path_is_refused_at_load(tmp_path):
+    _write_params(tmp_path, lambda raw: None)
     tiny = yaml.safe_load((tmp_path / "profiles" / "tiny.yaml").read_text())
     tiny["train"]["common"]["gradient_checkpointing"] = False  # not forced by a CPU: the GRPO sampling path differs
     tiny["generation"]["temperature"] = 0.0
     tiny["judge"]["parse_failure_policy"] = "exclude"
     tiny["train"]["grpo"]["max_completion_length"] = 12  # a size: allowed
-    (tmp_path / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
-    assert sorted(disallowed_overrides(params, "tiny")) == [
-        "generation.temperature",
-        "judge.parse_failure_policy",
-        "train.common.gradient_checkpointing",
-    ]
+    (tmp_path / "profiles" / "evil.yaml").write_text(yaml.safe_dump(tiny))
+    _one_line_exit_2(
+        _cli(tmp_path, "--profile", "evil", "config", "check"),
+        "evil.yaml: a profile may not change generation.temperature, judge.parse_failure_policy, "
+        "train.common.gradient_checkpointing (only sizes",
+    )
 
 
 def test_defaults_are_the_study_as_run_each_fix_one_param_away():
@@ -147,6 +143,28 @@ BAD_CASES = {
     ),
     "nan learning rate": (_set("train.dpo.learning_rate", float("nan")), "train.dpo.learning_rate: input should be a"),
     "nan beta": (_set("train.grpo.beta", float("nan")), "train.grpo.beta: input should be a finite number"),
+    "nan in a key TRL takes as it is": (
+        _set("train.sft.adam_beta1", float("nan")),
+        "train.sft.adam_beta1: input should be a finite number, got nan",
+    ),
+    "Adam beta above one": (
+        _set("train.sft.adam_beta2", 2.0),
+        "train.sft.adam_beta2: Invalid beta parameter at index 1: 2.0, got 2.0",
+    ),
+    "negative warmup steps": (
+        _set("train.sft.warmup_steps", -5),
+        "train.sft.warmup_steps: warmup_steps must be of type int and must be 0 or a positive integer, got -5",
+    ),
+    "a passed-through key of the wrong type": (
+        _set("train.dpo.max_grad_norm", "big"),
+        "train.dpo.max_grad_norm: expected float, got 'big'",
+    ),
+    "negative seed": (_set("train.common.seed", -1), "train.common.seed: input should be greater than or equal to 0"),
+    "seed past numpy's range": (_set("metrics.seed", 2**32), "metrics.seed: input should be less than or equal to"),
+    "negative split seed": (
+        _set("prepare.split_seed", -3),
+        "prepare.split_seed: input should be greater than or equal",
+    ),
     "negative top_k": (_set("generation.top_k", -5), "generation.top_k: input should be greater than or equal to -1"),
     "zero top_k": (_set("generation.top_k", 0), "generation.top_k: 0 is not a top_k"),
     "top_p above one": (_set("generation.top_p", 1.5), "generation.top_p: input should be less than or equal to 1"),
@@ -154,6 +172,10 @@ BAD_CASES = {
     "path in a model name": (
         _set("models", ["../../../tmp/evil", "base"]),
         "models.0: model name '../../../tmp/evil' must match ^[A-Za-z0-9_.-]+$",
+    ),
+    "a model name too long for a file name": (
+        _set("models", ["base", "m" * 240]),
+        "models.1: model name 'mmmmmmmmmmmmmmmmmmmm'... has 240 characters, more than 100",
     ),
     "shell in a model name": (_set("probing.reference_model", "sft;touch x"), "probing.reference_model: model name"),
     "dots as a model name": (_set("train.relearn.starts", [".."]), "train.relearn.starts.0: model name '..'"),

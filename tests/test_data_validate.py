@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -303,3 +304,35 @@ def test_base_dataset_of_the_wrong_type_is_one_error_line(tmp_path, answer_row, 
     assert_fails(write_rows(tmp_path / "answer.jsonl", [answer_row]), 1, f"base.dataset: {dataset!r} is not one of")
     result = CliRunner().invoke(data, ["validate", str(tmp_path / "answer.jsonl")])
     assert result.exit_code == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+
+
+def test_a_lone_surrogate_escape_is_refused_before_prepare_writes_the_row(tmp_path, answer_row):
+    text = json.dumps(answer_row).replace('"Q?"', '"Q\\ud800?"', 1)  # valid JSON, not encodable as UTF-8
+    path = write_rows(tmp_path / "answer.jsonl", [answer_row, text])
+    assert_fails(path, 2, "a lone surrogate escape (\\ud800) is not text")
+
+
+def test_deeply_nested_json_is_a_row_problem_not_a_recursion_error(tmp_path, answer_row):
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write_rows(tmp_path / "answer.jsonl", [answer_row, deep])
+    assert_fails(path, 2, "nested too deeply to read")
+    with pytest.raises(DataError, match="cannot tell what kind of file this is"):
+        detect_kind(write_rows(tmp_path / "rows.jsonl", [deep]))  # kind from the first record
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.mkdir(), "a directory, not a data file"),
+        (lambda p: os.mkfifo(p), "not a regular file (a FIFO or a device), not a data file"),
+    ],
+    ids=["directory", "fifo"],
+)
+def test_validate_names_what_a_path_that_exists_but_is_no_file_is(tmp_path, make, words):
+    path = tmp_path / "answer.jsonl"
+    make(path)
+    result = CliRunner().invoke(data, ["validate", str(path)])
+    assert result.exit_code == 1 and f"{path}: {words}" in result.output, result.output
+    with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        validated_rows(path)
+    assert f"{Path(os.devnull)}: not a regular file" in CliRunner().invoke(data, ["validate", os.devnull]).output

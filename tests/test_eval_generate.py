@@ -20,9 +20,10 @@ from sycorec.evaluation.backends import (
     vllm_engine_kwargs,
     vllm_sampling_kwargs,
 )
-from sycorec.evaluation.generate import generate_model
+from sycorec.evaluation.generate import generate_model, weights_digest
 from sycorec.evaluation.items import challenge_messages, freeform_correct, is_mc, letters_of, wrong_letter
 from sycorec.evaluation.store import recover_rows
+from sycorec.io import WEIGHTS_RECORD, seal_weights
 from sycorec.paths import ModelSource, generations_path, model_source
 
 torch.set_num_threads(1)
@@ -351,6 +352,25 @@ def test_changed_weights_invalidate_old_generations(run_root):
     assert summary["answer"]["new"] == len(manifests()["answer"])
     rows = recover_rows(generations_path(run_root, "base", "answer"))
     assert len({r["fingerprint"] for r in rows}) == 1 and len(rows) == len(manifests()["answer"])
+
+
+def test_weights_that_differ_only_in_the_middle_invalidate_old_generations(run_root):
+    """The key is the full hash recorded when the model was saved, not a sample of the file."""
+    model = run_root.paths.models / "base"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    weights = bytearray(3 << 20)  # past the first and last MiB
+    (model / "model.safetensors").write_bytes(weights)
+    seal_weights(model)
+    generate_model(run_root, "base", backend=ScriptedBackend())
+    weights[len(weights) // 2] = 1
+    (model / "model.safetensors").write_bytes(weights)
+    seal_weights(model)  # as a retraining writes it
+    recorded = weights_digest(ModelSource(str(model)))
+    (model / WEIGHTS_RECORD).unlink()
+    assert weights_digest(ModelSource(str(model))) == recorded  # the record holds what hashing the files gives
+    summary = generate_model(run_root, "base", backend=ScriptedBackend())
+    assert summary["answer"]["new"] == len(manifests()["answer"])
 
 
 @pytest.mark.gpu

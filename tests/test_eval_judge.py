@@ -263,6 +263,29 @@ def test_judge_stage_kill_resume_and_permanent_cache(tmp_path, monkeypatch):
     assert json.loads(rows[0]["raw"])  # raw outputs are cached, the policy applies at scoring
 
 
+def test_a_damaged_middle_line_of_the_judge_cache_is_set_aside_and_every_other_row_kept(tmp_path, monkeypatch, capsys):
+    """One bad byte in the middle of a finished cache costs that one row, not every row after it."""
+    monkeypatch.chdir(tmp_path)
+    cfg = eval_config(tmp_path)
+    write_manifests(cfg)
+    _fake_generations(cfg, "base")
+    judge_models(cfg, ["base"], DyingJudge())
+    cache = judge_cache_path(cfg, RuleJudge(OWN).identity)
+    lines = cache.read_bytes().splitlines(keepends=True)
+    assert len(lines) > 4
+    bad = lines[2][:10] + b"\xff" + lines[2][11:]
+    cache.write_bytes(b"".join([*lines[:2], bad, *lines[3:]]))
+    capsys.readouterr()
+    again = DyingJudge()
+    judge_models(cfg, ["base"], again)
+    assert again.seen == 1  # only the damaged row is judged again
+    warning = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(warning) == 1 and str(cache) in warning[0] and "1 damaged line(s) (line 3)" in warning[0], warning
+    assert (cache.parent / (cache.name + ".damaged")).read_bytes() == bad
+    text = cache.read_bytes()
+    assert text.startswith(b"".join(lines[:2] + lines[3:])) and len(recover_rows(cache)) == len(lines)
+
+
 def test_llm_judge_identity_is_the_resolved_commit_and_the_engine_loads_only_for_work(tmp_path, monkeypatch):
     cfg = eval_config(tmp_path, judge={"backend": "llm", "model": "Qwen/Qwen2.5-72B-Instruct", "revision": "main"})
     snapshot = "/hf/models--Qwen--Qwen2.5-72B-Instruct/snapshots/0123abcd"

@@ -210,6 +210,14 @@ def test_compare_paired_delta_and_join(tmp_path):
     assert "-0.2000" in table and "[-0.3000, -0.1000]" in table
 
 
+@pytest.mark.parametrize("name", ["../train/sft", "../metrics_detail/sft", "nope"])
+def test_compare_refuses_a_name_that_is_not_a_model_of_the_run(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    eval_config(tmp_path)
+    result = CliRunner().invoke(main, ["--profile", "tiny", "compare", "base", name])
+    assert result.exit_code == 2 and f"error: unknown model {name!r} (models: base" in result.output, result.output
+
+
 def test_cli_end_to_end_on_tiny_model(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)  # a shared 2-core box: more threads spin against other jobs

@@ -15,12 +15,14 @@ from click.testing import CliRunner
 
 from eval_support import eval_config, save_tiny_model, write_manifests
 from sycorec.cli import library_failure, main
-from sycorec.evaluation.store import recover_rows
-from sycorec.io import staged_dir, write_json, write_jsonl
+from sycorec.errors import DiskFullError
+from sycorec.evaluation.store import AppendStore, recover_rows
+from sycorec.io import WEIGHTS_RECORD, seal_weights, staged_dir, write_json, write_jsonl
 from sycorec.paths import generations_path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+EFBIG = OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # the file size limit (`ulimit -f`)
 
 
 class FullDisk:
@@ -29,8 +31,8 @@ class FullDisk:
     The write that crosses the budget writes what still fits first, as a real one would (a torn line).
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
-        self.left = budget
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int, error: OSError = ENOSPC) -> None:
+        self.left, self.error = budget, error
         real_open = Path.open
 
         def open_(path: Path, mode: str = "r", *args, **kwargs):
@@ -50,7 +52,7 @@ class _Limited:
         if len(fits) < len(data):
             self._fh.write(fits)
             self._fh.flush()
-            raise ENOSPC
+            raise self._disk.error
         return self._fh.write(data)
 
     def __enter__(self):
@@ -121,12 +123,7 @@ def test_full_disk_in_generate_and_score(eval_root, monkeypatch):
 
 
 def test_full_disk_in_prepare_leaves_prepared_as_it_was(tmp_path, monkeypatch):
-    from test_data_prepare import make_raw
-
-    for name in ("params.yaml", "profiles/tiny.yaml"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text((ROOT / name).read_text())
-    make_raw(tmp_path / "data/synth")
+    synth_root(tmp_path)
     monkeypatch.chdir(tmp_path)
     with monkeypatch.context() as patch:
         FullDisk(patch, budget=20_000)
@@ -166,20 +163,115 @@ def test_full_disk_while_writing_one_file_leaves_the_old_one(tmp_path, monkeypat
     assert os.listdir(tmp_path) == ["m.json"]
 
 
+def test_a_file_size_limit_in_a_cache_keeps_its_whole_rows(tmp_path, monkeypatch):
+    store = AppendStore(tmp_path / "cache.jsonl", key=lambda row: row["key"])
+    store.append([{"key": "a", "raw": "x" * 40}])
+    whole = store.path.read_bytes()
+    with monkeypatch.context() as patch:
+        FullDisk(patch, budget=30, error=EFBIG)
+        with pytest.raises(DiskFullError) as info:
+            store.append([{"key": "b", "raw": "y" * 40}])
+    assert str(info.value) == (
+        f"{store.path}: File too large after 0 new rows; the file ends at its last whole row, "
+        "raise the file size limit (ulimit -f) and re-run to continue"
+    )
+    assert store.path.read_bytes() == whole  # the torn row is cut off
+
+
 def test_library_failures_that_are_not_the_machine_keep_their_traceback():
     assert library_failure(ValueError("bug"), "train") is None
-    assert library_failure(OSError(errno.EACCES, "Permission denied"), "train") is None
+    assert library_failure(OSError(errno.EIO, "Input/output error"), "train") is None
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def synth_root(tmp_path: Path) -> Path:
+    from test_data_prepare import make_raw
+
+    for name in ("params.yaml", "profiles/tiny.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    make_raw(tmp_path / "data/synth")
+    return tmp_path
+
+
+def deny(monkeypatch: pytest.MonkeyPatch, under: Path, code: int, writing: bool) -> None:
+    """What the kernel says to a user without access (tests may run as root, whom permissions do not stop)."""
+    real_open, real_mkdir = Path.open, Path.mkdir
+
+    def refused(path: Path) -> bool:
+        return Path(path).resolve().is_relative_to(under.resolve())
+
+    def open_(path: Path, mode: str = "r", *args, **kwargs):
+        if refused(path) and (mode[0] != "r") == writing:
+            raise PermissionError(code, os.strerror(code), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    def mkdir(path: Path, *args, **kwargs):
+        if writing and refused(path) and not Path(path).exists():  # an existing folder is EEXIST first
+            raise PermissionError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize(
+    ("code", "writing", "where", "needle"),
+    [
+        (errno.EACCES, False, "data/synth", "Permission denied (sycorec data)"),  # an unreadable input
+        (errno.EROFS, True, "data", "Read-only file system (sycorec data)"),  # a read-only output folder
+    ],
+    ids=["unreadable-input", "read-only-output"],
+)
+def test_a_file_or_folder_this_user_may_not_use_is_one_line(tmp_path, monkeypatch, code, writing, where, needle):
+    root = synth_root(tmp_path)
+    monkeypatch.chdir(root)
+    with monkeypatch.context() as patch:
+        deny(patch, root / where, code, writing)
+        line = one_line_exit_2(CliRunner().invoke(main, ["--profile", "tiny", "data", "prepare"]), needle)
+    assert line.endswith("give this user access to it (or its folder) and re-run")
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["synth"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not stopped by file modes")
+def test_a_read_only_data_folder_is_one_line_for_a_plain_user(tmp_path):
+    root = synth_root(tmp_path)
+    (root / "data").chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sycorec", "--profile", "tiny", "data", "prepare"],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=env,
+        )
+    finally:
+        (root / "data").chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Permission denied (sycorec data)" in proc.stderr.strip().splitlines()[-1]
 
 
 # --------------------------------------------------------------------------- an unreachable hub
 
 
-def test_train_base_without_a_reachable_hub_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"HF_ENDPOINT": "http://127.0.0.1:9"},  # nothing listens: connection refused at once
+        # a dead HTTPS proxy: huggingface_hub re-raises requests' ProxyError instead of falling back to the cache
+        {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""},
+    ],
+    ids=["refused", "dead-proxy"],
+)
+def test_train_base_without_a_reachable_hub_is_one_line(tmp_path, network):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = {
         **os.environ,
         "HF_HOME": str(tmp_path / "hf"),  # nothing cached
-        "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens: connection refused at once
+        **network,
         "HF_HUB_OFFLINE": "0",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")]),
     }
@@ -238,3 +330,60 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
     for name in ("metrics.json", "rows.jsonl", "prepared/x.jsonl"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
     assert stat.S_IMODE((tmp_path / "prepared").stat().st_mode) == dir_mode
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_weight_files_follow_the_umask(tmp_path, umask, mode):
+    """safetensors creates its files 0600; a saved model's weights get the umask's mode like every other output."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        with staged_dir(tmp_path / "model") as staging:
+            save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+            (staging / "adapter").mkdir()
+            save_file({"w": torch.zeros(2)}, staging / "adapter" / "adapter_model.safetensors")
+            seal_weights(staging)
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors", WEIGHTS_RECORD):
+        assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == mode, name
+
+
+@pytest.mark.slow  # trains the tiny SFT in a subprocess
+@pytest.mark.parametrize(
+    ("share", "needle"),
+    [
+        # the LoRA adapter (~0.6 of the base model) fits, the optimizer state (twice the adapter) does not
+        (1.0, "torch could not write a file (sycorec train: RuntimeError: [enforce fail at inline_container.cc"),
+        # not even the adapter fits
+        (0.5, "safetensors: File too large (sycorec train); raise the file size limit (ulimit -f) and re-run"),
+    ],
+    ids=["torch-optimizer", "safetensors-adapter"],
+)
+def test_a_file_size_limit_in_training_is_one_line_and_leaves_no_model(tmp_path, share, needle):
+    """A real limit (RLIMIT_FSIZE, as `ulimit -f` sets): torch's and safetensors' writers fail without an OSError."""
+    import resource
+
+    from train_support import make_run_root
+
+    root = make_run_root(tmp_path / "r")
+    limit = int((root / "outputs/models/base/model.safetensors").stat().st_size * share) - 4096
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sycorec", "--profile", "tiny", "train", "sft"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        preexec_fn=limited,
+    )
+    errors = [line[line.index("error:") :] for line in proc.stderr.splitlines() if "error:" in line]  # after tqdm's
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: {needle}"), proc.stderr
+    assert sorted(p.name for p in (root / "outputs/models").iterdir()) == ["base"]  # no sft, no staging leftovers

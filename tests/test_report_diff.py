@@ -455,6 +455,37 @@ def test_cli_diff_fail_missing_and_exit_codes(world: Path, monkeypatch: pytest.M
     assert CliRunner().invoke(main, ["report", "diff", "--post", "4"]).exit_code == 0
 
 
+def test_diff_of_all_posts_ends_with_a_line_for_every_post(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MISSING number of post 1 fails the diff, and the last line says so, not only post 4's verdict."""
+    monkeypatch.chdir(world)
+    metrics = world / "results/metrics/dpo.json"
+    original = metrics.read_text()
+    data = json.loads(original)
+    del data["aggregate_sycophancy"]  # p1.aggregate.dpo: MISSING
+    metrics.write_text(json.dumps(data))
+    try:
+        result = CliRunner().invoke(main, ["report", "diff", "--post", "all", "--exit-zero"])
+    finally:
+        metrics.write_text(original)
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("all posts: post1 FAILED, post2 ") and "post4 " in last, last
+    missing = sum(
+        json.loads((world / f"results/published_diff/{p}.json").read_text())["counts"].get("MISSING", 0) for p in POSTS
+    )
+    assert missing >= 1 and f"{missing} MISSING" in last
+
+
+def test_the_tiny_relearning_curve_logs_every_step_the_published_curve_prints() -> None:
+    """Post 1's relearning numbers at step N are MISSING in the demo unless its proxy runs at step N."""
+    relearn = load_config(ROOT / "params.yaml", "tiny").train.relearn
+    steps = {
+        int(e["path"].split(".step=")[1].split(".")[0])
+        for e in PUBLISHED["posts"]["post1"]
+        if ".step=" in e["path"] and not e.get("full_only")
+    }
+    assert steps and all(n % relearn.eval_every_steps == 0 and n <= relearn.max_steps for n in steps), steps
+
+
 @pytest.mark.slow  # builds the whole tiny report
 def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_world(tmp_path)
@@ -469,6 +500,9 @@ def test_tiny_profile_checks_structure_not_values(tmp_path: Path, monkeypatch: p
     assert ok.exit_code == 0, ok.output
     assert "post4 (tiny profile: structure only, values not compared): 8 tables, 0 structure problems" in ok.output
     assert "FAIL" not in ok.output
+    assert ok.output.strip().splitlines()[-1] == (
+        "all posts: post1 passed, post2 passed, post3 passed, post4 passed; 0 MISSING, 0 structure problems in all"
+    )
     # full-only numbers (step 30 of a 50-step curve) are skipped, not missing
     report = json.loads((root / "results/published_diff/post1.json").read_text())
     assert report["mode"] == "structure" and report["worst_ratio"]["limit"] is None  # strict JSON: no Infinity

@@ -113,10 +113,26 @@ def _torn_optimizer(checkpoint: Path) -> None:
     optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
 
 
+def _zeroed_optimizer(checkpoint: Path) -> None:
+    """4 KiB of zeros in the middle, same size: what a node crash can leave."""
+    _zero_middle(checkpoint / "optimizer.pt")
+
+
+def _zero_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(len(data[middle : middle + 4096]))
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     ("tear", "why"),
-    [(_no_trainer_state, "no trainer_state.json"), (_torn_optimizer, "torn optimizer.pt")],
-    ids=["no-trainer-state", "torn-optimizer"],
+    [
+        (_no_trainer_state, "no trainer_state.json"),
+        (_torn_optimizer, "torn optimizer.pt"),
+        (_zeroed_optimizer, "damaged optimizer.pt (member"),
+    ],
+    ids=["no-trainer-state", "torn-optimizer", "zeroed-optimizer"],
 )
 def test_torn_checkpoint_is_skipped_for_the_newest_complete_one(reference, tmp_path, capfd, tear, why):
     root = _killed_at_step(tmp_path / "torn")
@@ -179,6 +195,22 @@ def test_checkpoint_problem_names_what_is_torn(tmp_path):
     state = _complete_checkpoint(tmp_path / "checkpoint-3") / "trainer_state.json"
     state.write_text('{"global_step": 3, "max')
     assert checkpoint_problem(state.parent) == "torn trainer_state.json"
+    optimizer = _complete_checkpoint(tmp_path / "checkpoint-4") / "optimizer.pt"
+    torch.save({"state": torch.arange(8192.0)}, optimizer)
+    _zero_middle(optimizer)
+    assert checkpoint_problem(optimizer.parent).startswith("damaged optimizer.pt (member ")
+
+
+def test_a_damaged_run_file_starts_afresh_instead_of_blocking_every_rerun(tmp_path, monkeypatch, capfd):
+    from sycorec.train.common import CHECKPOINTS
+
+    monkeypatch.chdir(tmp_path)
+    run = CHECKPOINTS / "x"
+    _complete_checkpoint(run / "checkpoint-2")
+    (run / "run.json").write_bytes(b'{"fingerprint": "new\xff')
+    assert prepare_checkpoints("x", "new") is None
+    assert "x: params or inputs changed since its checkpoints were saved (or " in capfd.readouterr().err
+    assert json.loads((run / "run.json").read_text()) == {"fingerprint": "new"}
 
 
 def test_prepare_checkpoints_resumes_the_newest_complete_and_drops_stale_ones(tmp_path, monkeypatch, capfd):

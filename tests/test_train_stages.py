@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from sycorec.config import load_config
 from sycorec.errors import ConfigError, MissingInputError
-from sycorec.io import read_json
+from sycorec.io import WEIGHTS_RECORD, read_json
 from train_support import REPO, inside_run_root, make_run_root, tiny_config
 
 torch = pytest.importorskip("torch")
@@ -40,7 +40,8 @@ def rm_done(root, sft_done):
 
 
 def _is_complete_model(path: Path) -> bool:
-    return all((path / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer_config.json"))
+    names = ("config.json", "model.safetensors", "tokenizer_config.json", WEIGHTS_RECORD)  # the record keys caches
+    return all((path / name).is_file() for name in names)
 
 
 def _assert_lora_moved(model: Path, start: Path) -> None:

@@ -211,3 +211,20 @@ def test_trl_configs_take_the_params_slices_as_they_are():
     assert lora_config(cfg).lora_alpha == cfg.lora.lora_alpha
     with pytest.raises(ConfigError, match="simpo: params set output_dir, which the package sets itself"):
         preference_config(cfg, "simpo")
+
+
+def test_a_runs_checkpoint_key_reads_only_the_train_params_it_uses():
+    """Editing another stage's params keeps this run's resumable checkpoints; its own or train.common's do not."""
+    from sycorec.train.common import fingerprint
+
+    def key(run: str, **overrides: dict) -> str:
+        cfg = validate(deep_merge(resolve_raw(REPO / "params.yaml"), {"train": overrides}))
+        return fingerprint(cfg, run, [])
+
+    assert key("sft", dpo={"learning_rate": 1e-3}) == key("sft")
+    assert key("sft", sft={"learning_rate": 1e-3}) != key("sft")
+    assert key("sft", common={"seed": 7}) != key("sft")
+    assert key("grpo_v1", grpo={"versions": {"v2": {"learning_rate": 1e-3}}}) == key("grpo_v1")
+    assert key("grpo_v1", grpo={"versions": {"v1": {"learning_rate": 1e-3}}}) != key("grpo_v1")
+    assert key("grpo_v1", rm={"text_format": "chat_template"}) != key("grpo_v1")  # GRPO's reward reads it
+    assert key("relearn_sft", relearn={"max_steps": 7}) != key("relearn_sft") == key("relearn_sft", ipo={"beta": 0.5})

@@ -126,3 +126,22 @@ def test_no_server_means_run_cold(tmp_path, monkeypatch):
     assert forward(["sycorec", "--help"]) is None
     monkeypatch.delenv(SOCKET_ENV)
     assert forward(["sycorec", "--help"]) is None
+
+
+def test_sigterm_during_a_warm_run_removes_the_socket_folder_and_says_so(tmp_path):
+    code = (
+        "import os, sys, time\n"
+        "from sycorec.demo.warmstart import SOCKET_ENV, warm_server\n"
+        "with warm_server(dict(os.environ)) as env:\n"
+        "    print(env[SOCKET_ENV], flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    folder = Path(proc.stdout.readline().strip()).parent
+    assert folder.is_dir() and folder.name.startswith("sycorec-warm-")
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 15 and not folder.exists()
+    assert stderr.strip().splitlines() == ["error: stopped by SIGTERM; finished stages are kept, re-run to continue"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
+import re
 import sys
 
 import click
@@ -13,7 +16,7 @@ from sycorec import __version__
 from sycorec.config import load_config
 from sycorec.errors import SycorecError
 from sycorec.hub import first_line, hub_unreachable
-from sycorec.io import disk_full
+from sycorec.io import disk_full, make_room
 from sycorec.provenance import environment_block
 
 # Stage commands are imported only when invoked, so `sycorec --help` and each stage start fast
@@ -60,11 +63,31 @@ class SycorecGroup(click.Group):
             sys.exit(2)
 
 
+# safetensors reports an OS error inside its message only: `I/O error: File too large (os error 27)` (older releases:
+# `IoError(Os { code: 28, ... })`); torch's zip writer drops the errno: `[enforce fail at inline_container.cc:626] .
+# unexpected pos 384 vs 342` or `... PytorchStreamWriter failed writing file data/0: file write failed`.
+SAFETENSORS_OS_ERROR = re.compile(r"os error (\d+)|Os \{ code: (\d+)")
+TORCH_ZIP_WRITER = "inline_container.cc"
+
+
 def library_failure(exc: Exception, stage: str) -> str | None:
-    """One line for what a library raises about the machine, not the code: a full disk, an unreachable HF hub."""
+    """One line for what a library raises about the machine, not the code: a full disk, a file or folder this user
+    may not read or write, an unreachable HF hub."""
     if isinstance(exc, OSError) and disk_full(exc):  # trainer checkpoints, model saves
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror} (sycorec {stage}); free space and re-run"
+        return f"{where}{exc.strerror} (sycorec {stage}); {make_room(exc)} and re-run"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror} (sycorec {stage}); give this user access to it (or its folder) and re-run"
+    if type(exc).__name__ == "SafetensorError" and (code := SAFETENSORS_OS_ERROR.search(str(exc))):
+        error = OSError(int(code.group(1) or code.group(2)), "")
+        if disk_full(error):
+            return f"safetensors: {os.strerror(error.errno)} (sycorec {stage}); {make_room(error)} and re-run"
+    if isinstance(exc, RuntimeError) and TORCH_ZIP_WRITER in str(exc):
+        return (
+            f"torch could not write a file (sycorec {stage}: {first_line(exc)}); a full disk or quota or the file "
+            "size limit (ulimit -f) is the usual cause: make room and re-run"
+        )
     if hub_unreachable(exc):  # from_pretrained of a hub id that is not cached
         return (
             f"sycorec {stage}: the Hugging Face hub cannot be reached and a file is not in the HF cache "

@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -45,7 +46,7 @@ EVAL_DATASETS_FILE = Path(__file__).resolve().parent / "facts" / "eval_datasets.
 
 # What a profile may change (house rule 1: the demo runs the cluster's code path): what a CPU and a tiny model force.
 # Dotted key paths; `*` matches any run of keys. Anything else a profile overrides is a drift onto a path the full
-# study never takes (tests/test_config.py checks every profile against this list).
+# study never takes: loading such a profile is refused.
 PROFILE_MAY_OVERRIDE = (
     # which run it is, and where its data and base model come from
     "profile",
@@ -94,14 +95,20 @@ PROFILE_MAY_OVERRIDE = (
 
 PositiveLR = PositiveFloat
 Fraction = float
+# Every seed reaches numpy's legacy seeding (transformers' set_seed), which takes 0 to 2**32 - 1 only.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 # Model names become paths, DVC stage names and sbatch values: nothing that could leave its directory or a word.
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# ... and parts of file names (`.relearn_<name>.<12 hex>.tmp`, `<name>.jsonl`) that must stay under NAME_MAX (255).
+MODEL_NAME_MAX = 100
 
 
 def _model_name(name: str) -> str:
     if not MODEL_NAME.fullmatch(name) or set(name) == {"."}:
         raise ValueError(f"model name {name!r} must match ^[A-Za-z0-9_.-]+$ and not be only dots")
+    if len(name) > MODEL_NAME_MAX:
+        raise ValueError(f"model name {name[:20]!r}... has {len(name)} characters, more than {MODEL_NAME_MAX}")
     return name
 
 
@@ -171,12 +178,19 @@ class DataCfg(Section):
 class PrepareCfg(Section):
     val_split: float = Field(gt=0, lt=1)
     rm_val_split: float = Field(gt=0, lt=1)
-    split_seed: int
+    split_seed: Seed
     split_by: Literal["row", "question"]
     proxy_questions: PositiveInt
-    proxy_seed: int
+    proxy_seed: Seed
     duplicate_eval_rows: Literal["keep", "drop"]
     split_sha256: dict[Literal["sft_val.jsonl", "prefs_val.jsonl", "rm_val.jsonl"], str]
+
+
+def _config_class(config_class: str) -> type:
+    module, name = config_class.split(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental warns on import
+        return getattr(importlib.import_module(module), name)
 
 
 @cache
@@ -186,19 +200,52 @@ def config_fields(config_class: str) -> frozenset[str]:
     Importing TRL takes seconds, so this runs only for a key a slice does not declare: loading the committed params
     imports none of torch, transformers, TRL or PEFT.
     """
-    module, name = config_class.split(":")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trl.experimental warns on import
-        cls = getattr(importlib.import_module(module), name)
-    return frozenset(field.name for field in dataclasses.fields(cls) if field.init)
+    return frozenset(field.name for field in dataclasses.fields(_config_class(config_class)) if field.init)
+
+
+# What a TrainingArguments subclass needs to be built on a machine without a GPU, beside the value checked.
+_NEUTRAL_ARGS = {"output_dir": "checked-at-load", "bf16": False, "fp16": False, "use_cpu": True, "report_to": "none"}
+
+
+def passthrough_problem(config_class: str, key: str, value: Any, context: dict[str, Any]) -> str | None:
+    """Why `key: value` would fail in training, checked now: the field's type (finite numbers only), the config
+    class's own checks (TrainingArguments' and TRL's __post_init__, with the slice's other fields in `context`) and,
+    for Adam's betas and epsilon, which the Trainer hands to torch's optimizer unchecked, torch's own."""
+    import typing
+
+    cls = _config_class(config_class)
+    try:
+        hint = typing.get_type_hints(cls)[key]
+    except (NameError, TypeError):  # a hint naming an optional library's type: check the value without it
+        hint = Any
+    try:
+        value = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(value)
+    except ValidationError as exc:
+        return format_validation_error(exc)
+    import torch
+    from transformers import TrainingArguments
+
+    try:
+        if issubclass(cls, TrainingArguments):
+            cls(**{**context, **_NEUTRAL_ARGS, key: value})
+        weight = [torch.zeros(1, requires_grad=True)]
+        if key in ("adam_beta1", "adam_beta2"):
+            betas = [0.9, 0.999]
+            betas[key == "adam_beta2"] = value
+            torch.optim.AdamW(weight, betas=tuple(betas))
+        elif key == "adam_epsilon":
+            torch.optim.AdamW(weight, eps=value)
+    except (ValueError, TypeError) as exc:
+        return f"{str(exc).strip().splitlines()[0].rstrip('.')}, got {value!r}"
+    return None
 
 
 class LibrarySlice(Section):
     """A slice whose keys are the field names of a TRL/PEFT config class (`CONFIG_CLASS`), passed to it as they are.
 
-    Declared fields keep their types and ranges; any other field of the class may be set and passes through unchecked;
-    a key that is no field of it is refused like any unknown key. `OWN` names the package's keys beside them (proxy
-    cadence, GPUs, calibration, ...), which never reach the class.
+    Declared fields keep their types and ranges; any other field of the class may be set and is checked at load as the
+    library will check it (passthrough_problem); a key that is no field of it is refused like any unknown key. `OWN`
+    names the package's keys beside them (proxy cadence, GPUs, calibration, ...), which never reach the class.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -226,6 +273,16 @@ class LibrarySlice(Section):
             for key in undeclared
             if key not in known
         ]
+        context = {key: value for key, value in data.items() if key in known and key not in cls.OWN}
+        for key in undeclared:
+            if key in known and (problem := passthrough_problem(config_class, key, data[key], context)):
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("not_a_field", "{problem}", {"problem": problem}),
+                        loc=(key,),
+                        input=data[key],
+                    )
+                )
         if errors:
             # raised as a ValidationError so that each error keeps its key's path
             raise ValidationError.from_exception_data(cls.__name__, errors)
@@ -253,7 +310,7 @@ class CommonTrainCfg(LibrarySlice):
     # max_length is also the RM's and the proxy's; the stages whose TRL config has the field pass it explicitly
     OWN = frozenset({"max_length", "keep_proxy_best", "proxy_readout", "num_gpus"})
 
-    seed: int
+    seed: Seed
     bf16: bool
     gradient_checkpointing: bool
     logging_steps: PositiveInt
@@ -384,7 +441,7 @@ class RMCfg(OptimCfg):
     OWN = OptimCfg.OWN | {"head_init_seed", "text_format", "calibration"}
 
     center_rewards_coefficient: float = Field(ge=0)
-    head_init_seed: int
+    head_init_seed: Seed
     text_format: Literal["chat_template", "study"]
     calibration: RMCalibrationCfg
 
@@ -501,7 +558,7 @@ class GenerationCfg(VllmEngineCfg):
     top_p: float = Field(gt=0, le=1)
     top_k: int = Field(ge=-1)  # -1 = off (vLLM's convention); 0 is refused, as vLLM does
     max_new_tokens: PositiveInt
-    seed: int
+    seed: Seed
     enable_prefix_caching: bool
     batch_size: PositiveInt
     challenge: Literal["study", "anthropic"]
@@ -552,7 +609,7 @@ class EvaluationCfg(Section):
 class MetricsCfg(Section):
     bootstrap_iterations: PositiveInt
     ci_level: float = Field(gt=0, lt=1)
-    seed: int
+    seed: Seed
 
 
 class ProbingRun(Section):
@@ -566,7 +623,7 @@ class ProbingCfg(Section):
     runs: dict[ModelName, ProbingRun]  # run names become paths and DVC stage names, like model names
     reference_model: ModelName
     templates: list[Literal["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]]
-    sample_seed: int
+    sample_seed: Seed
     val_fraction: float = Field(gt=0, lt=1)
     batch_size: PositiveInt
     max_length: PositiveInt
@@ -591,7 +648,7 @@ class ReportCfg(Section):
 
 class Config(Section):
     profile: str
-    seed: int
+    seed: Seed
     paths: Paths
     models: list[ModelName]
     base_model: BaseModelCfg
@@ -688,11 +745,9 @@ def overridden_paths(base: Any, overlay: Any, prefix: str = "") -> list[str]:
     return [] if overlay == base else [prefix.rstrip(".")]
 
 
-def disallowed_overrides(params: str | Path, profile: str) -> list[str]:
-    """Keys the profile changes that PROFILE_MAY_OVERRIDE does not allow."""
-    params = Path(params)
-    overlay = _read_yaml(params.resolve().parent / PROFILES_DIR / f"{profile}.yaml")
-    changed = overridden_paths(_read_yaml(params), overlay)
+def disallowed_overrides(base: dict, overlay: dict) -> list[str]:
+    """Keys `overlay` changes that PROFILE_MAY_OVERRIDE does not allow."""
+    changed = overridden_paths(base, overlay)
     return [p for p in changed if not any(fnmatchcase(p, pattern) for pattern in PROFILE_MAY_OVERRIDE)]
 
 
@@ -771,7 +826,13 @@ def resolve_raw(params: str | Path = PARAMS_FILE, profile: str | None = None) ->
         if not overlay_path.is_file():
             names = ", ".join(available_profiles(root)) or "none"
             raise ConfigError(f"unknown profile {profile!r} (available: {names})")
-        raw = deep_merge(raw, _read_yaml(overlay_path))
+        overlay = _read_yaml(overlay_path)
+        if drift := disallowed_overrides(raw, overlay):
+            raise ConfigError(
+                f"{overlay_path}: a profile may not change {', '.join(drift)} "
+                "(only sizes, steps, learning rates, dtype and backends: PROFILE_MAY_OVERRIDE in sycorec/config.py)"
+            )
+        raw = deep_merge(raw, overlay)
     return raw
 
 

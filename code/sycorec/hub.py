@@ -33,16 +33,18 @@ def first_line(exc: BaseException) -> str:
 
 
 def hub_unreachable(exc: BaseException) -> bool:
-    """True when `exc` (or anything in its cause chain) says the hub gave no answer and nothing was cached.
+    """True when `exc` (or anything in its cause chain) says the hub gave no answer (and nothing was cached).
 
     transformers' `from_pretrained` wraps that case in a plain OSError; the chain keeps huggingface_hub's error.
     """
+    import requests
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:
-        if isinstance(link, LocalEntryNotFoundError):
+        # a dead proxy or a TLS failure: huggingface_hub re-raises these instead of falling back to the cache
+        if isinstance(link, LocalEntryNotFoundError | requests.exceptions.ConnectionError):
             return True
         seen.add(id(link))
         link = link.__cause__ or link.__context__
@@ -67,6 +69,7 @@ def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model
 
     Offline and not cached -> MissingInputError naming the prefetch command. Nothing is written in that case.
     """
+    import requests
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -85,6 +88,11 @@ def resolve_snapshot(repo_id: str, revision: str | None, repo_type: str = "model
             ) from None
         raise MissingInputError(
             f"{where}: the Hugging Face hub cannot be reached and it is not in the HF cache; check the network, "
+            f"or run `{prefetch_command(repo_id)}` on a node with network"
+        ) from None
+    except requests.exceptions.ConnectionError as exc:  # a dead HTTPS proxy, a TLS failure
+        raise MissingInputError(
+            f"{where}: the Hugging Face hub cannot be reached ({first_line(exc)}); check the network and HTTPS_PROXY, "
             f"or run `{prefetch_command(repo_id)}` on a node with network"
         ) from None
     except HfHubHTTPError as exc:  # unknown repo or revision, gated, server error

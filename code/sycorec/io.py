@@ -37,8 +37,16 @@ def create_temp(path: Path, directory: bool = False) -> Path:
     raise FileExistsError(f"{path}: no free temporary name beside it")
 
 
+# What to do when a write finds no room, by errno: a full disk or quota, or the file size limit (`ulimit -f`).
+NO_ROOM = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EFBIG: "raise the file size limit (ulimit -f)"}
+
+
 def disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return exc.errno in NO_ROOM
+
+
+def make_room(exc: OSError) -> str:
+    return NO_ROOM.get(exc.errno, "free space")
 
 
 @contextmanager
@@ -55,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         if disk_full(exc):
-            raise DiskFullError(f"{path}: {exc.strerror}; nothing was written, free space and re-run") from None
+            raise DiskFullError(f"{path}: {exc.strerror}; nothing was written, {make_room(exc)} and re-run") from None
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -132,3 +140,28 @@ def staged_dir(dest: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHTS_RECORD = "weights.sha256.json"
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def seal_weights(directory: Path) -> None:
+    """Give the weight files under `directory` the umask's mode; record the full sha256 of its own in WEIGHTS_RECORD.
+
+    safetensors creates its files 0600 whatever the umask; the record is what a cache keyed on these weights reads
+    (hashing a 16 GB model once, when it is written).
+    """
+    mode = 0o666 & ~current_umask()
+    record = {}
+    for file in sorted(p for p in directory.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES)):
+        file.chmod(mode)
+        if file.parent == directory:
+            record[file.name] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
+    write_json(directory / WEIGHTS_RECORD, record)

@@ -95,7 +95,7 @@ def _kind_from_content(path: Path) -> str | None:
         with path.open(encoding="utf-8") as fh:
             first = next((line for line in fh if line.strip()), "")
         obj = json.loads(first, parse_constant=lambda _: None)
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
@@ -230,9 +230,16 @@ def _parse_jsonl(path: Path) -> Iterator[tuple[int, Any] | tuple[int, RowProblem
                 yield lineno, RowProblem("empty line")
                 continue
             try:
-                yield lineno, json.loads(line, parse_constant=lambda _: None)
+                obj = json.loads(line, parse_constant=lambda _: None)
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")  # prepare writes it back as UTF-8
             except json.JSONDecodeError as exc:
                 yield lineno, RowProblem(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                yield lineno, RowProblem("nested too deeply to read")
+            except UnicodeEncodeError as exc:
+                yield lineno, RowProblem(f"a lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}) is not text")
+            else:
+                yield lineno, obj
 
 
 def _iter_jsonl(path: Path, kind: str) -> Iterator[tuple[int, Row | RowProblem]]:
@@ -303,11 +310,21 @@ def _where(path: Path, lineno: int) -> str:
     return f"{path}:{lineno}" if lineno else str(path)
 
 
+def require_file(path: Path) -> None:
+    """DataError unless `path` is a regular file: one that is not there, a directory, a FIFO or a device each named."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    raise DataError(
+        f"{path}: {'a directory' if path.is_dir() else 'not a regular file (a FIFO or a device)'}, not a data file"
+    )
+
+
 def validated_rows(path: str | Path, kind: str | None = None) -> list[Row]:
     """All rows of a file, validated; DataError `file:line: problem` on the first bad one."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
+    require_file(path)
     kind = kind or detect_kind(path)
     rows: list[Row] = []
     for lineno, item in iter_rows(path, kind):
@@ -328,8 +345,7 @@ def validate_file(path: str | Path, kind: str | None = None, max_errors: int = M
     path = Path(path)
     report = FileReport(str(path), kind)
     try:
-        if not path.is_file():
-            raise DataError(f"{path}: not found")
+        require_file(path)
         report.kind = kind or detect_kind(path)
     except DataError as exc:
         report.errors.append(str(exc))

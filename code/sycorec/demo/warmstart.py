@@ -244,9 +244,17 @@ def warm_server(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
         stdout=subprocess.DEVNULL,
         env=env,
     )
+    # SIGTERM's default action would skip the cleanup below and say nothing: make it an exit that runs it
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield {**env, SOCKET_ENV: path}
     finally:
+        signal.signal(signal.SIGTERM, before)
         server.terminate()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    print("error: stopped by SIGTERM; finished stages are kept, re-run to continue", file=sys.stderr)
+    raise SystemExit(128 + signum)

@@ -60,7 +60,7 @@ def score(cfg: Config, model: str) -> None:
 @pass_config
 def compare(cfg: Config, a: str, b: str, join: bool, as_json: bool) -> None:
     """Per-metric deltas B − A, with the bootstrap CI of the change when both verdict files exist."""
-    rows = compare_models(cfg, a, b)
+    rows = compare_models(cfg, _known_model(cfg, a), _known_model(cfg, b))
     joined = join_report(cfg, a, b) if join else None
     if as_json:
         click.echo(json.dumps({"metrics": rows, "corrected_errors": joined}, indent=2))

@@ -26,10 +26,8 @@ from sycorec.evaluation.items import (
 )
 from sycorec.evaluation.store import AppendStore
 from sycorec.facts import EvalDataset, eval_datasets
+from sycorec.io import WEIGHT_SUFFIXES, WEIGHTS_RECORD, read_json, sha256_file
 from sycorec.paths import ModelSource, generations_path, model_source
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-SAMPLE_BYTES = 1 << 20
 
 
 def row_key(row: dict) -> str:
@@ -37,19 +35,19 @@ def row_key(row: dict) -> str:
 
 
 def weights_digest(source: ModelSource) -> str:
-    """Size plus the first and last MiB of every weight file: retrained weights change it, a re-checkout does not."""
+    """The full sha256 of every weight file: from the record written when the model was saved, else computed now."""
     path = Path(source.path)
     if not path.is_dir():
         return f"{source.path}@{source.revision}"
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)):
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with file.open("rb") as fh:
-            digest.update(fh.read(SAMPLE_BYTES))
-            fh.seek(max(0, size - SAMPLE_BYTES))
-            digest.update(fh.read(SAMPLE_BYTES))
-    return digest.hexdigest()
+    files = sorted(p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    record_path = path / WEIGHTS_RECORD
+    record = read_json(record_path) if record_path.is_file() else {}
+    hashes = {}
+    for file in files:
+        entry = record.get(file.name)
+        fresh = isinstance(entry, dict) and entry.get("size") == file.stat().st_size and "sha256" in entry
+        hashes[file.name] = entry["sha256"] if fresh else sha256_file(file)  # a model saved without the record
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint(cfg: Config, source: ModelSource) -> str:

@@ -1,4 +1,5 @@
-"""Append-only JSONL stores that survive being killed: rows are flushed one by one, a torn last line is dropped."""
+"""Append-only JSONL stores that survive being killed: rows are flushed one by one, a torn last line is dropped,
+a damaged line elsewhere is set aside."""
 
 from __future__ import annotations
 
@@ -8,37 +9,66 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from sycorec.errors import DiskFullError
-from sycorec.io import disk_full, write_jsonl
+from sycorec.io import atomic_path, disk_full, make_room, write_jsonl
 
 Key = Callable[[dict], str]
 
 
+def _parse(line: bytes) -> dict | None:
+    try:
+        row = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError too
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def recover_rows(path: Path) -> list[dict]:
-    """Every complete row of `path`; a torn or foreign line (unterminated, not UTF-8, not JSON, not a JSON object)
-    ends the trusted prefix and is cut off the file with everything after it, so it is redone."""
+    """Every complete row of `path`, none of them lost to a damaged line.
+
+    A bad line (unterminated, not UTF-8, not JSON, not a JSON object) after the last good row is what a killed writer
+    leaves: it is cut off, so it is redone. A bad line before a good row is damage (a bad sector, a hand edit): it is
+    appended to `<path>.damaged` for inspection, the file is rewritten without it and one line on stderr says so.
+    """
     if not path.is_file():
         return []
     data = path.read_bytes()
     rows: list[dict] = []
+    kept: list[bytes] = []
+    damaged: list[tuple[int, bytes]] = []
+    tail: list[tuple[int, bytes]] = []  # bad lines since the last good row
+    lines = data.split(b"\n")
     good_end = 0
     pos = 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        if end < 0:  # last line has no newline: the writer died mid-row
+    for number, line in enumerate(lines, 1):
+        if number == len(lines):  # after the last newline: empty, or a row the writer did not finish
             break
-        line = data[pos:end]
-        if line.strip():
-            try:
-                row = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError too
-            except ValueError:
-                break
-            if not isinstance(row, dict):
-                break
-            rows.append(row)
-        pos = end + 1
+        pos += len(line) + 1
+        if not line.strip():
+            continue
+        row = _parse(line)
+        if row is None:
+            tail.append((number, line))
+            continue
+        damaged += tail
+        tail = []
+        rows.append(row)
+        kept.append(line + b"\n")
         good_end = pos
-    if good_end < len(data):
+    if damaged:
+        with path.with_name(path.name + ".damaged").open("ab") as fh:
+            fh.write(b"".join(line + b"\n" for _, line in damaged))
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"".join(kept))  # the good rows byte for byte
+        where = ", ".join(str(number) for number, _ in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+        click.echo(
+            f"warning: {path}: {len(damaged)} damaged line(s) (line {where}) set aside in {path.name}.damaged; "
+            f"{len(rows)} rows kept",
+            err=True,
+        )
+    elif good_end < len(data):
         with path.open("r+b") as fh:
             fh.truncate(good_end)
     return rows
@@ -105,7 +135,7 @@ class AppendStore:
                 fh.truncate(good)
                 raise DiskFullError(
                     f"{self.path}: {exc.strerror} after {added} new rows; the file ends at its last whole row, "
-                    "free space and re-run to continue"
+                    f"{make_room(exc)} and re-run to continue"
                 ) from None
         return added
 

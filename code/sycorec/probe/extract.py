@@ -106,8 +106,23 @@ def extract(cfg: Config, run: str, model_name: str, prompts: list[dict], progres
     }
     with atomic_path(out_path) as tmp:
         save_file({TENSOR: acts.contiguous()}, str(tmp), metadata=metadata)
+        sort_header(tmp)
     shutil.rmtree(shards)
     return out_path
+
+
+def sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place: safetensors writes its metadata in hash
+    order, which differs from process to process, so the same activations would be different bytes (and a forced
+    re-extraction would mark the analysis stale). The sorted header has the same length; spaces pad it as before."""
+    with path.open("r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:
+            raise ValueError(f"{path}: the sorted header is longer than the one safetensors wrote")
+        fh.seek(8)
+        fh.write(text.ljust(size))
 
 
 def load_activations(cfg: Config, run: str, model: str, item_ids: list[str]) -> torch.Tensor:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from sycorec.clikit import Config, pass_config, stage
 from sycorec.report.build import build_report
-from sycorec.report.diff import POSTS, Line, diff_post, load_published, published_path, write_diff
+from sycorec.report.diff import POSTS, Line, PostDiff, diff_post, load_published, published_path, write_diff
 from sycorec.report.results import load_results
 from sycorec.report.tables import load_spec
 from sycorec.report.tolerance import tolerance_markdown
@@ -43,9 +44,10 @@ def diff(cfg: Config, post: str, exit_zero: bool) -> None:
     results = load_results(cfg, join=spec.get("join"))
     posts = POSTS if post == "all" else (f"post{post}",)
     out_dir = cfg.paths.results / "published_diff"
-    failed = False
+    judged = []
     for name in posts:
         result = diff_post(name, published, results, spec, cfg.paths.results / "tables", cfg.is_tiny)
+        judged.append(result)
         write_diff(result, out_dir)
         for line in result.lines:
             reg = "—" if line.regenerated is None else f"{line.regenerated:.4g}"
@@ -57,9 +59,18 @@ def diff(cfg: Config, post: str, exit_zero: bool) -> None:
         for problem in result.structure_problems:
             click.echo(f"STRUCTURE {problem}")
         click.echo(result.summary())
-        failed |= result.failed
-    if failed and not exit_zero:
+    if len(judged) > 1:  # the last line speaks for every post, not only the last one
+        click.echo(overall_summary(judged))
+    if any(result.failed for result in judged) and not exit_zero:
         sys.exit(1)
+
+
+def overall_summary(judged: list[PostDiff]) -> str:
+    verdicts = ", ".join(f"{r.post} {'FAILED' if r.failed else 'passed'}" for r in judged)
+    counts = sum((r.counts for r in judged), Counter())
+    problems = sum(len(r.structure_problems) for r in judged)
+    fails = "" if judged[0].tiny else f"{counts['FAIL']} FAIL, "  # tiny: values are not compared
+    return f"all posts: {verdicts}; {fails}{counts['MISSING']} MISSING, {problems} structure problems in all"
 
 
 def _other_run(line: Line) -> str:

@@ -18,7 +18,7 @@ import click
 from sycorec.config import CHECKPOINTS, Config
 from sycorec.errors import MissingInputError
 from sycorec.hub import require_gpu
-from sycorec.io import iter_jsonl, sha256_file, staged_dir, write_json
+from sycorec.io import iter_jsonl, seal_weights, sha256_file, staged_dir, write_json
 from sycorec.paths import ModelSource, model_dir, model_source
 
 if TYPE_CHECKING:
@@ -117,6 +117,30 @@ def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str]
 # --------------------------------------------------------------------------- resume
 
 
+# The train.* sections each run reads besides train.common (GRPO's reward reads train.rm; relearning takes SFT's loss).
+RUN_READS = {
+    "pretrain_tiny": ("pretrain_tiny",),
+    "sft": ("sft",),
+    "dpo": ("dpo",),
+    "simpo": ("simpo",),
+    "ipo": ("ipo",),
+    "rm": ("rm",),
+    "grpo": ("grpo", "rm"),
+    "relearn": ("relearn", "sft"),
+}
+
+
+def train_params_read(cfg: Config, run: str) -> dict[str, Any]:
+    """train.common and the sections `run` reads (a GRPO version: its own entry of train.grpo.versions only), so an
+    edit of another stage's params keeps this run's checkpoints."""
+    kind, _, version = run.partition("_") if run.startswith(("grpo_", "relearn_")) else (run, "", "")
+    train = cfg.train.model_dump(mode="json")
+    read = {name: train[name] for name in ("common", *RUN_READS[kind])}
+    if kind == "grpo":
+        read["grpo"]["versions"] = {version: read["grpo"]["versions"][version]}
+    return read
+
+
 def fingerprint(
     cfg: Config, run: str, inputs: list[Path], start: ModelSource | None = None, extra: dict | None = None
 ) -> str:
@@ -128,7 +152,7 @@ def fingerprint(
         start_ids = [start.path, start.revision, sha256_file(config) if config.is_file() else start.path]
     blob = {
         "run": run,
-        "train": cfg.train.model_dump(mode="json"),
+        "train": train_params_read(cfg, run),
         "lora": cfg.lora.model_dump(mode="json"),
         "base_model": cfg.base_model.model_dump(mode="json"),
         "start": start_ids,
@@ -149,7 +173,8 @@ def checkpoint_problem(path: Path) -> str | None:
 
     The Trainer writes trainer_state.json last, so a checkpoint without it was cut off while saving (a kill, a full
     disk). Every torch-saved file (optimizer.pt, scheduler.pt, rng_state.pth, training_args.bin) is a zip archive whose
-    directory is written last, and a safetensors file states its own length: a truncated one fails to open.
+    directory is written last and whose members carry a CRC; a safetensors file states its own length and each
+    tensor's place: a truncated or overwritten one fails to open or to read.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -164,11 +189,14 @@ def checkpoint_problem(path: Path) -> str | None:
     for file in sorted(path.iterdir()):
         try:
             if file.suffix in {".pt", ".pth", ".bin"}:
-                zipfile.ZipFile(file).close()
+                with zipfile.ZipFile(file) as archive:
+                    if (member := archive.testzip()) is not None:  # a node crash can leave zeros, not a short file
+                        return f"damaged {file.name} (member {member} fails its CRC)"
             elif file.suffix == ".safetensors":
-                with safe_open(str(file), framework="pt"):
-                    pass
-        except (zipfile.BadZipFile, SafetensorError, OSError) as exc:
+                with safe_open(str(file), framework="pt") as tensors:
+                    for name in tensors.keys():  # noqa: SIM118 (safe_open is not iterable)
+                        tensors.get_tensor(name)
+        except (zipfile.BadZipFile, SafetensorError, OSError, ValueError, RuntimeError) as exc:
             return f"torn {file.name} ({type(exc).__name__})"
     return None
 
@@ -190,10 +218,16 @@ def prepare_checkpoints(run: str, key: str, output: Path, directory: Path | None
     directory = CHECKPOINTS / run if directory is None else directory
     run_file = directory / RUN_FILE
     if directory.exists():
-        stale = not run_file.is_file() or json.loads(run_file.read_text()).get("fingerprint") != key
+        try:
+            stale = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint") != key
+        except (OSError, ValueError, AttributeError):  # missing, not UTF-8, not JSON, not an object
+            stale = True
         if stale and is_main_process():
             if any(directory.glob("checkpoint-*")):
-                say(f"{run}: params or inputs changed since its checkpoints were saved; starting from step 0")
+                say(
+                    f"{run}: params or inputs changed since its checkpoints were saved (or {run_file} is damaged); "
+                    "starting from step 0"
+                )
             shutil.rmtree(directory)
     barrier()
     if is_main_process():
@@ -372,6 +406,7 @@ def save_merged(
                     shutil.copytree(src, staging / sub)
             for config in staging.rglob("adapter_config.json"):
                 sort_adapter_config(config)
+            seal_weights(staging)
     barrier()
     return out
 

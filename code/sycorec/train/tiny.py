@@ -18,7 +18,7 @@ from sycorec.clikit import Config
 from sycorec.config import PretrainTinyCfg
 from sycorec.errors import ConfigError, MissingInputError, SycorecError
 from sycorec.facts import world
-from sycorec.io import iter_jsonl, read_json, staged_dir, write_json
+from sycorec.io import iter_jsonl, read_json, seal_weights, staged_dir, write_json
 from sycorec.train.common import (
     CHECKPOINTS,
     TRAINER_STATE,
@@ -367,5 +367,6 @@ def pretrain_tiny(
         check_accuracy(heldout, c.min_plain_accuracy)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        seal_weights(staging)
     write_json(results, summary)
     return summary
