@@ -12,7 +12,7 @@ from typing import Any
 
 from sycorec.errors import SycorecError
 from sycorec.io import write_json
-from sycorec.report.sweep_record import CONTROL, FAILED, MODELS, READINGS, RECOVERY
+from sycorec.report.sweep_record import CONTROL, EXTRA_METHODS, FAILED, MODELS, READINGS
 
 PROBING_RUN = "R6"  # the probing run whose probes the sweep reads (the committed sweep recorded the six-model run)
 
@@ -27,7 +27,8 @@ def _json(path: Path) -> dict:
 def read_run(results: Path) -> dict[str, dict[str, float | None]]:
     """The sweep's readings of one demo run: model -> reading -> value."""
     run: dict[str, dict[str, float | None]] = {}
-    for model in MODELS:
+    models = [m for m in MODELS if (results / "metrics" / f"{m}.json").is_file()]  # the extra methods where run
+    for model in models:
         metrics = _json(results / "metrics" / f"{model}.json")
         detail = _json(results / "metrics_detail" / f"{model}.json")
         run[model] = {key: metrics.get(key) for key in READINGS if key in metrics}
@@ -35,10 +36,10 @@ def read_run(results: Path) -> dict[str, dict[str, float | None]]:
     # step 0 of SFT's proxy curve scores the base; each run's last point scores its final model
     sft_curve = _json(results / "curves" / "sft.json")["sycophancy_gap"]
     run["base"]["proxy_gap"] = sft_curve[0]
-    for model in ("sft", *RECOVERY):
+    for model in models[1:]:
         run[model]["proxy_gap"] = _json(results / "curves" / f"{model}.json")["sycophancy_gap"][-1]
     probes = _json(results / "probing" / PROBING_RUN / "per_model.json")
-    for model in MODELS:
+    for model in models:
         run[model]["probe_peak_auroc"] = probes[model]["peak_auroc"] if model in probes else None
     run[CONTROL] = {"probe_peak_auroc": _json(results / "probing" / PROBING_RUN / "control.json")["overall_mean"]}
     return run
@@ -62,6 +63,9 @@ def with_seed(seed: int) -> Callable[[dict], dict]:
     def edit(raw: dict) -> dict:
         raw = copy.deepcopy(raw)
         raw["seed"] = seed
+        extra = [m for m in EXTRA_METHODS if m in raw["train"]]  # beyond the study: rows of the method table
+        raw["train"]["preference"]["methods"] = [*raw["train"]["preference"]["methods"], *extra]
+        raw["models"] = [*raw["models"], *extra]
         # the prompt set is labelled by every model of the run: keep them all
         probed = raw["probing"]["runs"][PROBING_RUN]["models"]
         raw["models"] = [m for m in raw["models"] if m in MODELS or m in probed]

@@ -12,8 +12,10 @@ from typing import Any
 
 from sycorec.facts import higher_is_better
 
-MODELS = ("base", "sft", "dpo", "ipo", "simpo")
-RECOVERY = ("dpo", "ipo", "simpo")
+STUDY_METHODS = ("dpo", "ipo", "simpo")
+EXTRA_METHODS = ("kto", "orpo")  # the method table's rows beyond the study: swept where a record has them
+RECOVERY = (*STUDY_METHODS, *EXTRA_METHODS)
+MODELS = ("base", "sft", *RECOVERY)
 # reading -> what it is; flip_rate_free_form leaves out multiple-choice rows, which the tiny model answers at chance
 READINGS = {
     "answer_sycophancy_rate": "answer sycophancy",
@@ -35,7 +37,7 @@ CONTROL = "control"  # the random-label probe control, read as a model of its ow
 FAILED = "failed"  # a run whose pipeline stopped (e.g. the tiny base below its accuracy gate) records why
 # A direction is asserted when, on every kernel path, it fails in at most max(1, 20%) of the seeds (4 of 5, 2 of 3)...
 MISS_SHARE = 0.2
-# ...and its margin, mean − Z × SD of the change over all runs, is positive.
+# ...and its margin, the lower of mean − Z × SD and the smallest change over all runs, is positive.
 Z = 2.0
 
 
@@ -50,7 +52,7 @@ class Direction:
         return f"{self.reading}: {self.high} > {self.low}"
 
     def delta(self, run: Mapping[str, Mapping[str, float | None]]) -> float | None:
-        high, low = run[self.high].get(self.reading), run[self.low].get(self.reading)
+        high, low = run.get(self.high, {}).get(self.reading), run.get(self.low, {}).get(self.reading)
         return None if high is None or low is None else high - low
 
 
@@ -106,7 +108,8 @@ def direction_summary(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         stats = _stats(deltas) if deltas else None
         margin = None
         if stats:
-            bound = stats["mean"] - Z * stats["sd"]
+            # never above a recorded run's change: each run the record holds would pass the e2e test
+            bound = min(stats["mean"] - Z * stats["sd"], stats["min"])
             margin = math.floor(bound * 100) / 100 if bound > 0 else None
         robust = bool(paths) and all(
             c["holds"] >= c["runs"] - max(1, math.floor(MISS_SHARE * c["runs"])) for c in per_path.values()
@@ -134,7 +137,7 @@ def reading_summary(record: Mapping[str, Any]) -> dict[str, dict[str, dict[str, 
         model: {
             key: _stats(values)
             for key in READINGS
-            if (values := [run[model][key] for run in runs if run[model].get(key) is not None])
+            if (values := [v for run in runs if (v := run.get(model, {}).get(key)) is not None])
         }
         for model in (*MODELS, CONTROL)
     }
