@@ -187,3 +187,29 @@ def test_the_demo_is_a_dvc_sandbox_for_experiments(demo):
         subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=demo, check=True)
         _dvc(demo, "checkout", "-q", "-f")
     assert _metrics(demo, "dpo") == before
+
+
+def test_methods_beyond_the_study_flow_through_params_alone(demo):
+    """KTO and ORPO, rows of the method table, are added by params alone (`sycorec demo --set`, a DVC experiment with
+    warm stages): they are trained, evaluated, listed by `dvc metrics show`, and reported beyond the study's tables."""
+    params = yaml.safe_load((demo / "params.yaml").read_text())
+    methods = [*params["train"]["preference"]["methods"], "kto", "orpo"]
+    models = [*params["models"], "kto", "orpo"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sycorec", "demo", "--profile", "tiny", "--dir", str(demo), "--name", "beyond",
+             "--set", f"train.preference.methods=[{','.join(methods)}]", "--set", f"models=[{','.join(models)}]"],
+            cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        shown = json.loads(_dvc(demo, "metrics", "show", "--json").stdout)
+        files = {path for rev in shown.values() for path in rev["data"]}
+        assert {"results/metrics/kto.json", "results/metrics/orpo.json"} <= files
+        beyond = (demo / "results" / "tables" / "beyond_study.md").read_text()
+        page = (demo / "results" / "index.html").read_text()
+        for method in ("kto", "orpo"):
+            assert method in beyond and method in page
+            assert 0.0 <= _metrics(demo, method)["answer_sycophancy_rate"] <= 1.0
+    finally:
+        subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=demo, check=True)
+        _dvc(demo, "checkout", "-q", "-f")
