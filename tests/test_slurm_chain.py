@@ -35,6 +35,7 @@ FAKES = {
     "squeue": 'cat "$FAKE_SLURM/queue" 2>/dev/null || true',
     "sacct": 'echo "$*" >> "$FAKE_SLURM/sacct.log"; cat "$FAKE_SLURM/states" 2>/dev/null || true',
     "scontrol": 'cat "$FAKE_SLURM/partition"',
+    "sinfo": "true",  # no node shapes: only the partition's own limits apply
 }
 
 

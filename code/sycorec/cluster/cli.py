@@ -23,6 +23,24 @@ MAX_PARALLEL_OPTION = click.option(
     help="SLURM: how many jobs of the chain may run at once (independent stages side by side, one node each).",
 )
 
+# Shared with `sycorec reproduce`, which passes them on to `sycorec slurm submit`.
+SBATCH_OPTION = click.option(
+    "--sbatch-option",
+    "extra",
+    multiple=True,
+    envvar="SYCOREC_SBATCH_OPTIONS",
+    help="An `#SBATCH` option for every job, e.g. --qos=high or --gres=gpu:h100:4 (repeatable; "
+    "$SYCOREC_SBATCH_OPTIONS: several, separated by spaces).",
+)
+CONTAINER_OPTION = click.option(
+    "--container",
+    type=click.Choice(jobs.CONTAINERS),
+    envvar="SYCOREC_CONTAINER",
+    default="apptainer",
+    show_default=True,
+    help="How a job runs the stage: in the Apptainer image, or `none`: the checkout's own .venv (shared storage).",
+)
+
 
 @click.command()
 @click.option(
@@ -86,7 +104,8 @@ def site_options(func):
         click.option("--log-dir", default=str(jobs.LOG_DIR), show_default=True, help="Where job logs go."),
         click.option("--partition", envvar="SYCOREC_PARTITION", default=None, help="sbatch --partition."),
         click.option("--account", envvar="SYCOREC_ACCOUNT", default=None, help="sbatch --account."),
-        click.option("--sbatch-option", "extra", multiple=True, help="Extra `#SBATCH` option, e.g. --qos=high."),
+        SBATCH_OPTION,
+        CONTAINER_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
@@ -94,7 +113,15 @@ def site_options(func):
 
 
 def _site(
-    sif: str, hf_cache: str, hf_hub_cache: str | None, dvc_cache: str, log_dir: str, partition, account, extra
+    sif: str,
+    hf_cache: str,
+    hf_hub_cache: str | None,
+    dvc_cache: str,
+    log_dir: str,
+    partition,
+    account,
+    extra,
+    container: str,
 ) -> jobs.Site:
     repo = Path.cwd().resolve()
 
@@ -112,6 +139,7 @@ def _site(
         partition=partition,
         account=account,
         extra_sbatch=tuple(extra),
+        container=container,
     )
 
 
