@@ -178,12 +178,27 @@ def planned_stages(targets: list[str], upstream: bool, run_all: bool, root: Path
 @MAX_PARALLEL_OPTION
 @click.option("--wait", is_flag=True, help="Then poll sacct until every job completed (interrupt and re-run freely).")
 @click.option(
+    "--poll-s",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between sacct polls (--wait).",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the rendered scripts only: no preflight, nothing submitted or written."
 )
 @site_options
 @pass_config
 def submit(
-    cfg: Config, stages: str, upstream: bool, run_all: bool, max_parallel: int, wait: bool, dry_run: bool, **site
+    cfg: Config,
+    stages: str,
+    upstream: bool,
+    run_all: bool,
+    max_parallel: int,
+    wait: bool,
+    poll_s: float,
+    dry_run: bool,
+    **site,
 ) -> None:
     """Check everything the stages need, then submit one job per DVC stage as a chain of SLURM dependencies.
 
@@ -219,4 +234,9 @@ def submit(
 
     submitted = jobs.submit(planned, where, max_parallel=max_parallel, on_submit=report)
     if wait:
-        jobs.wait(submitted, where, on_done=lambda job, state: click.echo(f"{job.stage}: job {job.job_id} {state}"))
+        jobs.wait(
+            submitted,
+            where,
+            poll_s=poll_s,
+            on_done=lambda job, state: click.echo(f"{job.stage}: job {job.job_id} {state}"),
+        )
