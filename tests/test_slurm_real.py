@@ -122,6 +122,14 @@ def _running(cluster: OneNodeSlurm, job_id: str) -> bool:
     return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).strip() == "RUNNING"
 
 
+def requeue(cluster: OneNodeSlurm, job_id: str) -> None:
+    """`scontrol requeue`, as a preemption does; SLURM then holds the job for two minutes before it may start again,
+    which the test, as an admin could, cuts short once the job is pending."""
+    cluster.run("scontrol", "requeue", job_id)
+    _until(lambda: cluster.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).strip() == "PENDING", "pending")
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
 def _until(check, what: str, timeout: float = 900.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -143,7 +151,7 @@ def chain(slurm_cluster, tmp_path_factory) -> tuple[Path, str, dict[str, str]]:
     checkpoints = root / "outputs/checkpoints/sft"
     _until(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), "train_sft's first checkpoint")
     assert _running(slurm_cluster, ids["train_sft"])
-    slurm_cluster.run("scontrol", "requeue", ids["train_sft"])
+    requeue(slurm_cluster, ids["train_sft"])
     out, err = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     return root, out, ids
@@ -228,7 +236,7 @@ def test_a_job_requeued_past_the_cap_stops_with_one_line_naming_it(reference, sl
     proc, ids = submit_in_background(slurm_cluster, root, "score@sft", 1)
     job_id = ids["score@sft"]
     _until(lambda: _running(slurm_cluster, job_id), "the job running")
-    slurm_cluster.run("scontrol", "requeue", job_id)
+    requeue(slurm_cluster, job_id)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0
     log_path = root / "outputs/slurm/logs" / f"sycorec-score-sft-{job_id}.out"
