@@ -196,7 +196,8 @@ def test_chain_outputs_are_byte_identical_to_a_plain_dvc_repro(chain, reference)
 
 def test_the_requeued_training_job_restarted_and_resumed_from_its_checkpoint(chain):
     root, _, ids = chain
-    log = (root / "outputs/slurm/logs" / f"sycorec-train_sft-{ids['train_sft']}.out").read_text()
+    log_path = root / "outputs/slurm/logs" / f"sycorec-train_sft-{ids['train_sft']}.out"
+    log = log_path.read_text(errors="replace")  # the killed step may have cut a progress bar mid-character
     assert f"job {ids['train_sft']} restart 1: dvc repro --single-item train_sft" in log
     assert "sft: resuming from outputs/checkpoints/sft/checkpoint-" in log
 
@@ -216,7 +217,7 @@ def test_a_failing_stage_cancels_its_dependents_and_names_its_job(slurm_cluster,
     assert done.returncode != 0
     log = root / "outputs/slurm/logs" / f"sycorec-train_base-{ids['train_base']}.out"
     assert done.stderr.strip() == f"error: stage train_base: job {ids['train_base']} ended FAILED; see {log}"
-    assert "JSONDecodeError" in log.read_text()  # it failed on the broken input
+    assert "JSONDecodeError" in log.read_text(errors="replace")  # it failed on the broken input
     state = lambda stage: sacct(slurm_cluster, [ids[stage]], "State")[ids[stage]]["State"].split()[0]  # noqa: E731
     assert state("train_base") == "FAILED"
     _until(lambda: state("train_sft") == "CANCELLED", "train_sft cancelled by SLURM", timeout=120)
@@ -241,7 +242,7 @@ def test_a_job_requeued_past_the_cap_stops_with_one_line_naming_it(reference, sl
     assert proc.returncode != 0
     log_path = root / "outputs/slurm/logs" / f"sycorec-score-sft-{job_id}.out"
     assert f"stage score@sft: job {job_id} ended FAILED; see {log_path}" in err
-    log = log_path.read_text()
+    log = log_path.read_text(errors="replace")
     assert f"job {job_id} (score@sft) was requeued 1 times, past the cap of 0: stopping" in log
 
 
