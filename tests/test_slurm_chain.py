@@ -602,3 +602,22 @@ def test_make_passes_sbatch_options_through_the_environment_not_the_shell(tmp_pa
     out = subprocess.run(make, env={**env, "SYCOREC_SBATCH_OPTIONS": "--qos=low"}, capture_output=True)
     assert out.stdout.decode().startswith("[--qos=low] reproduce")
     assert not (ROOT / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_stage_overrides_type_the_gres_and_come_after_the_site_options(run_root):
+    import yaml
+
+    cfg = load_config(run_root / "params.yaml")
+    stage_map = yaml.safe_load((run_root / "slurm/stages.yaml").read_text())
+    stage_map["stages"]["judge@*"].update(gres_type="h100", constraint="gpu80gb", sbatch=["--time=10:00:00"])
+    (run_root / "slurm/stages.yaml").write_text(yaml.safe_dump(stage_map))
+    script = jobs.render("judge@sft", cfg, site(run_root, extra_sbatch=("--constraint=any", "--qos=high")))
+    lines = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert f"#SBATCH --gres=gpu:h100:{cfg.judge.tensor_parallel_size}" in lines
+    site_at, stage_at = lines.index("#SBATCH --constraint=any"), lines.index("#SBATCH --constraint=gpu80gb")
+    assert lines.index("#SBATCH --qos=high") < stage_at and site_at < stage_at
+    assert lines[-1] == "#SBATCH --time=10:00:00"
+    stage_map["stages"]["judge@*"]["sbatch"] = ["--comment=$(id)"]
+    (run_root / "slurm/stages.yaml").write_text(yaml.safe_dump(stage_map))
+    with pytest.raises(ConfigError, match="shell characters"):
+        jobs.render("judge@sft", cfg, site(run_root))
