@@ -28,8 +28,9 @@ CHAIN_TARGETS = ("score@sft", "generate@base")  # generate@base: a second branch
 CHAIN_STAGES = {"synth", "prepare", "train_base", "train_sft", "generate@sft", "judge@sft", "score@sft"}
 CHAIN_STAGES |= {"generate@base"}
 # Fewer pretraining steps than the demo, and no accuracy floor for them: these tests show the scheduling, not the
-# organism.
+# organism. SFT checkpoints early, so that its job is requeued with most of its steps still to run.
 PRETRAIN_STEPS = 40
+SFT_SAVE_STEPS = 5
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -48,6 +49,7 @@ def slurm_cluster(tmp_path_factory) -> Iterator[OneNodeSlurm]:
 
 def _shrink(raw: dict) -> dict:
     raw["train"]["pretrain_tiny"].update(max_steps=PRETRAIN_STEPS, min_plain_accuracy=0.0)
+    raw["train"]["sft"]["save_steps"] = SFT_SAVE_STEPS
     return raw
 
 
@@ -273,7 +275,10 @@ def test_site_options_reach_the_job(site_cluster, tmp_path):
     job = show_job(site_cluster, job_id)
     assert (job["Partition"], job["Account"], job["QOS"], job["Features"]) == ("gpu80", "sycorec", "high", "gpu80gb")
     assert job["TresPerNode"].endswith("gpu:h100:4")
-    accounted = sacct(site_cluster, [job_id], "Partition", "Account", "QOS", "State")
+    fields = ("Partition", "Account", "QOS", "State")
+    # slurmctld sends the job's record to slurmdbd after the job: wait until it has the partition
+    _until(lambda: sacct(site_cluster, [job_id], *fields)[job_id]["Partition"], "sacct's record", timeout=60)
+    accounted = sacct(site_cluster, [job_id], *fields)
     assert accounted[job_id] == {"Partition": "gpu80", "Account": "sycorec", "QOS": "high", "State": "COMPLETED"}
 
 
