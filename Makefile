@@ -13,6 +13,10 @@ IMAGE ?= sycorec:latest
 SIF ?= sycorec.sif
 CLUSTER ?= local
 MAX_PARALLEL ?= 1
+# Site sbatch options for every SLURM job (`make reproduce-post1 CLUSTER=slurm SBATCH_OPTIONS="--account=x --qos=y"`).
+# They reach `sycorec` through its environment, never through the recipe's shell.
+SBATCH_OPTIONS ?= $(SYCOREC_SBATCH_OPTIONS)
+export SYCOREC_SBATCH_OPTIONS := $(SBATCH_OPTIONS)
 GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
 .PHONY: help setup test lint demo data image sif smoke-gpu reproduce-post1 reproduce-post2 reproduce-post3 reproduce-post4 reproduce-all clean-demo

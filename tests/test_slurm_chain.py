@@ -35,6 +35,7 @@ FAKES = {
     "squeue": 'cat "$FAKE_SLURM/queue" 2>/dev/null || true',
     "sacct": 'echo "$*" >> "$FAKE_SLURM/sacct.log"; cat "$FAKE_SLURM/states" 2>/dev/null || true',
     "scontrol": 'cat "$FAKE_SLURM/partition"',
+    "sinfo": "true",  # no node shapes: only the partition's own limits apply
 }
 
 
@@ -529,3 +530,103 @@ def test_proxy_plot_overlays_every_training_run():
         runs += [f"relearn_{start}" for start in cfg.train.relearn.starts]
         expected = {f"{DVCLIVE}/{run}/plots/metrics/proxy/sycophancy_gap.tsv": "sycophancy_gap" for run in runs}
         assert files == expected
+
+
+# ---- site options, the container choice, the preflight off a SLURM host -------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--qos=high", "--gres=gpu:h100:4", "--nodelist=gpu[01-04]", "--exclusive", "-A=p1"])
+def test_plain_sbatch_options_are_accepted(option):
+    assert jobs.sbatch_option(option) == option
+
+
+@pytest.mark.parametrize(
+    "option", ["--qos=a;id", "--comment=$(id)", "--qos=`id`", "--account=a b", "qos=high", "--x='y'"]
+)
+def test_sbatch_options_with_shell_characters_are_refused(option):
+    with pytest.raises(ConfigError, match="without spaces, quotes or shell characters"):
+        jobs.sbatch_option(option)
+
+
+def test_container_none_runs_the_checkouts_venv_with_the_same_variables_and_nothing_else(run_root, tmp_path):
+    """The rendered script runs for real, with srun standing in as a plain exec and the venv's dvc printing its
+    environment: the stage sees the Apptainer job's variables (the HF cache at its host path) and nothing else."""
+    cfg = load_config(run_root / "params.yaml")
+    where = jobs.Site(
+        run_root, run_root / "s.sif", tmp_path / "hf", tmp_path / "dvc", tmp_path / "logs", container="none"
+    )
+    script = jobs.render("train_sft", cfg, where)
+    assert "apptainer" not in "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    apptainer = jobs.render("train_sft", cfg, site(run_root))
+    passed = set(re.findall(r"--env (\w+)=", apptainer)) - {"SYCOREC_IMAGE_DIGEST", "HF_HOME", "HF_HUB_CACHE"}
+    fake = tmp_path / "fakebin"
+    (run_root / ".venv/bin").mkdir(parents=True)
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    (run_root / ".venv/bin/dvc").write_text('#!/bin/bash\necho "args=$*"; echo "cwd=$PWD"; env\n')
+    for path in (fake / "srun", run_root / ".venv/bin/dvc"):
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "SUBMITTER_SECRET": "x"}
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert seen["args"] == "--wait-for-lock repro --single-item train_sft" and seen["cwd"] == str(run_root)
+    assert seen["HF_HOME"] == str(tmp_path / "hf") and seen["HF_HUB_CACHE"] == str(tmp_path / "hf" / "hub")
+    assert passed <= set(seen) and "SUBMITTER_SECRET" not in seen and "SYCOREC_IMAGE_DIGEST" not in seen
+    assert seen["PATH"].split(os.pathsep)[0] == str(run_root / ".venv/bin")
+
+
+def test_preflight_off_a_slurm_host_lists_every_problem(run_root, empty_hf_cache, monkeypatch, tmp_path):
+    cfg = load_config(run_root / "params.yaml")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol, no sinfo
+    where = jobs.Site(run_root, run_root / "s.sif", empty_hf_cache.parent, run_root / "dvc", run_root / "logs")
+    with pytest.raises(preflight.PreflightError) as err:
+        preflight.check_slurm(["judge@sft"], cfg, jobs.Site(**{**where.__dict__, "container": "none"}), run_root)
+    lines = str(err.value).splitlines()[1:]
+    assert any("`sycorec prefetch --only Qwen/Qwen2.5-72B-Instruct`" in line for line in lines)
+    assert any(".venv/bin/dvc not found" in line for line in lines)
+    assert any("scontrol not found" in line for line in lines)
+
+
+def test_reproduce_passes_site_options_and_the_container_to_submit(run_root):
+    args = ["reproduce", "--post", "1", "--cluster", "slurm", "--dry-run", "--container", "none"]
+    result = CliRunner().invoke(main, [*args, "--sbatch-option=--qos=high", "--sbatch-option=--account=p1"])
+    assert result.exit_code == 0, result.output
+    (submit,) = [line for line in result.output.splitlines() if line.startswith("sycorec slurm submit")]
+    assert submit.endswith("--container none --sbatch-option=--qos=high --sbatch-option=--account=p1 --dry-run")
+
+
+def test_make_passes_sbatch_options_through_the_environment_not_the_shell(tmp_path):
+    """`make reproduce-postN SBATCH_OPTIONS=…` (or $SYCOREC_SBATCH_OPTIONS) reaches sycorec's environment verbatim;
+    a `sycorec` that prints what it gets stands in for the CLI (what the CLI does with it is tested above)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/.stamp").touch()  # newer than the locks: `make setup` installs nothing
+    (venv / "bin/sycorec").write_text('#!/bin/bash\necho "[$SYCOREC_SBATCH_OPTIONS] $*"\n')
+    (venv / "bin/sycorec").chmod(0o755)
+    make = ["make", "-s", "-C", str(ROOT), "reproduce-post1", "CLUSTER=slurm", f"VENV={venv}"]
+    env = {k: v for k, v in os.environ.items() if k != "SYCOREC_SBATCH_OPTIONS"}
+    out = subprocess.run([*make, "SBATCH_OPTIONS=--qos=high --account=p1;touch pwned"], env=env, capture_output=True)
+    assert out.stdout.decode().startswith("[--qos=high --account=p1;touch pwned] reproduce --post 1 --cluster slurm")
+    out = subprocess.run(make, env={**env, "SYCOREC_SBATCH_OPTIONS": "--qos=low"}, capture_output=True)
+    assert out.stdout.decode().startswith("[--qos=low] reproduce")
+    assert not (ROOT / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_stage_overrides_type_the_gres_and_come_after_the_site_options(run_root):
+    import yaml
+
+    cfg = load_config(run_root / "params.yaml")
+    stage_map = yaml.safe_load((run_root / "slurm/stages.yaml").read_text())
+    stage_map["stages"]["judge@*"].update(gres_type="h100", constraint="gpu80gb", sbatch=["--time=10:00:00"])
+    (run_root / "slurm/stages.yaml").write_text(yaml.safe_dump(stage_map))
+    script = jobs.render("judge@sft", cfg, site(run_root, extra_sbatch=("--constraint=any", "--qos=high")))
+    lines = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert f"#SBATCH --gres=gpu:h100:{cfg.judge.tensor_parallel_size}" in lines
+    site_at, stage_at = lines.index("#SBATCH --constraint=any"), lines.index("#SBATCH --constraint=gpu80gb")
+    assert lines.index("#SBATCH --qos=high") < stage_at and site_at < stage_at
+    assert lines[-1] == "#SBATCH --time=10:00:00"
+    stage_map["stages"]["judge@*"]["sbatch"] = ["--comment=$(id)"]
+    (run_root / "slurm/stages.yaml").write_text(yaml.safe_dump(stage_map))
+    with pytest.raises(ConfigError, match="shell characters"):
+        jobs.render("judge@sft", cfg, site(run_root))

@@ -10,7 +10,7 @@ import click
 from sycorec.clikit import Config, pass_config
 from sycorec.cluster import preflight
 from sycorec.cluster import slurm as jobs
-from sycorec.cluster.cli import MAX_PARALLEL_OPTION
+from sycorec.cluster.cli import CONTAINER_OPTION, MAX_PARALLEL_OPTION, SBATCH_OPTION
 from sycorec.cluster.costs import format_plan, plan_costs
 from sycorec.config import read_mapping
 from sycorec.errors import SycorecError
@@ -34,9 +34,20 @@ def post_targets(post: str) -> list[str]:
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--plan", "show_plan", is_flag=True, help="List the stages and their GPU-hours; run none.")
 @MAX_PARALLEL_OPTION
+@SBATCH_OPTION
+@CONTAINER_OPTION
 @click.option("--dry-run", is_flag=True, help="Print the commands that would run.")
 @pass_config
-def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_parallel: int, dry_run: bool) -> None:
+def reproduce(
+    cfg: Config,
+    post: str,
+    cluster: str,
+    show_plan: bool,
+    max_parallel: int,
+    extra: tuple[str, ...],
+    container: str,
+    dry_run: bool,
+) -> None:
     """Rebuild a post at full scale (committed params.yaml), its tables and figures, then diff them against the
     published numbers.
 
@@ -51,6 +62,7 @@ def reproduce(cfg: Config, post: str, cluster: str, show_plan: bool, max_paralle
         return
     if cluster == "slurm":
         cmd = ["sycorec", "slurm", "submit", "--stages", ",".join(targets), "--max-parallel", str(max_parallel)]
+        cmd += ["--container", container, *(f"--sbatch-option={option}" for option in extra)]
         cmd += ["--dry-run"] if dry_run else ["--wait"]
     else:
         cmd = ["dvc", "repro", *targets]

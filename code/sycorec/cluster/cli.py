@@ -23,6 +23,24 @@ MAX_PARALLEL_OPTION = click.option(
     help="SLURM: how many jobs of the chain may run at once (independent stages side by side, one node each).",
 )
 
+# Shared with `sycorec reproduce`, which passes them on to `sycorec slurm submit`.
+SBATCH_OPTION = click.option(
+    "--sbatch-option",
+    "extra",
+    multiple=True,
+    envvar="SYCOREC_SBATCH_OPTIONS",
+    help="An `#SBATCH` option for every job, e.g. --qos=high or --gres=gpu:h100:4 (repeatable; "
+    "$SYCOREC_SBATCH_OPTIONS: several, separated by spaces).",
+)
+CONTAINER_OPTION = click.option(
+    "--container",
+    type=click.Choice(jobs.CONTAINERS),
+    envvar="SYCOREC_CONTAINER",
+    default="apptainer",
+    show_default=True,
+    help="How a job runs the stage: in the Apptainer image, or `none`: the checkout's own .venv (shared storage).",
+)
+
 
 @click.command()
 @click.option(
@@ -87,14 +105,24 @@ def site_options(func):
         click.option("--log-dir", default=str(jobs.LOG_DIR), show_default=True, help="Where job logs go."),
         click.option("--partition", envvar="SYCOREC_PARTITION", default=None, help="sbatch --partition."),
         click.option("--account", envvar="SYCOREC_ACCOUNT", default=None, help="sbatch --account."),
-        click.option("--sbatch-option", "extra", multiple=True, help="Extra `#SBATCH` option, e.g. --qos=high."),
+        SBATCH_OPTION,
+        CONTAINER_OPTION,
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _site(sif: str, hf_cache: str, hf_hub_cache: str | None, log_dir: str, partition, account, extra) -> jobs.Site:
+def _site(
+    sif: str,
+    hf_cache: str,
+    hf_hub_cache: str | None,
+    log_dir: str,
+    partition,
+    account,
+    extra,
+    container: str,
+) -> jobs.Site:
     repo = Path.cwd().resolve()
 
     def absolute(value: str) -> Path:
@@ -110,6 +138,7 @@ def _site(sif: str, hf_cache: str, hf_hub_cache: str | None, log_dir: str, parti
         partition=partition,
         account=account,
         extra_sbatch=tuple(extra),
+        container=container,
     )
 
 
@@ -148,12 +177,27 @@ def planned_stages(targets: list[str], upstream: bool, run_all: bool, root: Path
 @MAX_PARALLEL_OPTION
 @click.option("--wait", is_flag=True, help="Then poll sacct until every job completed (interrupt and re-run freely).")
 @click.option(
+    "--poll-s",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between sacct polls (--wait).",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the rendered scripts only: no preflight, nothing submitted or written."
 )
 @site_options
 @pass_config
 def submit(
-    cfg: Config, stages: str, upstream: bool, run_all: bool, max_parallel: int, wait: bool, dry_run: bool, **site
+    cfg: Config,
+    stages: str,
+    upstream: bool,
+    run_all: bool,
+    max_parallel: int,
+    wait: bool,
+    poll_s: float,
+    dry_run: bool,
+    **site,
 ) -> None:
     """Check everything the stages need, then submit one job per DVC stage as a chain of SLURM dependencies.
 
@@ -189,4 +233,9 @@ def submit(
 
     submitted = jobs.submit(planned, where, max_parallel=max_parallel, on_submit=report)
     if wait:
-        jobs.wait(submitted, where, on_done=lambda job, state: click.echo(f"{job.stage}: job {job.job_id} {state}"))
+        jobs.wait(
+            submitted,
+            where,
+            poll_s=poll_s,
+            on_done=lambda job, state: click.echo(f"{job.stage}: job {job.job_id} {state}"),
+        )

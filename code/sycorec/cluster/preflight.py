@@ -176,6 +176,12 @@ def image_problem(site: jobs.Site, root: Path) -> str | None:
     return None
 
 
+def venv_problem(site: jobs.Site) -> str | None:
+    """--container none runs the checkout's own .venv: it must be there (on storage the nodes share)."""
+    dvc = site.repo / ".venv" / "bin" / "dvc"
+    return None if dvc.is_file() else f"{dvc} not found (--container none runs the checkout's .venv): `make setup`"
+
+
 def _git(root: Path, *args: str, ok_codes: tuple[int, ...] = (0,)) -> str | None:
     try:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
@@ -208,20 +214,61 @@ def partition_limits(partition: str | None, runner: jobs.Runner = subprocess.run
     raise SycorecError("scontrol shows no default partition: pass --partition")
 
 
+def node_gpus(gres: str, gres_type: str | None) -> int:
+    """GPUs per node in one sinfo %G value (`gpu:h100:4(S:0-1),shard:8`), of the given type when one is asked for."""
+    best = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        typed = len(parts) == 3 and parts[1] == gres_type
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit() and (gres_type is None or typed):
+            best = max(best, int(parts[-1]))
+    return best
+
+
+def node_shapes(partition: str, runner: jobs.Runner) -> list[tuple[float, str]]:
+    """(memory in MB, GRES) of the partition's node groups, from `sinfo`."""
+    out = jobs._slurm(["sinfo", "--noheader", f"--partition={partition}", "--format=%m|%G"], runner).stdout
+    shapes = []
+    for line in out.splitlines():
+        memory, _, gres = line.strip().partition("|")
+        if memory.rstrip("+").isdigit():
+            shapes.append((float(memory.rstrip("+")), gres))
+    return shapes
+
+
+def job_partition(site: jobs.Site, job: jobs.StageJob) -> str | None:
+    """The partition the job goes to: the last --partition among the site's and the stage's options."""
+    named = [line.split("=", 1)[1] for line in [*site.sbatch_lines(), *job.sbatch] if line.startswith("--partition=")]
+    return named[-1] if named else None
+
+
 def limit_problems(stages: Sequence[str], cfg: Config, site: jobs.Site, runner: jobs.Runner) -> list[str]:
-    """Every job's --time and --mem fit the partition's MaxTime and MaxMemPerNode."""
-    name, fields = partition_limits(site.partition, runner)
+    """Every job fits its partition: --time its MaxTime, --mem its MaxMemPerNode and a node's memory, and its GPUs
+    (of the stage's type) a node's GRES."""
     stage_map = jobs.load_stage_map()
-    max_minutes = slurm_minutes(fields.get("MaxTime", "UNLIMITED"))
-    max_mem = fields.get("MaxMemPerNode", "UNLIMITED")
-    max_mem_mb = None if max_mem.upper() == "UNLIMITED" else float(max_mem)
-    problems = []
+    problems: list[str] = []
+    limits: dict[str | None, tuple[str, dict[str, str], list[tuple[float, str]]]] = {}
     for stage in stages:
         job = jobs.stage_job(stage, cfg, stage_map)
+        partition = job_partition(site, job)
+        if partition not in limits:
+            try:
+                name, fields = partition_limits(partition, runner)
+                limits[partition] = (name, fields, node_shapes(name, runner))
+            except SycorecError as err:  # off a SLURM host: one line, and the other checks still run
+                return [*problems, str(err)]
+        name, fields, shapes = limits[partition]
+        max_minutes = slurm_minutes(fields.get("MaxTime", "UNLIMITED"))
+        max_mem = fields.get("MaxMemPerNode", "UNLIMITED")
         if max_minutes is not None and (minutes := slurm_minutes(job.time)) and minutes > max_minutes:
             problems.append(f"{stage}: --time={job.time} exceeds partition {name}'s MaxTime={fields['MaxTime']}")
-        if max_mem_mb is not None and job.mem_gb * 1024 > max_mem_mb:
+        if max_mem.upper() != "UNLIMITED" and job.mem_gb * 1024 > float(max_mem):
             problems.append(f"{stage}: --mem={job.mem_gb}G exceeds partition {name}'s MaxMemPerNode={max_mem}M")
+        elif shapes and job.mem_gb * 1024 > (biggest := max(memory for memory, _ in shapes)):
+            problems.append(f"{stage}: --mem={job.mem_gb}G exceeds every node of partition {name} ({biggest:.0f}M)")
+        if job.gpus and shapes and job.gpus > max(node_gpus(gres, job.gres_type) for _, gres in shapes):
+            found = ", ".join(sorted({gres for _, gres in shapes}))
+            problems.append(f"{stage}: --gres={job.gres} fits no node of partition {name} (GRES: {found})")
     return problems
 
 
@@ -314,7 +361,7 @@ def check_slurm(
     """`sycorec slurm submit` on the login node: the common checks against the site's HF cache, then the image, the
     DVC cache and lock, and the partition's limits."""
     problems, _ = common_problems(stages, cfg, site.hub_cache)
-    if problem := image_problem(site, root):
+    if problem := (image_problem(site, root) if site.container == "apptainer" else venv_problem(site)):
         problems.append(problem)
     problems += [p for p in (dvc_cache_problem(root), flock_problem(root, max_parallel)) if p]
     problems += limit_problems(stages, cfg, site, runner)

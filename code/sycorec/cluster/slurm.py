@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 import shlex
 import subprocess
 import time
@@ -33,6 +34,10 @@ FINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"
 }  # fmt: skip
 JOB_PREFIX = "sycorec-"
+CONTAINERS = ("apptainer", "none")
+# An sbatch option as a site gives it (`--qos=high`, `--gres=gpu:h100:4`, `--nodelist=gpu[01-04]`): one option, no
+# shell metacharacters, quotes or spaces, so that it means the same in a `#SBATCH` line, a log and a shell.
+SBATCH_OPTION = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:@%/+=\[\]-]*)?")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Site:
     account: str | None = None
     extra_sbatch: tuple[str, ...] = ()
     hf_hub_cache: Path | None = None  # $HF_HUB_CACHE when it is set apart from $HF_HOME/hub
+    container: str = "apptainer"  # or "none": the checkout's .venv on shared storage
 
     @property
     def hub_cache(self) -> Path:
@@ -55,7 +61,16 @@ class Site:
     def sbatch_lines(self) -> list[str]:
         lines = [f"--partition={self.partition}"] if self.partition else []
         lines += [f"--account={self.account}"] if self.account else []
-        return lines + list(self.extra_sbatch)
+        return [sbatch_option(line) for line in lines + list(self.extra_sbatch)]
+
+
+def sbatch_option(text: str) -> str:
+    """One site or stage sbatch option, refused (before anything is submitted) unless it is one plain option."""
+    if not SBATCH_OPTION.fullmatch(str(_one_line("sbatch option", text))):
+        raise ConfigError(
+            f"sbatch option {text!r}: give one option as --name=value, without spaces, quotes or shell characters"
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,12 @@ class StageJob:
     mem_gb: int
     time: str
     serial: bool = False  # jobs of this family never run at once (they append to one shared cache)
+    gres_type: str | None = None  # a typed GPU request, gpu:<type>:<n> (e.g. the 72B judge on 80 GB GPUs)
+    sbatch: tuple[str, ...] = ()  # the stage's own sbatch options (after the site's, so they win)
+
+    @property
+    def gres(self) -> str:
+        return f"gpu:{self.gres_type}:{self.gpus}" if self.gres_type else f"gpu:{self.gpus}"
 
 
 def load_stage_map(slurm_dir: Path = SLURM_DIR) -> dict[str, Any]:
@@ -100,16 +121,29 @@ def stage_entry(stage: str, stage_map: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_job(stage: str, cfg: Config, stage_map: dict[str, Any]) -> StageJob:
-    """The job shape of one DVC stage."""
+    """The job shape of one DVC stage: its group's, with the stage entry's own `time`, `gres_type`, `constraint`
+    and `sbatch` options over it."""
     entry = stage_entry(stage, stage_map)
     group = stage_map["groups"][entry["group"]]
+    spec = {**group, **entry}
     gpus = _gpus(entry["gpus"], stage, cfg)
     if gpus:
         cpus, mem_gb = group["cpus_per_gpu"] * gpus, group["mem_per_gpu_gb"] * gpus
     else:
         cpus, mem_gb = group.get("cpus", 8), group.get("mem_gb", 32)
+    options = [f"--constraint={spec['constraint']}"] if spec.get("constraint") else []
+    options += list(spec.get("sbatch", []))
     return StageJob(
-        stage, entry["group"], group["template"], gpus, cpus, mem_gb, group["time"], bool(entry.get("serial"))
+        stage,
+        entry["group"],
+        group["template"],
+        gpus,
+        cpus,
+        mem_gb,
+        spec["time"],
+        bool(entry.get("serial")),
+        spec.get("gres_type"),
+        tuple(sbatch_option(str(option)) for option in options),
     )
 
 
@@ -142,17 +176,21 @@ def render(stage: str, cfg: Config, site: Site, slurm_dir: Path = SLURM_DIR) -> 
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    if site.container not in CONTAINERS:
+        raise ConfigError(f"container {site.container!r}: choose one of {', '.join(CONTAINERS)}")
     requeue = stage_map["requeue"]
     values = {
         "stage": stage,
         "group": job.group,
         "job_name": JOB_PREFIX + job_name(stage),
         "gpus": job.gpus,
+        "gres": sbatch_option(f"--gres={job.gres}").partition("=")[2],
         "cpus": job.cpus,
         "mem": f"{job.mem_gb}G",
         "time": job.time,
         "log_dir": site.log_dir,
-        "extra_sbatch": [_one_line("sbatch option", line) for line in site.sbatch_lines()],
+        "extra_sbatch": site.sbatch_lines() + list(job.sbatch),
+        "container": site.container,
         "repo": site.repo,
         "sif": site.sif,
         "hf_cache": site.hf_cache,
