@@ -844,12 +844,13 @@ def validate(raw: dict[str, Any]) -> Config:
 
 
 @lru_cache(maxsize=8)
-def _load_cached(params: str, profile: str | None, mtime: float) -> Config:
+def _load_cached(params: str, profile: str | None, version: tuple[int, ...]) -> Config:
     return validate(resolve_raw(params, profile))
 
 
 def load_config(params: str | Path = PARAMS_FILE, profile: str | None = None) -> Config:
-    """Load and validate once per (file, profile, mtime)."""
+    """Load and validate once per (file, profile, version of the file)."""
     path = Path(params).resolve()
-    mtime = path.stat().st_mtime if path.exists() else 0.0
-    return _load_cached(str(path), profile, mtime)
+    # mtime alone misses a rewrite within one clock tick; an atomic rewrite also changes the inode
+    version = (lambda st: (st.st_mtime_ns, st.st_size, st.st_ino))(path.stat()) if path.exists() else ()
+    return _load_cached(str(path), profile, version)
