@@ -852,5 +852,6 @@ def load_config(params: str | Path = PARAMS_FILE, profile: str | None = None) ->
     """Load and validate once per (file, profile, version of the file)."""
     path = Path(params).resolve()
     # mtime alone misses a rewrite within one clock tick; an atomic rewrite also changes the inode
-    version = (lambda st: (st.st_mtime_ns, st.st_size, st.st_ino))(path.stat()) if path.exists() else ()
+    stat = path.stat() if path.exists() else None
+    version = (stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else ()
     return _load_cached(str(path), profile, version)

@@ -117,17 +117,9 @@ def lora_config(cfg: Config, task: str = "CAUSAL_LM", modules_to_save: list[str]
 # --------------------------------------------------------------------------- resume
 
 
-# The train.* sections each run reads besides train.common (GRPO's reward reads train.rm; relearning takes SFT's loss).
-RUN_READS = {
-    "pretrain_tiny": ("pretrain_tiny",),
-    "sft": ("sft",),
-    "dpo": ("dpo",),
-    "simpo": ("simpo",),
-    "ipo": ("ipo",),
-    "rm": ("rm",),
-    "grpo": ("grpo", "rm"),
-    "relearn": ("relearn", "sft"),
-}
+# The train.* sections a run reads besides train.common and its own (GRPO's reward reads train.rm; relearning takes
+# SFT's loss). A preference method reads its own row of the method table.
+ALSO_READS = {"grpo": ("rm",), "relearn": ("sft",)}
 
 
 def train_params_read(cfg: Config, run: str) -> dict[str, Any]:
@@ -135,7 +127,7 @@ def train_params_read(cfg: Config, run: str) -> dict[str, Any]:
     edit of another stage's params keeps this run's checkpoints."""
     kind, _, version = run.partition("_") if run.startswith(("grpo_", "relearn_")) else (run, "", "")
     train = cfg.train.model_dump(mode="json")
-    read = {name: train[name] for name in ("common", *RUN_READS[kind])}
+    read = {name: train[name] for name in ("common", kind, *ALSO_READS.get(kind, ()))}
     if kind == "grpo":
         read["grpo"]["versions"] = {version: read["grpo"]["versions"][version]}
     return read
