@@ -101,7 +101,8 @@ def direction_summary(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     for direction in DIRECTIONS:
         per_path = {}
         for path in paths:
-            runs = list(record["paths"][path]["runs"].values())  # a failed run counts as a miss
+            # a failed run counts as a miss; a run without the reading (a method that path did not sweep) not at all
+            runs = [r for r in record["paths"][path]["runs"].values() if FAILED in r or direction.delta(r) is not None]
             deltas = [d for run in runs if FAILED not in run and (d := direction.delta(run)) is not None]
             per_path[path] = {"holds": sum(d > 0 for d in deltas), "runs": len(runs)}
         deltas = [d for run in all_runs(record) if (d := direction.delta(run)) is not None]
@@ -111,8 +112,9 @@ def direction_summary(record: Mapping[str, Any]) -> list[dict[str, Any]]:
             # never above a recorded run's change: each run the record holds would pass the e2e test
             bound = min(stats["mean"] - Z * stats["sd"], stats["min"])
             margin = math.floor(bound * 100) / 100 if bound > 0 else None
-        robust = bool(paths) and all(
-            c["holds"] >= c["runs"] - max(1, math.floor(MISS_SHARE * c["runs"])) for c in per_path.values()
+        robust = bool(paths) and all(  # every path swept it
+            c["runs"] and c["holds"] >= c["runs"] - max(1, math.floor(MISS_SHARE * c["runs"]))
+            for c in per_path.values()
         )
         out.append(
             {
@@ -167,7 +169,7 @@ def markdown(record: Mapping[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for d in direction_summary(record):
-        holds = ", ".join(f"{c['holds']}/{c['runs']}" for c in d["per_path"].values())
+        holds = ", ".join(f"{c['holds']}/{c['runs']}" if c["runs"] else "–" for c in d["per_path"].values())
         change = "n/a" if d["change"] is None else f"{d['change']['mean']:+.3f} ± {d['change']['sd']:.3f}"
         margin = f"> {d['margin']:.2f}" if d["asserted"] else "not asserted"
         lines.append(f"| {d['direction']} | {holds} | {change} | {margin} |")
