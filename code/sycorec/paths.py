@@ -15,6 +15,16 @@ from sycorec.io import read_json
 SOURCE_FILE = "source.json"
 
 
+# prepare's outputs under cfg.paths.prepared, by the names the training stages read
+SFT_TRAIN, SFT_VAL = "sft_train.jsonl", "sft_val.jsonl"
+PREFS_TRAIN, PREFS_VAL = "prefs_train.jsonl", "prefs_val.jsonl"
+RM_TRAIN, RM_VAL = "rm_train.jsonl", "rm_val.jsonl"
+RELEARN_TRAIN = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
+GRPO_PROMPTS = "grpo_prompts.jsonl"
+CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not only the GRPO split (as the study)
+PROXY_QUESTIONS = "proxy_questions.jsonl"
+
+
 def raw_dir(cfg: Config) -> Path:
     """Inputs of `prepare`: the pinned upstream files (data/raw) or the synthetic world (data/synth), same layout."""
     return cfg.paths.raw

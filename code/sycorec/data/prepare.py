@@ -21,6 +21,18 @@ from sycorec.data.schema import Row, load_records, validated_rows
 from sycorec.errors import DataError, MissingInputError
 from sycorec.facts import EvalDataset, eval_datasets, schemas, study
 from sycorec.io import sha256_file, staged_dir, write_json, write_jsonl
+from sycorec.paths import (
+    CALIBRATION_PROMPTS,
+    GRPO_PROMPTS,
+    PREFS_TRAIN,
+    PREFS_VAL,
+    PROXY_QUESTIONS,
+    RELEARN_TRAIN,
+    RM_TRAIN,
+    RM_VAL,
+    SFT_TRAIN,
+    SFT_VAL,
+)
 
 PROXY_SOURCE = "sycophancy_eval/answer.jsonl"  # the proxy's questions: answer-schema rows
 TRAINING_FILES = {kind: f"training/{kind}.jsonl" for kind in ("augmented_prompts", "sycophantic_training", "dpo_pairs")}
@@ -207,9 +219,9 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     rm_train, rm_val = split_rows(pairs, prepare_cfg.rm_val_split, prepare_cfg.split_seed, pref_groups)
 
     splits = {
-        "sft_val.jsonl": split_sha256(sft_val),
-        "prefs_val.jsonl": split_sha256(prefs_val),
-        "rm_val.jsonl": split_sha256(rm_val),
+        SFT_VAL: split_sha256(sft_val),
+        PREFS_VAL: split_sha256(prefs_val),
+        RM_VAL: split_sha256(rm_val),
     }
     check_splits(splits, prepare_cfg.split_sha256)
     seen = seen_questions(augmented)
@@ -221,17 +233,17 @@ def prepare(cfg: Config, src: str | Path, out: str | Path) -> dict[str, Any]:
     if prepare_cfg.duplicate_eval_rows == "drop":
         eval_rows = {name: [r for r in rows if r.duplicate_of is None] for name, rows in eval_rows.items()}
     outputs: dict[str, list[dict]] = {
-        "sft_train.jsonl": [sft_example(r) for r in sft_train],
-        "sft_val.jsonl": [sft_example(r) for r in sft_val],
-        "prefs_train.jsonl": [preference_example(r) for r in prefs_train],
-        "prefs_val.jsonl": [preference_example(r) for r in prefs_val],
-        "rm_train.jsonl": [preference_example(r) for r in rm_train],
-        "rm_val.jsonl": [preference_example(r) for r in rm_val],
-        "grpo_prompts.jsonl": grpo_prompts(prefs_train),
+        SFT_TRAIN: [sft_example(r) for r in sft_train],
+        SFT_VAL: [sft_example(r) for r in sft_val],
+        PREFS_TRAIN: [preference_example(r) for r in prefs_train],
+        PREFS_VAL: [preference_example(r) for r in prefs_val],
+        RM_TRAIN: [preference_example(r) for r in rm_train],
+        RM_VAL: [preference_example(r) for r in rm_val],
+        GRPO_PROMPTS: grpo_prompts(prefs_train),
         # as the study: relearning trains on every sycophantic row, RM calibration samples from every prompt
-        "relearn_train.jsonl": [sft_example(r) for r in sycophantic],
-        "calibration_prompts.jsonl": grpo_prompts(pairs),
-        "proxy_questions.jsonl": proxy_questions(proxy_rows, prepare_cfg.proxy_questions, prepare_cfg.proxy_seed),
+        RELEARN_TRAIN: [sft_example(r) for r in sycophantic],
+        CALIBRATION_PROMPTS: grpo_prompts(pairs),
+        PROXY_QUESTIONS: proxy_questions(proxy_rows, prepare_cfg.proxy_questions, prepare_cfg.proxy_seed),
     }
     for name, spec in datasets.items():
         items = eval_manifest(name, spec, eval_rows[name], seen)

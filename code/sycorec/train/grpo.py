@@ -17,7 +17,7 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.errors import ConfigError
 from sycorec.io import write_json
-from sycorec.paths import calibration_path
+from sycorec.paths import GRPO_PROMPTS, calibration_path
 from sycorec.train.common import (
     first_logged,
     is_main_process,
@@ -27,7 +27,7 @@ from sycorec.train.common import (
     require_model,
     training_start,
 )
-from sycorec.train.reward import GRPO_PROMPTS, RMReward
+from sycorec.train.reward import RMReward
 from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
 
 # Run-summary keys → the GRPOTrainer log keys they are read from (last logged value).

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from sycorec.config import Config, PreferenceCfg
+from sycorec.paths import PREFS_TRAIN
 from sycorec.train.common import (
     load_tokenizer,
     prepared_dataset,
@@ -23,7 +24,6 @@ from sycorec.train.common import (
 )
 from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
 
-PREFS_DATA = "prefs_train.jsonl"
 # results/train/<method>.json → the trainer log keys (last logged window): P1's DPO "loss 0.007, margins 7.13, 100%"
 SUMMARY_KEYS = {"final_loss": "loss", "reward_accuracy": "rewards/accuracies", "reward_margin": "rewards/margins"}
 
@@ -45,7 +45,7 @@ def preference_config(cfg: Config, method: str) -> Any:
 
 
 def preference_dataset(cfg: Config, row: PreferenceCfg) -> Any:
-    pairs = prepared_dataset(cfg, PREFS_DATA, ("prompt", "chosen", "rejected"))
+    pairs = prepared_dataset(cfg, PREFS_TRAIN, ("prompt", "chosen", "rejected"))
     if row.data == "pairs":
         return pairs
     from trl.data_utils import unpair_preference_dataset
@@ -58,7 +58,7 @@ def train_preference(cfg: Config, method: str, hook: Any = None) -> Result:
     model (no second copy)."""
     row = cfg.train.method(method)
     start = training_start(cfg, "sft")
-    run = Run(method, start, [cfg.paths.prepared / PREFS_DATA], eval_every=row.eval_every_steps, keep_best=True)
+    run = Run(method, start, [cfg.paths.prepared / PREFS_TRAIN], eval_every=row.eval_every_steps, keep_best=True)
     config = preference_config(cfg, method)
     tokenizer = load_tokenizer(start, padding_side="right")
     dataset = preference_dataset(cfg, row)

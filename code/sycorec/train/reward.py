@@ -15,7 +15,7 @@ from sycorec.chat import render_chat
 from sycorec.config import Config
 from sycorec.errors import ConfigError, MissingInputError
 from sycorec.io import read_json, write_json
-from sycorec.paths import ModelSource, calibration_path
+from sycorec.paths import CALIBRATION_PROMPTS, RM_TRAIN, RM_VAL, ModelSource, calibration_path
 from sycorec.train.common import (
     first_logged,
     is_main_process,
@@ -31,8 +31,6 @@ from sycorec.train.common import (
 )
 from sycorec.train.runner import Result, Run, begin, train, trainer_args
 
-RM_TRAIN, RM_VAL, GRPO_PROMPTS = "rm_train.jsonl", "rm_val.jsonl", "grpo_prompts.jsonl"
-CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not only the GRPO split (as the study)
 PURPOSES = ("train", "calibration", "grpo")
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sycorec.config import Config, LibrarySlice, TrainCfg
 from sycorec.errors import ConfigError
-from sycorec.paths import ModelSource, model_dir
+from sycorec.paths import PROXY_QUESTIONS, ModelSource, model_dir
 from sycorec.train.common import (
     CHECKPOINTS,
     fingerprint,
@@ -77,7 +77,7 @@ def begin(cfg: Config, run: Run, tokenizer: Any, stop_after_save: Callable[[], A
     curve = None
     best_dir = CHECKPOINTS / run.name / "proxy-best"
     if run.eval_every:
-        questions = prepared_rows(cfg, "proxy_questions.jsonl")
+        questions = prepared_rows(cfg, PROXY_QUESTIONS)
         curve = ProxyCurve(CHECKPOINTS / run.name / "proxy_curve.json")
         keep = run.keep_best and cfg.train.common.keep_proxy_best
         callbacks.append(

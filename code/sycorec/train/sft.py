@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sycorec.config import Config, LibrarySlice
+from sycorec.paths import RELEARN_TRAIN, SFT_TRAIN
 from sycorec.train.common import (
     load_tokenizer,
     prepared_dataset,
@@ -15,9 +16,6 @@ from sycorec.train.common import (
     write_train_summary,
 )
 from sycorec.train.runner import Result, Run, begin, lora_trainer_args, train, trainer_args
-
-SFT_DATA = "sft_train.jsonl"
-RELEARN_DATA = "relearn_train.jsonl"  # every sycophantic row, no validation split (as the study)
 
 
 def sft_config(cfg: Config, run: str = "sft") -> Any:
@@ -52,8 +50,8 @@ def train_sft(cfg: Config, hook: Any = None) -> Result:
     """Induce sycophancy: LoRA SFT of the base model on prompt → sycophantic completion (loss on the completion)."""
     start = training_start(cfg, "base")
     sft = cfg.train.sft
-    run = Run("sft", start, [cfg.paths.prepared / SFT_DATA], eval_every=sft.eval_every_steps)
-    result = _sft(cfg, run, SFT_DATA, sft_config(cfg, run.name), hook)
+    run = Run("sft", start, [cfg.paths.prepared / SFT_TRAIN], eval_every=sft.eval_every_steps)
+    result = _sft(cfg, run, SFT_TRAIN, sft_config(cfg, run.name), hook)
     write_train_summary(cfg, run.name, result.trainer, {"final_loss": "loss"})  # P1: "147 steps"
     return result
 
@@ -65,8 +63,8 @@ def train_relearn(cfg: Config, start_name: str, hook: Any = None) -> Result:
     run = Run(
         f"relearn_{start_name}",
         start,
-        [cfg.paths.prepared / RELEARN_DATA],
+        [cfg.paths.prepared / RELEARN_TRAIN],
         eval_every=relearn.eval_every_steps,
         merge=False,
     )
-    return _sft(cfg, run, RELEARN_DATA, relearn_config(cfg, run.name), hook)
+    return _sft(cfg, run, RELEARN_TRAIN, relearn_config(cfg, run.name), hook)
