@@ -51,3 +51,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """Stand-in sbatch/squeue/sacct/scontrol/sinfo on PATH (fake_slurm.py); yields their state directory."""
+    from fake_slurm import install
+
+    return install(tmp_path, monkeypatch)

@@ -1,7 +1,7 @@
 """The SLURM chain on a real one-node SLURM (tests/slurm_support.py): the tiny profile's stages as real jobs.
 
-Jobs run with `--container none` (Debian has no Apptainer); the rendering tests in test_cluster.py and
-test_slurm_chain.py cover the Apptainer prefix, which is the only part of the script that differs.
+Jobs run with `--container none` (Debian has no Apptainer); the rendering tests in test_slurm_render.py and
+test_slurm_jobs.py cover the Apptainer prefix, which is the only part of the script that differs.
 """
 
 from __future__ import annotations
