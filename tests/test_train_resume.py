@@ -208,9 +208,9 @@ def test_a_damaged_run_file_starts_afresh_instead_of_blocking_every_rerun(tmp_pa
     run = CHECKPOINTS / "x"
     _complete_checkpoint(run / "checkpoint-2")
     (run / "run.json").write_bytes(b'{"fingerprint": "new\xff')
-    assert prepare_checkpoints("x", "new") is None
+    assert prepare_checkpoints("x", "new", Path("outputs/models/x")) is None
     assert "x: params or inputs changed since its checkpoints were saved (or " in capfd.readouterr().err
-    assert json.loads((run / "run.json").read_text()) == {"fingerprint": "new"}
+    assert json.loads((run / "run.json").read_text()) == {"fingerprint": "new", "output": "outputs/models/x"}
 
 
 def test_prepare_checkpoints_resumes_the_newest_complete_and_drops_stale_ones(tmp_path, monkeypatch, capfd):
