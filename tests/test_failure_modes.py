@@ -21,6 +21,21 @@ from sycorec.io import WEIGHTS_RECORD, seal_weights, staged_dir, write_json, wri
 from sycorec.paths import generations_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sycorec(cwd: Path, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    """`sycorec ARGS` in a new interpreter that runs this checkout's code, with `env` over this environment."""
+    path = os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "sycorec", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+        **kw,
+    )
+
+
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 EFBIG = OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # the file size limit (`ulimit -f`)
 
@@ -239,15 +254,8 @@ def test_a_file_or_folder_this_user_may_not_use_is_one_line(tmp_path, monkeypatc
 def test_a_read_only_data_folder_is_one_line_for_a_plain_user(tmp_path):
     root = synth_root(tmp_path)
     (root / "data").chmod(0o555)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "sycorec", "--profile", "tiny", "data", "prepare"],
-            capture_output=True,
-            text=True,
-            cwd=root,
-            env=env,
-        )
+        proc = run_sycorec(root, "--profile", "tiny", "data", "prepare")
     finally:
         (root / "data").chmod(0o755)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -268,16 +276,8 @@ def test_a_read_only_data_folder_is_one_line_for_a_plain_user(tmp_path):
 )
 def test_train_base_without_a_reachable_hub_is_one_line(tmp_path, network):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    env = {
-        **os.environ,
-        "HF_HOME": str(tmp_path / "hf"),  # nothing cached
-        **network,
-        "HF_HUB_OFFLINE": "0",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "sycorec", "train", "base"], capture_output=True, text=True, cwd=tmp_path, env=env
-    )
+    env = {"HF_HOME": str(tmp_path / "hf"), **network, "HF_HUB_OFFLINE": "0"}  # nothing cached
+    proc = run_sycorec(tmp_path, "train", "base", env=env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -374,15 +374,7 @@ def test_a_file_size_limit_in_training_is_one_line_and_leaves_no_model(tmp_path,
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "code"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sycorec", "--profile", "tiny", "train", "sft"],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env=env,
-        preexec_fn=limited,
-    )
+    proc = run_sycorec(root, "--profile", "tiny", "train", "sft", preexec_fn=limited)
     errors = [line[line.index("error:") :] for line in proc.stderr.splitlines() if "error:" in line]  # after tqdm's
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith(f"error: {needle}"), proc.stderr
