@@ -15,8 +15,6 @@ from sycorec.io import read_json
 from sycorec.train.common import checkpoint_problem, prepare_checkpoints, sort_adapter_config
 from train_support import Killed, killer, make_run_root, tiny_config
 
-pytestmark = pytest.mark.slow  # trains and kills the tiny model
-
 torch = pytest.importorskip("torch")
 
 # 16 rows in batches of 4: 4 steps an epoch, 8 in all, a checkpoint every 2 steps. A kill after the save at step 6
@@ -76,6 +74,7 @@ def _killed_at_step(path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # trains and kills the tiny model
 def test_mid_epoch_kill_resumes_bit_identical(reference, tmp_path, capfd):
     root = _killed_at_step(tmp_path / "resumed")
     assert not (root / "outputs/models/sft").exists()  # nothing half-written
@@ -91,6 +90,7 @@ def test_mid_epoch_kill_resumes_bit_identical(reference, tmp_path, capfd):
     assert (root / f"outputs/checkpoints/sft/checkpoint-{STEPS}").is_dir()  # kept until DVC commits the model
 
 
+@pytest.mark.slow  # trains and kills the tiny model
 def test_a_finished_run_whose_commit_failed_is_not_trained_again(reference, tmp_path, capfd):
     """DVC removes a stage's outputs before running it again (as after a commit that failed): the re-run resumes
     at the final step, trains nothing and saves the same model."""
@@ -125,6 +125,7 @@ def _zero_middle(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow  # trains and kills the tiny model
 @pytest.mark.parametrize(
     ("tear", "why"),
     [
@@ -147,6 +148,7 @@ def test_torn_checkpoint_is_skipped_for_the_newest_complete_one(reference, tmp_p
     assert_same_weights(reference / "outputs/models/sft", root / "outputs/models/sft")
 
 
+@pytest.mark.slow  # trains and kills the tiny model
 def test_same_inputs_give_the_same_model_directory_hash(reference, tmp_path):
     root = make_run_root(tmp_path / "again")
     train_sft_in(root)
