@@ -6,7 +6,10 @@ import csv
 import hashlib
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +235,32 @@ def test_cli_prepare_refuses_upstream_inputs_that_fetch_did_not_verify(run_root)
     result = CliRunner().invoke(main, ["data", "prepare"])
     assert result.exit_code == 2 and "sycophancy_eval/answer.jsonl: not in MANIFEST.json" in result.output
     assert not (run_root / "data/prepared").exists()
+
+
+@pytest.mark.slow  # two DVC runs of the project's own pipeline
+def test_a_plain_dvc_repro_never_records_unverified_inputs_in_data_dvc(run_root):
+    """Unverified files in data/raw: `prepare` refuses, and data.dvc (git-tracked) keeps what `make data` recorded."""
+    for name in ("dvc.yaml", "data.dvc"):
+        shutil.copy(ROOT / name, run_root / name)
+    shutil.copytree(ROOT / "code", run_root / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=run_root, env=env, capture_output=True, text=True)
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    make_raw(run_root / "data/raw")  # no MANIFEST.json: not fetched, not verified
+    recorded = (run_root / "data.dvc").read_bytes()
+    repro = run(sys.executable, "-m", "dvc", "repro", "prepare")
+    assert repro.returncode != 0 and "so `sycorec data fetch` did not verify these inputs" in repro.stderr
+    plain = run(sys.executable, "-m", "dvc", "repro")
+    assert plain.returncode != 0
+    assert (run_root / "data.dvc").read_bytes() == recorded
+    assert run("git", "status", "--porcelain", "data.dvc").stdout == ""
+    assert "data.dvc" not in run(sys.executable, "-m", "dvc", "repro", "--dry").stdout
 
 
 def test_duplicate_eval_rows_rule(tmp_path, cfg):

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from sycorec.data.prepare import eval_manifest, proportional_sample, proxy_quest
 from sycorec.data.schema import validated_rows
 from sycorec.errors import DataError
 from sycorec.evaluation.items import challenge_text, letters_of, unanswerable
-from sycorec.evaluation.judge import Request, RuleJudge, build_prompt, judgment_row, template_key
+from sycorec.evaluation.judge import Request, RuleJudge, build_prompt, check_fetched_prompts, judgment_row, template_key
 from sycorec.facts import mc_letters, registry
 from sycorec.facts.judge_templates import PromptSet, load_prompt_set, own_prompts, placeholders
 
@@ -172,8 +173,8 @@ def test_as_run_letters_leave_rows_past_e_unanswerable(items):
 
 
 @pytest.fixture(scope="module")
-def study_prompts(tmp_path_factory) -> PromptSet:
-    """The look-alike fetched as the pinned input is: through `data fetch --mirror`, verified, then read with ast."""
+def fetched_raw(tmp_path_factory) -> Path:
+    """The look-alike fetched as the pinned input is: through `data fetch --mirror`, verified."""
     tmp = tmp_path_factory.mktemp("fetch")
     mirror = tmp / "mirror"
     (mirror / "study").mkdir(parents=True)
@@ -186,7 +187,28 @@ def study_prompts(tmp_path_factory) -> PromptSet:
     entry = manifest["files"]["study/judge_prompts.py"]
     assert entry["rows"] == 5 and entry["revision"] == STUDY_COMMIT and len(entry["sha256"]) == 64
     assert entry["source"].endswith(f"/JNK234/sycophancy-recovery-study/{STUDY_COMMIT}/src/evaluation/judge_prompts.py")
-    return load_prompt_set("study", tmp / "raw")
+    return tmp / "raw"
+
+
+@pytest.fixture(scope="module")
+def study_prompts(fetched_raw) -> PromptSet:
+    """The fetched look-alike, read with ast."""
+    return load_prompt_set("study", fetched_raw)
+
+
+def test_the_judge_refuses_study_prompts_edited_after_fetch(fetched_raw, tmp_path):
+    """DVC does not re-hash data/raw for the judge stages (paths.raw_dep): the judge checks it against the manifest."""
+    raw = shutil.copytree(fetched_raw, tmp_path / "raw")
+    cfg = load_config(REPO / "params.yaml")
+    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"raw": raw})})
+    check_fetched_prompts(cfg)  # as fetched
+    with (raw / "study/judge_prompts.py").open("a") as fh:
+        fh.write("# edited\n")
+    with pytest.raises(DataError, match=r"judge_prompts\.py: changed since `sycorec data fetch` verified it"):
+        check_fetched_prompts(cfg)
+    (raw / "MANIFEST.json").unlink()
+    with pytest.raises(DataError, match=r"MANIFEST\.json: no verified record of study/judge_prompts\.py"):
+        check_fetched_prompts(cfg)
 
 
 def _request(item: dict) -> Request:

@@ -51,6 +51,7 @@ PROFILE_MAY_OVERRIDE = (
     # which run it is, and where its data and base model come from
     "profile",
     "paths.raw",
+    "paths.raw_dep",
     "data.source",
     "data.synth.*",
     "base_model.name",
@@ -122,6 +123,7 @@ class Section(BaseModel):
 
 class Paths(Section):
     raw: Path
+    raw_dep: Path  # what DVC tracks for paths.raw (params.yaml says why it is not data/raw at full scale)
     prepared: Path
     models: Path
     eval: Path

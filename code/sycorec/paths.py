@@ -25,6 +25,10 @@ CALIBRATION_PROMPTS = "calibration_prompts.jsonl"  # every unique prompt, not on
 PROXY_QUESTIONS = "proxy_questions.jsonl"
 
 
+# `data fetch` writes it into data/raw: each fetched file's source, revision and sha256
+RAW_MANIFEST = "MANIFEST.json"
+
+
 def raw_dir(cfg: Config) -> Path:
     """Inputs of `prepare`: the pinned upstream files (data/raw) or the synthetic world (data/synth), same layout."""
     return cfg.paths.raw

@@ -25,8 +25,8 @@ from sycorec.data.schema import validated_rows
 from sycorec.errors import DataError
 from sycorec.hub import PIN_COMMAND, is_commit
 from sycorec.io import staged_dir, write_json
+from sycorec.paths import RAW_MANIFEST as MANIFEST
 
-MANIFEST = "MANIFEST.json"
 _CHUNK = 1 << 20
 
 

@@ -27,10 +27,10 @@ from sycorec.evaluation.backends import sampling_params
 from sycorec.evaluation.items import load_manifest, suggestion
 from sycorec.evaluation.store import AppendStore, recover_rows
 from sycorec.facts import WORLD_FILE, EvalDataset, Verdict, eval_datasets, study, world
-from sycorec.facts.judge_templates import PromptSet, fill, load_prompt_set, template_regex
+from sycorec.facts.judge_templates import PromptSet, fill, load_prompt_set, study_prompts_path, template_regex
 from sycorec.hub import require_gpu, resolve_snapshot
-from sycorec.io import sha256_file, sha256_text, write_jsonl
-from sycorec.paths import generations_path, judge_cache_path, judgments_path, raw_dir
+from sycorec.io import read_json, sha256_file, sha256_text, write_jsonl
+from sycorec.paths import RAW_MANIFEST, generations_path, judge_cache_path, judgments_path, raw_dir
 
 JUDGE_CHUNK = 1024  # prompts per judge call between cache appends
 
@@ -360,7 +360,23 @@ class LLMJudge:
             yield [(start + i, texts.get(i, "")) for i in range(len(chunk))]
 
 
+def check_fetched_prompts(cfg: Config) -> None:
+    """The study's prompt file must still be the one `data fetch` verified: DVC does not re-hash data/raw for this
+    stage (params.yaml, paths.raw_dep), so a later hand edit would otherwise be read unchecked."""
+    if cfg.judge.prompts != "study" or cfg.data.source != "fetch":
+        return
+    raw = raw_dir(cfg)
+    path, name = study_prompts_path(raw), study_prompts_path(raw).relative_to(raw).as_posix()
+    try:
+        recorded = read_json(raw / RAW_MANIFEST)["files"][name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{raw}/{RAW_MANIFEST}: no verified record of {name}; run `make data`") from None
+    if path.is_file() and sha256_file(path) != recorded:
+        raise DataError(f"{path}: changed since `sycorec data fetch` verified it (sha256 differs); run `make data`")
+
+
 def make_judge(cfg: Config) -> RuleJudge | LLMJudge:
+    check_fetched_prompts(cfg)
     prompts = load_prompt_set(cfg.judge.prompts, raw_dir(cfg))
     return RuleJudge(prompts) if cfg.judge.backend == "rule" else LLMJudge(cfg, prompts)
 
