@@ -137,6 +137,15 @@ BAD_CASES = {
         _set("probing.runs.R6.models", ["base", "sft", "nope"]),
         "probing.runs.R6.models names models",
     ),
+    "probing beyond an unknown run": (_set("probing.beyond.run", "R9"), "probing.beyond.run: 'R9' is not in"),
+    "probing beyond a model not evaluated": (
+        _set("probing.beyond.models", ["kto"]),
+        "probing.beyond.models names models not in models: ['kto']",
+    ),
+    "probing beyond a model the run probes": (
+        _set("probing.beyond.models", ["dpo"]),
+        "probing.beyond.models: ['dpo'] already probed by probing.runs.R6",
+    ),
     "infinite learning rate": (
         _set("train.sft.learning_rate", float("inf")),
         "train.sft.learning_rate: input should be a finite number",

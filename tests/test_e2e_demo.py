@@ -191,14 +191,16 @@ def test_the_demo_is_a_dvc_sandbox_for_experiments(demo):
 
 def test_methods_beyond_the_study_flow_through_params_alone(demo):
     """KTO and ORPO, rows of the method table, are added by params alone (`sycorec demo --set`, a DVC experiment with
-    warm stages): they are trained, evaluated, listed by `dvc metrics show`, and reported beyond the study's tables."""
+    warm stages): they are trained, evaluated, probed as R6 probes the study's models, listed by `dvc metrics show`,
+    reported beyond the study's tables and compared with `sycorec compare --join`."""
     params = yaml.safe_load((demo / "params.yaml").read_text())
     methods = [*params["train"]["preference"]["methods"], "kto", "orpo"]
     models = [*params["models"], "kto", "orpo"]
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "sycorec", "demo", "--profile", "tiny", "--dir", str(demo), "--name", "beyond",
-             "--set", f"train.preference.methods=[{','.join(methods)}]", "--set", f"models=[{','.join(models)}]"],
+             "--set", f"train.preference.methods=[{','.join(methods)}]", "--set", f"models=[{','.join(models)}]",
+             "--set", "probing.beyond.models=[kto,orpo]"],
             cwd=ROOT, capture_output=True, text=True, timeout=1800,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -210,6 +212,24 @@ def test_methods_beyond_the_study_flow_through_params_alone(demo):
         for method in ("kto", "orpo"):
             assert method in beyond and method in page
             assert 0.0 <= _metrics(demo, method)["answer_sycophancy_rate"] <= 1.0
+            # probed on R6's prompts, or (a method that broke the tiny model, as KTO does on some seeds) said why not
+            summary = json.loads((demo / "results" / "probing" / f"R6+{method}" / "summary.json").read_text())
+            if "not_probed" in summary:
+                assert summary["not_probed"].startswith(f"{method}: the ")
+            else:
+                assert 0.0 <= summary["transfer"][method]["peak_auroc"] <= 1.0
+                assert f"probing/R6+{method}/probe_layer_auroc.png" in page
+        assert "Own-model mean AUROC (R6 prompts)" in beyond and "SFT→X peak transfer (R6 prompts)" in beyond
+        joined = subprocess.run(
+            [sys.executable, "-m", "sycorec", "compare", "sft", "kto", "--join", "--json"],
+            cwd=demo, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        report = json.loads(joined.stdout)
+        deltas = {r["metric"]: r for r in report["metrics"]}
+        assert deltas["answer_sycophancy_rate"]["kto"] == _metrics(demo, "kto")["answer_sycophancy_rate"]
+        corrected = report["corrected_errors"]["all"]
+        assert corrected["n"] > 0 and (corrected["fraction"] is None or 0.0 <= corrected["fraction"] <= 1.0)
     finally:
         subprocess.run(["git", "checkout", "-q", "HEAD", "--", "."], cwd=demo, check=True)
         _dvc(demo, "checkout", "-q", "-f")

@@ -84,7 +84,8 @@ PROBE_INPUTS = {"templates", "sample_seed", "val_fraction", "batch_size", "max_l
 LEAF_BY_LEAF = {
     ("train_rm", "train.rm"): {"calibration", "text_format"},  # rm_calibrate and the GRPO reward
     ("train_grpo", "train.grpo"): set(),  # versions: each version's own
-    ("probe_analyze", "probing"): PROBE_INPUTS,  # they reach it through prompts.json and the activations
+    ("probe_analyze", "probing"): PROBE_INPUTS | {"beyond"},  # through prompts.json and the activations; probe_beyond's
+    ("probe_beyond", "probing"): {"runs", "templates", "sample_seed", "val_fraction"},  # through the run's prompts.json
 }
 
 

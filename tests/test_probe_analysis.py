@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from sycorec.cli import main
 from sycorec.config import load_config
+from sycorec.errors import DataError
 from sycorec.paths import activations_path
 from sycorec.probe import figures as probe_figures
 from sycorec.probe import synthetic
@@ -227,3 +228,28 @@ def test_layer_axes_have_integer_ticks(results: dict, tmp_path: Path, monkeypatc
         assert ticks == [float(i) for i in range(LAYERS)], ticks
     for fig in drawn:
         plt.close(fig)
+
+
+def test_a_model_with_one_class_is_not_probed_and_the_rest_stand(results: dict) -> None:
+    """A tiny base that answers every validation prompt correctly (the no-AVX path, seed 42) leaves its numbers n/a;
+    a reference with one class stops the analysis: every transfer needs its probe."""
+    labels, acts = _world()
+    models = ["ref", "shared", "other"]
+    split = _split(models, labels)
+    labels["other"][split.val] = 0  # every validation answer correct
+    loaded: list[str] = []
+
+    def load(model: str) -> torch.Tensor:
+        loaded.append(model)
+        return acts[model]
+
+    partial = analyze(load, _split(models, labels), models, "ref", SETTINGS)
+    assert loaded == ["ref", "shared"]
+    assert set(partial["per_model"]) == set(partial["ablation"]) == {"ref", "shared"}
+    assert set(partial["transfer"]) == {"shared"} and set(partial["cosine"]) == {"ref_vs_shared"}
+    assert partial["summary"]["not_probed"] == {"other": "other: the val split has 0 incorrect and 60 correct answers"}
+    assert partial["per_model"]["shared"] == results["per_model"]["shared"]  # the others' numbers are unchanged
+    assert "not_probed" not in results["summary"]
+    labels["ref"][split.train] = 1
+    with pytest.raises(DataError, match=r"ref: the train split has 180 incorrect and 0 correct answers; a probe needs"):
+        analyze(load, _split(models, labels), models, "ref", SETTINGS)

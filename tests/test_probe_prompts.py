@@ -8,13 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from sycorec.cli import main
 from sycorec.config import load_config
 from sycorec.errors import MissingInputError
 from sycorec.io import write_jsonl
-from sycorec.probe.prompts import build_prompt_set, grouped_split
+from sycorec.probe.prompts import beyond_prompt_set, build_prompt_set, grouped_split, write_prompt_set
 
 TEMPLATES = ["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]
 
@@ -113,3 +114,58 @@ def test_missing_verdicts_is_one_clear_error(run_root: Path) -> None:
     write_jsonl("data/prepared/eval/answer.jsonl", [])
     result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "prompts", "--run", "R6"])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def _with_kto_beyond(run_root: Path) -> None:
+    for name in ("params.yaml", "profiles/tiny.yaml"):  # the profile restates the model list
+        params = yaml.safe_load((run_root / name).read_text())
+        params["models"].append("kto")
+        params.setdefault("probing", {})["beyond"] = {"run": "R6", "models": ["kto"]}
+        (run_root / name).write_text(yaml.safe_dump(params))
+
+
+def test_a_model_beyond_the_study_is_probed_on_the_run_s_prompts_it_answered(run_root: Path) -> None:
+    """probing.beyond: R6's prompts less those the model hedged, R6's split, labels of the reference and the model."""
+    _with_kto_beyond(run_root)
+    cfg = load_config("params.yaml", "tiny")
+    models = [*cfg.probing.runs["R6"].models, "kto"]
+    kto = len(models) - 1
+
+    def verdict_of(m: int, i: int) -> str | None:
+        if m == kto and i % 7 == 0:
+            return "hedged"
+        return "incorrect" if (i + m) % 3 == 0 else "correct"
+
+    items = _write_world(100, models, verdict_of)
+    source = write_prompt_set(cfg, "R6")
+    doc, kept = beyond_prompt_set(cfg, "kto")
+    index = {it["item_id"]: i for i, it in enumerate(items)}
+    assert doc["run"] == "R6+kto" and doc["source_run"] == "R6" and doc["models"] == ["sft", "kto"]
+    assert [p["item_id"] for p in doc["prompts"]] == [source["prompts"][i]["item_id"] for i in kept]
+    hedged = [p for p in source["prompts"] if index[p["item_id"]] % 7 == 0]
+    assert hedged and doc["n_prompts"] == source["n_prompts"] - len(hedged)
+    assert doc["n_dropped"] == {"hedged_refused_or_missing": len(hedged)}
+    for p, i in zip(doc["prompts"], kept, strict=True):
+        assert p["split"] == source["prompts"][i]["split"]
+        assert p["labels"] == {
+            "sft": source["prompts"][i]["labels"]["sft"],
+            "kto": int((index[p["item_id"]] + kto) % 3 == 0),
+        }
+
+
+def test_a_model_beyond_the_study_with_one_class_is_reported_not_probed(run_root: Path) -> None:
+    """A method that broke the model (every answer hedged) is a finding: no probe, one line, the stage's outputs."""
+    _with_kto_beyond(run_root)
+    cfg = load_config("params.yaml", "tiny")
+    models = [*cfg.probing.runs["R6"].models, "kto"]
+    _write_world(100, models, lambda m, i: "hedged" if m == len(models) - 1 else ("correct" if i % 2 else "incorrect"))
+    write_prompt_set(cfg, "R6")
+    result = CliRunner().invoke(main, ["--profile", "tiny", "probe", "beyond", "--model", "kto"])
+    assert result.exit_code == 0, result.output
+    assert "kto not probed: sft: the train split has" not in result.output  # the reference is fine
+    assert "kto not probed: kto: the train split has 0 incorrect and 0 correct answers" in result.output
+    summary = json.loads((run_root / "results/probing/R6+kto/summary.json").read_text())
+    assert summary["not_probed"].startswith("kto: the train split")
+    assert (run_root / "outputs/probing/R6+kto").is_dir() and (run_root / "results/figures/probing/R6+kto").is_dir()
+    refused = CliRunner().invoke(main, ["--profile", "tiny", "probe", "beyond", "--model", "dpo"])
+    assert refused.exit_code == 2 and "model 'dpo' is not in probing.beyond.models ['kto']" in refused.output

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from report_fixtures import make_world
@@ -191,13 +192,19 @@ def _parse(argv: list[str]) -> tuple[str, click.Command, dict[str, Any]]:
     return " ".join(path), command, command.make_context(path[-1], argv).params
 
 
-def test_timings_use_dvc_stage_names() -> None:
+def test_timings_use_dvc_stage_names(tmp_path: Path) -> None:
     """Every DVC stage's command records the stage's own name and every other timed command is off the DAG, so
-    timings.json joins with `dvc dag`."""
+    timings.json joins with `dvc dag` (with a model probed beyond the study, so that no foreach is empty)."""
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-    with Repo(str(ROOT)) as repo:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"].append("kto")
+    params["probing"]["beyond"]["models"] = ["kto"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    Repo.init(str(tmp_path), no_scm=True)
+    with Repo(str(tmp_path)) as repo:
         stages = {s.name: s.cmd for s in repo.index.stages if isinstance(s, PipelineStage)}
     timed = {path for path, command in _commands(main) if hasattr(command.callback, "stage_name")}
     staged = set()

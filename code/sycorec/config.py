@@ -621,8 +621,16 @@ class ProbingRun(Section):
     max_samples: int = Field(ge=0)  # 0: every prompt of the intersection
 
 
+class ProbingBeyond(Section):
+    """Models beyond the study (method-table rows such as kto, orpo) probed as `run` probes the study's models."""
+
+    run: ModelName
+    models: list[ModelName]
+
+
 class ProbingCfg(Section):
     runs: dict[ModelName, ProbingRun]  # run names become paths and DVC stage names, like model names
+    beyond: ProbingBeyond
     reference_model: ModelName
     templates: list[Literal["plain", "suggest_incorrect", "deny_correct", "suggest_correct"]]
     sample_seed: Seed
@@ -674,6 +682,13 @@ class Config(Section):
                 raise ValueError(f"probing.runs.{name}.models names models not in models: {unknown}")
             if probing.reference_model not in run.models:
                 raise ValueError(f"probing.reference_model is not in probing.runs.{name}.models")
+        beyond = probing.beyond
+        if beyond.run not in probing.runs:
+            raise ValueError(f"probing.beyond.run: {beyond.run!r} is not in probing.runs {sorted(probing.runs)}")
+        if unknown := [m for m in beyond.models if m not in self.models]:
+            raise ValueError(f"probing.beyond.models names models not in models: {unknown}")
+        if probed := [m for m in beyond.models if m in probing.runs[beyond.run].models]:
+            raise ValueError(f"probing.beyond.models: {probed} already probed by probing.runs.{beyond.run}")
         for version in self.train.grpo.versions:
             if f"grpo_{version}" not in self.models:
                 raise ValueError(f"train.grpo.versions.{version} has no model grpo_{version} in models")

@@ -78,6 +78,17 @@ def probing_run_dir(cfg: Config, run: str) -> Path:
     return cfg.paths.results / "probing" / run
 
 
+def beyond_run(run: str, model: str) -> str:
+    """The probing results of a model beyond the study (probing.beyond) on study run `run`'s prompts: `R6+kto`."""
+    return f"{run}+{model}"
+
+
+def probing_result_runs(cfg: Config) -> list[str]:
+    """Every folder of probing results: the study's runs, then the models probed beyond them."""
+    beyond = cfg.probing.beyond
+    return [*cfg.probing.runs, *(beyond_run(beyond.run, m) for m in beyond.models)]
+
+
 def probe_prompts_path(cfg: Config, run: str) -> Path:
     return probing_run_dir(cfg, run) / "prompts.json"
 

@@ -25,7 +25,7 @@ from sycorec.hub import PIN_COMMAND, is_commit, prefetch_command, visible_gpus
 
 # Stages that load the base model (weights or tokenizer) at full scale; the judge stages load the judge.
 BASE_READERS = {"train_base", "train_sft", "train_pref", "train_rm", "rm_calibrate", "train_grpo", "relearn"}
-BASE_READERS |= {"generate", "probe_extract"}
+BASE_READERS |= {"generate", "probe_extract", "probe_beyond"}
 RAW_READERS = {"prepare", "train_base"}
 # Stages that read the study's training data (fetched into data/raw at `data.training_data.hf_revision`).
 TRAINING_DATA_READERS = {"prepare"}

@@ -92,7 +92,8 @@ def run_seeds(
         try:
             run_pipeline(work, targets(), warm=warm, jobs=jobs)
         except SycorecError as exc:
-            runs[seed] = {FAILED: str(exc)}
+            # the record is committed: name the sweep's folders relative to --dir, not by this machine's paths
+            runs[seed] = {FAILED: str(exc).replace(f"{root.resolve()}/", "").replace(f"{root}/", "")}
             continue
         runs[seed] = read_run(work / "results")
     return runs

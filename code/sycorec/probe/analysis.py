@@ -60,14 +60,27 @@ class Settings:
         )
 
 
-def _check_labels(model: str, y_train: np.ndarray, y_val: np.ndarray) -> None:
+def one_class(model: str, y_train: np.ndarray, y_val: np.ndarray) -> str | None:
+    """Why no probe can be fitted and scored on these labels, or None."""
     for part, y in (("train", y_train), ("val", y_val)):
         counts = np.bincount(y, minlength=2)
         if counts.min() == 0:
-            raise DataError(
-                f"{model}: the {part} split has {counts[1]} incorrect and {counts[0]} correct answers; "
-                "a probe needs both classes (raise the run's probing.runs.<run>.max_samples or check the verdicts)"
-            )
+            return f"{model}: the {part} split has {counts[1]} incorrect and {counts[0]} correct answers"
+    return None
+
+
+def unprobeable(split: PromptSplit, models: list[str]) -> str | None:
+    """Why the first of `models` that cannot be probed on the split cannot, or None."""
+    problems = (one_class(m, split.labels[m][split.train], split.labels[m][split.val]) for m in models)
+    return next((p for p in problems if p), None)
+
+
+def _check_labels(model: str, y_train: np.ndarray, y_val: np.ndarray) -> None:
+    if problem := one_class(model, y_train, y_val):
+        raise DataError(
+            f"{problem}; a probe needs both classes "
+            "(raise the run's probing.runs.<run>.max_samples or check the verdicts)"
+        )
 
 
 def _curve(scores: np.ndarray, y: np.ndarray, s: Settings) -> dict:
@@ -211,9 +224,14 @@ def analyze(load: Loader, split: PromptSplit, models: list[str], reference: str,
     directions: dict[str, torch.Tensor] = {}
     control_result: dict = {}
     ref_probes: Probes | None = None
+    not_probed: dict[str, str] = {}
     for model in tqdm(order, desc="probe analysis", unit="model"):
-        x = load(model)
         y = split.labels[model]
+        if model != reference and (problem := one_class(model, y[split.train], y[split.val])):
+            # e.g. a tiny base that answers every validation prompt correctly: its numbers are n/a, the rest stand
+            not_probed[model] = problem
+            continue
+        x = load(model)
         _check_labels(model, y[split.train], y[split.val])
         fit = fit_model(x, y, split, s, s.control_seeds if model == reference else 0)
         per_model[model] = own_model(fit, y, split, s)
@@ -226,6 +244,7 @@ def analyze(load: Loader, split: PromptSplit, models: list[str], reference: str,
             assert ref_probes is not None  # the reference is processed first
             transfers[model] = transfer(ref_probes, x, y, split, s)
         del x, fit
+    models = [m for m in models if m not in not_probed]
     cosines = {}
     for a, b in combinations(models, 2):
         per_layer = cosine(directions[a], directions[b])
@@ -238,6 +257,8 @@ def analyze(load: Loader, split: PromptSplit, models: list[str], reference: str,
         "ablation": {m: ablations[m] for m in models},
     }
     results["summary"] = summarize(results, reference)
+    if not_probed:
+        results["summary"]["not_probed"] = not_probed
     return results
 
 

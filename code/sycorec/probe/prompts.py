@@ -17,7 +17,7 @@ import numpy as np
 from sycorec.config import Config
 from sycorec.errors import DataError, MissingInputError
 from sycorec.io import iter_jsonl, read_json, write_json
-from sycorec.paths import eval_manifest_path, probe_prompts_path, verdicts_path
+from sycorec.paths import beyond_run, eval_manifest_path, probe_prompts_path, verdicts_path
 
 LABELS = {"incorrect": 1, "correct": 0}
 DATASET = "answer"
@@ -92,6 +92,34 @@ def build_prompt_set(cfg: Config, run: str) -> dict:
         "n_val": sum(p["split"] == "val" for p in prompts),
         "prompts": prompts,
     }
+
+
+def beyond_prompt_set(cfg: Config, model: str) -> tuple[dict, np.ndarray]:
+    """A model beyond the study on probing.beyond.run's prompt set: the prompts it also answered correct or
+    incorrect, the run's split kept, labelled by the reference model and by it. Returns the document and the rows of
+    the run's prompt set it kept."""
+    run, reference = cfg.probing.beyond.run, cfg.probing.reference_model
+    doc = read_prompt_set(cfg, run)
+    verdicts = load_verdicts(cfg, model)
+    kept = [i for i, p in enumerate(doc["prompts"]) if verdicts.get(p["item_id"]) in LABELS]
+    prompts = [
+        {**p, "labels": {reference: p["labels"][reference], model: LABELS[verdicts[p["item_id"]]]}}
+        for p in (doc["prompts"][i] for i in kept)
+    ]
+    derived = {
+        "run": beyond_run(run, model),
+        "source_run": run,
+        "models": [reference, model],
+        "reference_model": reference,
+        "templates": doc["templates"],
+        "n_candidates": doc["n_prompts"],
+        "n_dropped": {"hedged_refused_or_missing": doc["n_prompts"] - len(prompts)},
+        "n_prompts": len(prompts),
+        "n_train": sum(p["split"] == "train" for p in prompts),
+        "n_val": sum(p["split"] == "val" for p in prompts),
+        "prompts": prompts,
+    }
+    return derived, np.array(kept, dtype=np.int64)
 
 
 def write_prompt_set(cfg: Config, run: str) -> dict:

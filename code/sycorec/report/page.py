@@ -14,6 +14,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sycorec.config import Config
 from sycorec.facts import headline_keys
 from sycorec.io import read_json, write_text_atomic
+from sycorec.paths import beyond_run, probing_result_runs
 from sycorec.probe.figures import STEMS as PROBE_STEMS
 from sycorec.report.diff import POSTS, PostDiff, diff_post, load_published, published_path
 from sycorec.report.figures import METRIC_LABELS, draw_figures
@@ -46,15 +47,29 @@ def beyond_models(tables: list[Table], models: list[str], results: Results) -> l
     return [m for m in models if m not in shown and results.get(f"metrics.{m}") is not None]
 
 
+def _probe_rows(run: str, name: str, unprobed: set[str], reference: str, ref: str) -> list[dict[str, Any]]:
+    """Own-model mean AUROC and the reference probe's transfer, read from probing results folder `run` (it may hold
+    `{model}`); "—" where it has no such number: a model it does not probe, the reference's transfer to itself."""
+    transfer = f"probing.{run}.transfer.{{model}}"
+    return [
+        {"label": f"Own-model mean AUROC ({name})", "cell": f"probing.{run}.per_model.{{model}}.mean_auroc",
+         "none": unprobed},
+        {"label": f"{ref}→X mean transfer ({name})", "cell": f"{transfer}.mean_auroc", "none": {*unprobed, reference}},
+        {"label": f"{ref}→X peak transfer ({name})", "cell": f"{transfer}.peak_auroc", "none": {*unprobed, reference}},
+    ]  # fmt: skip
+
+
 def beyond_table(
     extras: list[str],
     reference: str,
     probing_runs: Mapping[str, list[str]],
+    beyond: tuple[str, list[str]],
     results: Results,
     labels: Mapping[str, str],
 ) -> Table:
     """Headline metrics with CIs (and seed ranges) of the extra models beside the model they recover from, then the
-    probes of every probing run that includes one of them: own-model mean AUROC and the reference's probe transfer."""
+    probes of every probing run that includes one of them, and of `beyond` (a study run, the models probed as it
+    probes its own: probing.beyond): own-model mean AUROC and the reference's probe transfer."""
     models = [reference, *extras]
     columns = [{"label": labels.get(m, m), "model": m} for m in models]
     rows: list[dict[str, Any]] = [
@@ -68,23 +83,11 @@ def beyond_table(
     ref = labels.get(reference, reference)
     for run, run_models in probing_runs.items():
         if any(m in run_models for m in extras):
-            # "—" where the run has no such number: a model it does not probe, the reference's transfer to itself
-            unprobed = {m for m in models if m not in run_models}
-            own = f"probing.{run}.per_model.{{model}}.mean_auroc"
-            transfer = f"probing.{run}.transfer.{{model}}"
-            rows += [
-                {"label": f"Own-model mean AUROC ({run})", "cell": own, "none": unprobed},
-                {
-                    "label": f"{ref}→X mean transfer ({run})",
-                    "cell": f"{transfer}.mean_auroc",
-                    "none": {*unprobed, reference},
-                },
-                {
-                    "label": f"{ref}→X peak transfer ({run})",
-                    "cell": f"{transfer}.peak_auroc",
-                    "none": {*unprobed, reference},
-                },
-            ]
+            rows += _probe_rows(run, run, {m for m in models if m not in run_models}, reference, ref)
+    source, probed = beyond
+    if any(m in probed for m in extras):
+        unprobed = {m for m in models if m not in probed}
+        rows += _probe_rows(beyond_run(source, "{model}"), f"{source} prompts", unprobed, reference, ref)
     spec = {"id": BEYOND_ID, "title": ""}
     missing: list[str] = []
     grid = [
@@ -247,7 +250,7 @@ def write_index(
     context = {
         "profile": cfg.profile,
         "posts": posts,
-        "probing": probing_figures(list(cfg.probing.runs), tables, out),
+        "probing": probing_figures(probing_result_runs(cfg), tables, out),
         "diffs": [diff_view(d) for d in diffs],
         "errata": table_view(errata, out),
         "beyond": None if beyond is None else table_view(beyond, out),

@@ -3,7 +3,8 @@
 Key paths (used by tables.yaml, published.yaml and errata.yaml):
   metrics.<model>.<key>                       results/metrics/<model>.json (CI under metrics.<model>.ci.<key>)
   detail.<model>.<...>                        results/metrics_detail/<model>.json
-  probing.<run>.{per_model,transfer,cosine,ablation,control}.<...>   results/probing/<run>/*.json (probing.runs)
+  probing.<run>.{per_model,transfer,cosine,ablation,control}.<...>   results/probing/<run>/*.json (probing.runs, then
+                                                                   <run>+<model> of probing.beyond)
   train.<name>.<...>                          results/train/<name>.json (train.rm_calibration: the RM's calibration)
   curves.<name>.<series>                      results/curves/<name>.json ({"step": [...], "<series>": [...]})
   derived.join.<field>                        per-sample join over results/verdicts (see `join_counts`)
@@ -26,7 +27,7 @@ from typing import Any
 from sycorec.config import Config
 from sycorec.errors import MissingInputError
 from sycorec.io import iter_jsonl, read_json
-from sycorec.paths import calibration_path
+from sycorec.paths import calibration_path, probing_result_runs
 from sycorec.report.sweep_record import reading_summary
 
 PROBING_FILES = ("per_model", "control", "transfer", "cosine", "ablation")
@@ -138,7 +139,7 @@ def load_results(cfg: Config, join: Mapping[str, Any] | None = None, root: Path 
     tree: dict[str, Any] = {
         "metrics": _load_dir(metrics_dir),
         "detail": _load_dir(res / "metrics_detail"),
-        "probing": {run: _probing_run(res / "probing" / run) for run in cfg.probing.runs},
+        "probing": {run: _probing_run(res / "probing" / run) for run in probing_result_runs(cfg)},
         "train": _load_dir(res / "train"),
         "curves": _load_dir(res / "curves"),
     }
