@@ -138,7 +138,7 @@ def test_a_model_beyond_the_study_is_probed_on_the_run_s_prompts_it_answered(run
 
     items = _write_world(100, models, verdict_of)
     source = write_prompt_set(cfg, "R6")
-    doc, kept = beyond_prompt_set(cfg, "kto")
+    doc, kept = beyond_prompt_set(cfg, "kto", source)
     index = {it["item_id"]: i for i, it in enumerate(items)}
     assert doc["run"] == "R6+kto" and doc["source_run"] == "R6" and doc["models"] == ["sft", "kto"]
     assert [p["item_id"] for p in doc["prompts"]] == [source["prompts"][i]["item_id"] for i in kept]

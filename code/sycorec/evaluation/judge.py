@@ -366,7 +366,8 @@ def check_fetched_prompts(cfg: Config) -> None:
     if cfg.judge.prompts != "study" or cfg.data.source != "fetch":
         return
     raw = raw_dir(cfg)
-    path, name = study_prompts_path(raw), study_prompts_path(raw).relative_to(raw).as_posix()
+    path = study_prompts_path(raw)
+    name = path.relative_to(raw).as_posix()
     try:
         recorded = read_json(raw / RAW_MANIFEST)["files"][name]["sha256"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -73,7 +73,8 @@ def beyond_cmd(cfg: Config, model: str) -> None:
     beyond, reference = cfg.probing.beyond, cfg.probing.reference_model
     if model not in beyond.models:
         raise ConfigError(f"model {model!r} is not in probing.beyond.models {beyond.models}")
-    doc, kept = beyond_prompt_set(cfg, model)
+    source = read_prompt_set(cfg, beyond.run)
+    doc, kept = beyond_prompt_set(cfg, model, source)
     run = beyond_run(beyond.run, model)
     write_json(probe_prompts_path(cfg, run), doc)
     split = PromptSplit.from_doc(doc)
@@ -85,7 +86,7 @@ def beyond_cmd(cfg: Config, model: str) -> None:
         click.echo(f"{model} not probed: {reason}")
         return
     extract(cfg, run, model, doc["prompts"])
-    source_ids = [p["item_id"] for p in read_prompt_set(cfg, beyond.run)["prompts"]]
+    source_ids = [p["item_id"] for p in source["prompts"]]
 
     def load(name: str) -> torch.Tensor:
         if name == reference:  # the reference's activations of the source run, on the prompts kept

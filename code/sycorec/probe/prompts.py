@@ -94,12 +94,11 @@ def build_prompt_set(cfg: Config, run: str) -> dict:
     }
 
 
-def beyond_prompt_set(cfg: Config, model: str) -> tuple[dict, np.ndarray]:
-    """A model beyond the study on probing.beyond.run's prompt set: the prompts it also answered correct or
+def beyond_prompt_set(cfg: Config, model: str, doc: dict) -> tuple[dict, np.ndarray]:
+    """A model beyond the study on probing.beyond.run's prompt set `doc`: the prompts it also answered correct or
     incorrect, the run's split kept, labelled by the reference model and by it. Returns the document and the rows of
     the run's prompt set it kept."""
     run, reference = cfg.probing.beyond.run, cfg.probing.reference_model
-    doc = read_prompt_set(cfg, run)
     verdicts = load_verdicts(cfg, model)
     kept = [i for i, p in enumerate(doc["prompts"]) if verdicts.get(p["item_id"]) in LABELS]
     prompts = [
